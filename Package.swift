@@ -1,0 +1,30 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies point down this list: the CLI on the library, the library on the machine parts, and every part on
+// SwiftletHost, the only module that makes raw system calls (through the CSwiftlet shim).
+let package = Package(
+    name: "Swiftlet",
+    products: [
+        .library(name: "Swiftlet", targets: ["Swiftlet"]),
+        .executable(name: "swiftlet", targets: ["swiftlet"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        .target(name: "CSwiftlet", cSettings: [.define("_GNU_SOURCE")]),
+        .target(name: "SwiftletHost", dependencies: ["CSwiftlet", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "SwiftletMemory", dependencies: ["SwiftletHost"]),
+        .target(name: "SwiftletKVM", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
+        .target(name: "SwiftletBoot", dependencies: ["SwiftletMemory"]),
+        .target(name: "SwiftletDevices", dependencies: ["SwiftletHost"]),
+        .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletKVM", "SwiftletMemory", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
+        .executableTarget(name: "swiftlet", dependencies: ["Swiftlet", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(name: "SwiftletMemoryTests", dependencies: ["SwiftletMemory"]),
+        .testTarget(name: "SwiftletBootTests", dependencies: ["SwiftletBoot", "SwiftletMemory"]),
+        .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
+        .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet"]),
+    ]
+)

@@ -1,0 +1,53 @@
+// The C shim: kernel constants Swift cannot import (ioctl request numbers are function-like macros) and the
+// variadic ioctl(2), exported under a CSwiftlet_ prefix. No logic lives here.
+#ifndef CSWIFTLET_H
+#define CSWIFTLET_H
+
+#include <linux/kvm.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+
+// ioctl(2) with a pointer or an integer argument. The corresponding C function is `ioctl`.
+int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument);
+int CSwiftlet_ioctl_value(int fd, unsigned long request, unsigned long argument);
+
+// Names the calling thread (GNU extension, hidden from Swift's Glibc module). The corresponding C function is
+// `pthread_setname_np`.
+int CSwiftlet_set_thread_name(const char *name);
+
+// /dev/kvm
+extern const unsigned long CSwiftlet_KVM_GET_API_VERSION;
+extern const unsigned long CSwiftlet_KVM_CREATE_VM;
+extern const unsigned long CSwiftlet_KVM_CHECK_EXTENSION;
+extern const unsigned long CSwiftlet_KVM_GET_VCPU_MMAP_SIZE;
+extern const unsigned long CSwiftlet_KVM_GET_SUPPORTED_CPUID;
+extern const unsigned long CSwiftlet_KVM_GET_MSR_INDEX_LIST;
+// VM
+extern const unsigned long CSwiftlet_KVM_CREATE_VCPU;
+extern const unsigned long CSwiftlet_KVM_SET_USER_MEMORY_REGION;
+extern const unsigned long CSwiftlet_KVM_SET_TSS_ADDR;
+extern const unsigned long CSwiftlet_KVM_SET_IDENTITY_MAP_ADDR;
+extern const unsigned long CSwiftlet_KVM_CREATE_IRQCHIP;
+extern const unsigned long CSwiftlet_KVM_CREATE_PIT2;
+extern const unsigned long CSwiftlet_KVM_IRQ_LINE;
+extern const unsigned long CSwiftlet_KVM_IRQFD;
+extern const unsigned long CSwiftlet_KVM_IOEVENTFD;
+// vCPU
+extern const unsigned long CSwiftlet_KVM_RUN;
+extern const unsigned long CSwiftlet_KVM_GET_REGS;
+extern const unsigned long CSwiftlet_KVM_SET_REGS;
+extern const unsigned long CSwiftlet_KVM_GET_SREGS;
+extern const unsigned long CSwiftlet_KVM_SET_SREGS;
+extern const unsigned long CSwiftlet_KVM_SET_FPU;
+extern const unsigned long CSwiftlet_KVM_SET_MSRS;
+extern const unsigned long CSwiftlet_KVM_SET_CPUID2;
+extern const unsigned long CSwiftlet_KVM_GET_LAPIC;
+extern const unsigned long CSwiftlet_KVM_SET_LAPIC;
+
+// The data of a KVM_EXIT_IO exit lives at an offset inside the kvm_run mapping.
+static inline uint8_t *CSwiftlet_kvm_run_io_data(struct kvm_run *run) {
+    return (uint8_t *)run + run->io.data_offset;
+}
+
+#endif

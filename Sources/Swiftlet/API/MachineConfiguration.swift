@@ -1,0 +1,47 @@
+/// Everything a microVM is made from. Sizes are in bytes.
+public struct MachineConfiguration: Sendable {
+    public enum Console: Sendable, Equatable {
+        /// The guest's serial console on this process's stdout; stdin goes to the guest when it is a terminal or pipe.
+        case stdio
+        /// The console is discarded.
+        case none
+        /// The console is written to a file (created or truncated).
+        case file(String)
+    }
+
+    public var kernelPath: String
+    public var initrdPath: String?
+    public var commandLine: String
+    public var cpus: Int
+    public var memorySize: UInt64
+    public var console: Console
+    public var kvmPath: String
+
+    public static let defaultCommandLine = "console=ttyS0 reboot=k panic=1"
+    public static let minimumMemory: UInt64 = 64 << 20
+    public static let maximumCPUs = 64
+
+    public init(kernelPath: String, initrdPath: String? = nil, commandLine: String = MachineConfiguration.defaultCommandLine,
+                cpus: Int = 1, memorySize: UInt64 = 256 << 20, console: Console = .stdio, kvmPath: String = "/dev/kvm") {
+        self.kernelPath = kernelPath
+        self.initrdPath = initrdPath
+        self.commandLine = commandLine
+        self.cpus = cpus
+        self.memorySize = memorySize
+        self.console = console
+        self.kvmPath = kvmPath
+    }
+}
+
+/// How a guest ended.
+public enum MachineExit: Sendable, Equatable {
+    /// The guest asked for a reset (i8042 reset, KVM system-event reset) or a power-off: a clean end.
+    case reset
+    case powerOff
+    /// The guest triple-faulted, which is also how Linux reboots with `reboot=t`.
+    case tripleFault
+    /// Stopped from the host (`stop()`).
+    case stopped
+    /// A vCPU failed; the message says what happened and what to do.
+    case failed(String)
+}

@@ -1,0 +1,57 @@
+import SwiftletHost
+import Synchronization
+
+/// A microVM: configure, `start()`, then `wait()` for the guest to end or `stop()` it.
+///
+/// ```swift
+/// let vm = MicroVM(MachineConfiguration(kernelPath: "bzImage", initrdPath: "initramfs.cpio"))
+/// try await vm.start()
+/// let exit = await vm.wait()
+/// ```
+public final class MicroVM: Sendable {
+    public let configuration: MachineConfiguration
+    private let machine = Mutex<Machine?>(nil)
+    /// When this object was made, on CLOCK_MONOTONIC.
+    public let createdAt: UInt64
+
+    public init(_ configuration: MachineConfiguration) {
+        self.configuration = configuration
+        createdAt = monotonicNanoseconds()
+    }
+
+    /// Builds the machine (KVM VM, memory, kernel, vCPUs, devices) and starts its vCPUs.
+    public func start() async throws(SwiftletError) {
+        let built = try Machine(configuration)
+        try machine.withLock { (current) throws(SwiftletError) in
+            guard current == nil else { throw SwiftletError(.invalidConfiguration, "this MicroVM was already started") }
+            current = built
+        }
+        do { try built.start() } catch {
+            built.finish(.failed(error.description))
+            built.tearDown()
+            throw error
+        }
+    }
+
+    /// Waits for the guest to end (reset, power-off, triple fault, failure or `stop()`), then releases its threads.
+    public func wait() async -> MachineExit {
+        guard let built = machine.withLock({ $0 }) else { return .failed("the VM was never started") }
+        let exit = await built.wait()
+        built.tearDown()
+        return exit
+    }
+
+    /// Stops the guest from the host and waits for it to end.
+    @discardableResult
+    public func stop() async -> MachineExit {
+        guard let built = machine.withLock({ $0 }) else { return .stopped }
+        built.finish(.stopped)
+        return await wait()
+    }
+
+    /// CLOCK_MONOTONIC nanoseconds of the first KVM_RUN of vCPU 0.
+    public var firstRunAt: UInt64? { machine.withLock { $0?.firstRunAt } }
+
+    /// CLOCK_MONOTONIC nanoseconds when the guest wrote the boot-timer port (its init reached userspace).
+    public var userspaceReachedAt: UInt64? { machine.withLock { $0?.bootTimer.userspaceReachedAt } }
+}

@@ -1,0 +1,111 @@
+import Glibc
+import SwiftletDevices
+import SwiftletHost
+
+/// The UART's output: a file descriptor (stdout or a console file), or nowhere.
+final class ConsoleSink: SerialOutput {
+    private let descriptor: OwnedFileDescriptor?
+    private let raw: Int32
+
+    init(configuration: MachineConfiguration.Console) throws(SwiftletError) {
+        switch configuration {
+        case .stdio:
+            descriptor = nil
+            raw = STDOUT_FILENO
+        case .none:
+            descriptor = nil
+            raw = -1
+        case .file(let path):
+            do {
+                let owned = try OwnedFileDescriptor(opening: path, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+                descriptor = owned
+                raw = owned.rawValue
+            } catch {
+                throw SwiftletError(.invalidConfiguration, "cannot open console file \(path)", cause: error)
+            }
+        }
+    }
+
+    func write(_ byte: UInt8) {
+        guard raw >= 0 else { return }
+        var byte = byte
+        _ = Glibc.write(raw, &byte, 1)
+    }
+}
+
+extension EventFd: InterruptLine {
+    public func trigger() { signal() }
+}
+
+/// Copies host stdin to the guest's UART on its own thread, until stopped. Ctrl-A then x stops the VM, as in QEMU.
+final class ConsoleInput: Sendable {
+    private let stop: EventFd
+    private let thread: HostThread
+    let terminal: RawTerminalMode
+
+    init(serial: Serial, onQuit: @escaping @Sendable () -> Void) throws(SwiftletError) {
+        do {
+            stop = try EventFd()
+        } catch {
+            throw SwiftletError(.systemCall, "cannot create the console eventfd", cause: error)
+        }
+        terminal = RawTerminalMode(fd: STDIN_FILENO)
+        let stop = self.stop
+        let interactive = terminal.isRaw
+        do {
+            thread = try HostThread(name: "console-in") {
+                ConsoleInput.pump(serial: serial, stop: stop, interactive: interactive, onQuit: onQuit)
+            }
+        } catch {
+            terminal.restore()
+            throw SwiftletError(.systemCall, "cannot start the console thread", cause: error)
+        }
+    }
+
+    private static func pump(serial: Serial, stop: EventFd, interactive: Bool, onQuit: @Sendable () -> Void) {
+        var buffer = [UInt8](repeating: 0, count: 512)
+        var escape = false
+        var stdinOpen = true
+        while true {
+            var fds = [pollfd(fd: stop.rawValue, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)]
+            let room = serial.freeSpace
+            let watched = (stdinOpen && room > 0) ? 2 : 1
+            let ready = poll(&fds, nfds_t(watched), room > 0 || !stdinOpen ? -1 : 10)
+            if ready < 0 && errno != EINTR { return }
+            if fds[0].revents != 0 { return }
+            guard watched == 2, fds[1].revents != 0 else { continue }
+            let count = buffer.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, min(room, $0.count)) }
+            if count <= 0 {
+                if count == 0 || (errno != EINTR && errno != EAGAIN) { stdinOpen = false }
+                continue
+            }
+            guard interactive else {
+                serial.receive(buffer[0..<count])
+                continue
+            }
+            // Ctrl-A x quits; Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A followed by anything else sends both.
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(count)
+            for byte in buffer[0..<count] {
+                if escape {
+                    escape = false
+                    if byte == UInt8(ascii: "x") || byte == UInt8(ascii: "X") { onQuit(); return }
+                    bytes.append(0x01)
+                    if byte != 0x01 { bytes.append(byte) }
+                } else if byte == 0x01 {
+                    escape = true
+                } else {
+                    bytes.append(byte)
+                }
+            }
+            serial.receive(bytes)
+        }
+    }
+
+    func shutdown() {
+        stop.signal()
+        thread.join()
+        terminal.restore()
+    }
+}

@@ -1,0 +1,247 @@
+import CSwiftlet
+import Glibc
+import Synchronization
+import SwiftletBoot
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+import SystemPackage
+
+/// The wired x86_64 machine: KVM VM, guest memory, loaded kernel, vCPUs, buses and legacy devices.
+/// One thread per vCPU runs KVM_RUN and serves only synchronous exits (port I/O and MMIO to devices).
+final class Machine: Sendable {
+    let configuration: MachineConfiguration
+    let kvm: KVM
+    let vm: SwiftletKVM.VirtualMachine
+    let memory: GuestMemory
+    let vcpus: [Vcpu]
+    let portBus: Bus
+    let mmioBus: Bus
+    let serial: Serial
+    let serialInterrupt: EventFd
+    let bootTimer: BootTimer
+    let console: ConsoleSink
+    let kernel: LoadedKernel
+
+    private struct RunState {
+        var exit: MachineExit?
+        var waiters: [CheckedContinuation<MachineExit, Never>] = []
+        var threads: [HostThread] = []
+        var input: ConsoleInput?
+        var firstRunAt: UInt64?
+        var started = false
+    }
+    private let state = Mutex(RunState())
+    private let finished = Atomic<Bool>(false)
+
+    static let serialPort: UInt16 = 0x3f8
+    static let serialIRQ: UInt32 = 4
+
+    init(_ configuration: MachineConfiguration) throws(SwiftletError) {
+        try Machine.validate(configuration)
+        self.configuration = configuration
+        kvm = try KVM(path: configuration.kvmPath)
+        try kvm.requireCapabilities()
+        let maxVcpus = kvm.check(KVM_CAP_MAX_VCPUS)
+        if maxVcpus > 0 && configuration.cpus > maxVcpus {
+            throw SwiftletError(.invalidConfiguration, "this host's KVM allows at most \(maxVcpus) vCPUs; --cpus \(configuration.cpus) is too many")
+        }
+        vm = try kvm.createVM()
+        try vm.setSystemPages(tss: X86Layout.kvmTss, identityMap: X86Layout.kvmIdentityMap)
+        try vm.createInterruptControllers()
+
+        memory = try GuestMemory(layout: X86Layout.ramRegions(size: configuration.memorySize))
+        try vm.map(memory)
+
+        kernel = try KernelLoader.load(FileBootSource(path: configuration.kernelPath, what: "kernel"), into: memory)
+        var initrd: (address: GuestAddress, size: Int)?
+        if let path = configuration.initrdPath {
+            initrd = try KernelLoader.loadInitrd(FileBootSource(path: path, what: "initrd"), into: memory, kernel: kernel)
+        }
+        try ZeroPage.write(into: memory, kernel: kernel, commandLine: configuration.commandLine, initrd: initrd,
+                           e820: E820Entry.map(for: memory))
+        try MPTable.write(into: memory, cpus: configuration.cpus)
+        let boot = try LongMode.prepare(memory: memory, entry: kernel.entry)
+
+        let cpuid = try kvm.supportedCPUID()
+        var vcpus: [Vcpu] = []
+        for id in 0..<configuration.cpus {
+            let vcpu = try vm.createVcpu(id: id)
+            try X86Vcpu.configure(vcpu, cpus: configuration.cpus, cpuid: cpuid, boot: boot)
+            vcpus.append(vcpu)
+        }
+        self.vcpus = vcpus
+
+        console = try ConsoleSink(configuration: configuration.console)
+        do { serialInterrupt = try EventFd() } catch {
+            throw SwiftletError(.systemCall, "cannot create the serial interrupt eventfd", cause: error)
+        }
+        try vm.registerIrqfd(serialInterrupt, gsi: Machine.serialIRQ)
+        serial = Serial(output: console, interrupt: serialInterrupt)
+        bootTimer = BootTimer(clock: monotonicNanoseconds)
+
+        var portBus = Bus()
+        mmioBus = Bus()
+        // Devices need `self` to report a reset, so the i8042 reaches the machine through a weak box.
+        let resetTarget = WeakMachine()
+        do {
+            try portBus.insert(serial, base: UInt64(Machine.serialPort), size: Serial.portCount)
+            try portBus.insert(I8042 { resetTarget.machine?.finish(.reset) }, base: UInt64(I8042.dataPort), size: 5)
+            try portBus.insert(bootTimer, base: UInt64(BootTimer.port), size: 1)
+        } catch {
+            throw SwiftletError(.invalidConfiguration, "port I/O devices overlap: \(error)")
+        }
+        self.portBus = portBus
+        resetTarget.set(self)
+    }
+
+    private static func validate(_ configuration: MachineConfiguration) throws(SwiftletError) {
+        guard configuration.cpus >= 1, configuration.cpus <= MachineConfiguration.maximumCPUs else {
+            throw SwiftletError(.invalidConfiguration, "--cpus \(configuration.cpus) is out of range (1 to \(MachineConfiguration.maximumCPUs))")
+        }
+        let size = configuration.memorySize
+        guard size >= MachineConfiguration.minimumMemory else {
+            throw SwiftletError(.invalidConfiguration, "--memory \(size >> 20) MiB is too small; a guest needs at least \(MachineConfiguration.minimumMemory >> 20) MiB")
+        }
+        guard size % (2 << 20) == 0 else {
+            throw SwiftletError(.invalidConfiguration, "--memory must be a multiple of 2 MiB (got \(size) bytes)")
+        }
+        let hostMemory = UInt64(sysconf(Int32(_SC_PHYS_PAGES))) * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        guard size <= hostMemory else {
+            throw SwiftletError(.outOfMemory, "--memory \(size >> 20) MiB is more than this host has (\(hostMemory >> 20) MiB)")
+        }
+    }
+
+    /// Starts one thread per vCPU, and the console input thread when the console is stdio.
+    func start() throws(SwiftletError) {
+        KickSignal.install()
+        try state.withLock { (state) throws(SwiftletError) in
+            guard !state.started else { throw SwiftletError(.invalidConfiguration, "the VM was already started") }
+            state.started = true
+            if configuration.console == .stdio {
+                state.input = try ConsoleInput(serial: serial) { [weak self] in self?.finish(.stopped) }
+            }
+            for vcpu in vcpus {
+                do {
+                    let thread = try HostThread(name: "vcpu\(vcpu.id)") { [self] in self.runLoop(vcpu) }
+                    state.threads.append(thread)
+                } catch {
+                    throw SwiftletError(.systemCall, "cannot start the thread of vCPU \(vcpu.id)", cause: error as? Errno)
+                }
+            }
+        }
+    }
+
+    private func runLoop(_ vcpu: Vcpu) {
+        var exitWith: MachineExit?
+        while exitWith == nil && !finished.load(ordering: .acquiring) {
+            if vcpu.id == 0 { noteFirstRun() }
+            let exit: VcpuExit
+            do { exit = try vcpu.runUntilExit() } catch {
+                exitWith = .failed(error.description)
+                break
+            }
+            switch exit {
+            case .io(let port, let isWrite, let size, let data):
+                // String I/O (rep outs/ins) carries `count` elements of `size` bytes.
+                var offset = 0
+                while offset + size <= data.count {
+                    let element = UnsafeMutableRawBufferPointer(rebasing: data[offset..<offset + size])
+                    if isWrite { portBus.write(UInt64(port), data: UnsafeRawBufferPointer(element)) }
+                    else { portBus.read(UInt64(port), data: element) }
+                    offset += size
+                }
+            case .mmio(let address, let isWrite, let data):
+                if isWrite { mmioBus.write(address, data: UnsafeRawBufferPointer(data)) }
+                else { mmioBus.read(address, data: data) }
+            case .halt:
+                exitWith = .powerOff
+            case .shutdown:
+                exitWith = .tripleFault
+            case .systemEvent(let type):
+                switch Int32(type) {
+                case KVM_SYSTEM_EVENT_SHUTDOWN: exitWith = .powerOff
+                case KVM_SYSTEM_EVENT_RESET: exitWith = .reset
+                default: exitWith = .failed("the guest reported a crash (KVM system event \(type))")
+                }
+            case .internalError(let suberror):
+                let rip = (try? vcpu.registers().rip).map { "0x" + String($0, radix: 16) } ?? "unknown"
+                var message = "vCPU \(vcpu.id) stopped with KVM_EXIT_INTERNAL_ERROR, suberror \(suberror), at rip \(rip)"
+                if suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION) {
+                    message += ". KVM could not emulate a guest instruction: this host's /dev/kvm emulates ring-0 guest code"
+                        + " (a PVM-style KVM inside a VM) and cannot run Linux guests. Use a host with VT-x/AMD-V, or the"
+                        + " nested lab (make lab)"
+                }
+                exitWith = .failed(message)
+            case .failedEntry(let reason):
+                exitWith = .failed("vCPU \(vcpu.id) could not enter the guest (hardware entry failure reason 0x\(String(reason, radix: 16)))")
+            case .interrupted:
+                continue
+            case .other(let reason):
+                exitWith = .failed("vCPU \(vcpu.id) stopped with unexpected KVM exit reason \(reason)")
+            }
+        }
+        if let exitWith { finish(exitWith) }
+    }
+
+    private func noteFirstRun() {
+        state.withLock { state in
+            if state.firstRunAt == nil { state.firstRunAt = monotonicNanoseconds() }
+        }
+    }
+
+    var firstRunAt: UInt64? { state.withLock { $0.firstRunAt } }
+
+    /// Records how the machine ended (the first report wins), kicks every vCPU out of KVM_RUN and wakes waiters.
+    func finish(_ exit: MachineExit) {
+        let waiters = state.withLock { state -> [CheckedContinuation<MachineExit, Never>]? in
+            guard state.exit == nil else { return nil }
+            state.exit = exit
+            let waiters = state.waiters
+            state.waiters = []
+            return waiters
+        }
+        guard let waiters else { return }
+        finished.store(true, ordering: .releasing)
+        let threads = state.withLock { $0.threads }
+        for vcpu in vcpus { vcpu.requestExit() }
+        for thread in threads { thread.send(signal: KickSignal.number) }
+        for waiter in waiters { waiter.resume(returning: exit) }
+    }
+
+    /// Waits until the machine has ended.
+    func wait() async -> MachineExit {
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> MachineExit? in
+                if let exit = state.exit { return exit }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let done { continuation.resume(returning: done) }
+        }
+    }
+
+    /// Joins the vCPU and console threads after `finish`, and restores the terminal. Blocks briefly.
+    func tearDown() {
+        let (threads, input) = state.withLock { state in
+            let result = (state.threads, state.input)
+            state.threads = []
+            state.input = nil
+            return result
+        }
+        input?.shutdown()
+        for thread in threads {
+            // A vCPU may be between its finished check and KVM_RUN; immediate_exit covers that, the signal the rest.
+            thread.join()
+        }
+    }
+}
+
+/// Lets a device reach the machine that owns it without a reference cycle.
+final class WeakMachine: Sendable {
+    private let reference = Mutex<Weak?>(nil)
+    private struct Weak: @unchecked Sendable { weak var machine: Machine? } // @unchecked: only read under the mutex.
+    func set(_ machine: Machine) { reference.withLock { $0 = Weak(machine: machine) } }
+    var machine: Machine? { reference.withLock { $0?.machine } }
+}

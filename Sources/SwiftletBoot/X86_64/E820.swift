@@ -1,0 +1,30 @@
+import SwiftletMemory
+
+/// One entry of the BIOS e820 memory map the zero page carries (arch/x86/include/uapi/asm/e820.h... bootparam.h).
+public struct E820Entry: Equatable, Sendable {
+    public enum Kind: UInt32, Sendable { case ram = 1, reserved = 2 }
+    public var start: GuestAddress
+    public var size: UInt64
+    public var kind: Kind
+
+    public init(start: GuestAddress, size: UInt64, kind: Kind) {
+        self.start = start
+        self.size = size
+        self.kind = kind
+    }
+
+    /// The e820 map for guest RAM laid out by `X86Layout.ramRegions`: low RAM below the EBDA, the EBDA reserved,
+    /// RAM from 1 MiB to the MMIO hole, and RAM above 4 GiB.
+    public static func map(for memory: GuestMemory) -> [E820Entry] {
+        var entries: [E820Entry] = [
+            E820Entry(start: GuestAddress(0), size: X86Layout.ebda.rawValue, kind: .ram),
+            E820Entry(start: X86Layout.ebda, size: X86Layout.ebdaEnd.rawValue - X86Layout.ebda.rawValue, kind: .reserved),
+        ]
+        for region in memory.regions {
+            let start = max(region.start, X86Layout.highMemory)
+            guard region.end > start else { continue }
+            entries.append(E820Entry(start: start, size: region.end.rawValue - start.rawValue, kind: .ram))
+        }
+        return entries
+    }
+}

@@ -1,0 +1,25 @@
+import SystemPackage
+
+/// The one error type Swiftlet throws: what failed, in words that say what to do, and the system error behind it.
+public struct SwiftletError: Error, CustomStringConvertible, Sendable {
+    public enum Code: String, Sendable {
+        case kvmUnavailable, kvmUnsupported, kvmCannotRunGuests
+        case invalidConfiguration, invalidKernel, invalidInitrd
+        case outOfMemory, guestMemory, systemCall, guestFault, io
+    }
+
+    public var code: Code
+    public var message: String
+    public var cause: Errno?
+
+    public init(_ code: Code, _ message: String, cause: Errno? = nil) {
+        self.code = code
+        self.message = message
+        self.cause = cause
+    }
+
+    public var description: String {
+        guard let cause else { return message }
+        return "\(message): \(cause.description)"
+    }
+}

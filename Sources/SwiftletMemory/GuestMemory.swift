@@ -1,0 +1,120 @@
+import Glibc
+import SwiftletHost
+
+/// One contiguous range of guest RAM backed by its own anonymous mapping, which it owns and unmaps.
+public final class GuestRegion: Sendable {
+    public let start: GuestAddress
+    public let size: UInt64
+    /// Where the region starts in this process. Shared with KVM and device threads: the mapping lives as long as the
+    /// region, and guest RAM is by nature written concurrently by the guest, so no Swift exclusivity applies to it.
+    public nonisolated(unsafe) let host: UnsafeMutableRawPointer
+
+    init(start: GuestAddress, size: UInt64) throws(SwiftletError) {
+        guard size > 0, size % UInt64(Glibc.sysconf(Int32(_SC_PAGESIZE))) == 0 else {
+            throw SwiftletError(.invalidConfiguration, "guest memory region size \(size) is not a whole number of pages")
+        }
+        guard start.adding(size) != nil else {
+            throw SwiftletError(.invalidConfiguration, "guest memory region at \(start) of \(size) bytes wraps around")
+        }
+        let pointer = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let pointer, pointer != MAP_FAILED else {
+            throw SwiftletError(.outOfMemory, "cannot map \(size >> 20) MiB of guest memory (lower --memory)",
+                                cause: .init(rawValue: errno))
+        }
+        self.start = start
+        self.size = size
+        self.host = pointer
+    }
+
+    deinit { munmap(host, Int(size)) }
+
+    /// The first address after the region.
+    public var end: GuestAddress { GuestAddress(start.rawValue + size) }
+
+    public func contains(_ address: GuestAddress, count: UInt64) -> Bool {
+        guard address >= start else { return false }
+        let offset = address.rawValue - start.rawValue
+        return offset <= size && count <= size - offset
+    }
+}
+
+/// Guest RAM: a set of non-overlapping regions. Every access is bounds-checked against them; an access that is not
+/// wholly inside one region throws instead of touching host memory.
+public final class GuestMemory: Sendable {
+    public let regions: [GuestRegion]
+
+    /// Maps `layout` (start, size) pairs. They must be sorted and must not overlap.
+    public init(layout: [(start: GuestAddress, size: UInt64)]) throws(SwiftletError) {
+        var regions: [GuestRegion] = []
+        for (start, size) in layout {
+            if let last = regions.last, start < last.end {
+                throw SwiftletError(.invalidConfiguration, "guest memory regions overlap at \(start)")
+            }
+            regions.append(try GuestRegion(start: start, size: size))
+        }
+        self.regions = regions
+    }
+
+    /// The total size of guest RAM in bytes.
+    public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
+
+    /// The host pointer for `count` bytes at `address`, when they lie wholly inside one region.
+    @inline(__always)
+    public func hostPointer(_ address: GuestAddress, count: UInt64) throws(SwiftletError) -> UnsafeMutableRawPointer {
+        for region in regions where region.contains(address, count: count) {
+            return region.host + Int(address.rawValue - region.start.rawValue)
+        }
+        throw SwiftletError(.guestMemory, "guest access of \(count) bytes at \(address) is outside guest memory")
+    }
+
+    /// A host view of `count` bytes of guest memory at `address`.
+    public func buffer(_ address: GuestAddress, count: Int) throws(SwiftletError) -> UnsafeMutableRawBufferPointer {
+        guard count >= 0 else { throw SwiftletError(.guestMemory, "negative guest access length \(count)") }
+        let pointer = try hostPointer(address, count: UInt64(count))
+        return UnsafeMutableRawBufferPointer(start: pointer, count: count)
+    }
+
+    public func contains(_ address: GuestAddress, count: UInt64) -> Bool {
+        regions.contains { $0.contains(address, count: count) }
+    }
+
+    /// Reads a value stored little-endian at `address` (any alignment).
+    @inline(__always)
+    public func read<T: FixedWidthInteger>(_: T.Type = T.self, at address: GuestAddress) throws(SwiftletError) -> T {
+        let pointer = try hostPointer(address, count: UInt64(MemoryLayout<T>.size))
+        return T(littleEndian: pointer.loadUnaligned(as: T.self))
+    }
+
+    /// Writes `value` little-endian at `address` (any alignment).
+    @inline(__always)
+    public func write<T: FixedWidthInteger>(_ value: T, at address: GuestAddress) throws(SwiftletError) {
+        let pointer = try hostPointer(address, count: UInt64(MemoryLayout<T>.size))
+        pointer.storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    /// Copies `bytes` into guest memory at `address`.
+    public func write(_ bytes: UnsafeRawBufferPointer, at address: GuestAddress) throws(SwiftletError) {
+        guard bytes.count > 0 else { return }
+        let pointer = try hostPointer(address, count: UInt64(bytes.count))
+        pointer.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+    }
+
+    public func write(_ bytes: [UInt8], at address: GuestAddress) throws(SwiftletError) {
+        guard bytes.count > 0 else { return }
+        let pointer = try hostPointer(address, count: UInt64(bytes.count))
+        bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    /// Copies `count` bytes out of guest memory.
+    public func read(count: Int, at address: GuestAddress) throws(SwiftletError) -> [UInt8] {
+        let source = try buffer(address, count: count)
+        return Array(source)
+    }
+
+    /// Zeroes `count` bytes at `address`.
+    public func zero(_ address: GuestAddress, count: UInt64) throws(SwiftletError) {
+        guard count > 0 else { return }
+        let pointer = try hostPointer(address, count: count)
+        memset(pointer, 0, Int(count))
+    }
+}

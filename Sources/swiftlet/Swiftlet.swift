@@ -1,0 +1,152 @@
+import ArgumentParser
+import Glibc
+import Swiftlet
+import SwiftletHost
+
+@main
+struct SwiftletCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swiftlet",
+        abstract: "A minimal KVM microVM monitor.",
+        discussion: "Run `swiftlet run --help` for booting a Linux guest.",
+        subcommands: [Run.self])
+}
+
+/// Parses sizes such as 256M, 3.5G, 512MiB, 1GiB; a bare number is MiB.
+struct MemorySize: ExpressibleByArgument {
+    var bytes: UInt64
+
+    init?(argument: String) {
+        let text = argument.trimmingCharacters(in: " ").lowercased()
+        let units: [(String, Double)] = [("gib", 1_073_741_824), ("mib", 1_048_576), ("kib", 1024), ("g", 1_073_741_824), ("m", 1_048_576), ("k", 1024)]
+        var scale: Double = 1_048_576
+        var number = Substring(text)
+        for (suffix, value) in units where text.hasSuffix(suffix) {
+            scale = value
+            number = text.dropLast(suffix.count)
+            break
+        }
+        guard let value = Double(number), value > 0, value * scale < Double(UInt64.max) else { return nil }
+        bytes = UInt64(value * scale)
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String {
+        var result = Substring(self)
+        while result.first == set { result = result.dropFirst() }
+        while result.last == set { result = result.dropLast() }
+        return String(result)
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot a Linux guest.",
+        discussion: """
+            Boots KERNEL (a bzImage, or an ELF vmlinux) with its console on the 8250 UART at 0x3f8 (ttyS0). The VMM exits \
+            with status 0 when the guest reboots or powers off, and non-zero with a message when something fails.
+            With --console stdio and a terminal, the terminal is in raw mode while the guest runs: press Ctrl-A then x to \
+            stop the guest.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("The guest kernel: a bzImage (boot protocol 2.10+) or an ELF vmlinux.", valueName: "path"))
+    var kernel: String
+
+    @Option(name: .long, help: ArgumentHelp("An initramfs (cpio archive, optionally compressed) for the guest.", valueName: "path"))
+    var initrd: String?
+
+    @Option(name: .long, help: ArgumentHelp("The kernel command line.", valueName: "string"))
+    var cmdline: String = MachineConfiguration.defaultCommandLine
+
+    @Option(name: .long, help: "Number of vCPUs (1 to \(MachineConfiguration.maximumCPUs)).")
+    var cpus: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Guest memory: a size such as 256M, 3.5G or 512MiB; a bare number is MiB. At least 64M.", valueName: "size"))
+    var memory: MemorySize = MemorySize(argument: "256M")!
+
+    @Option(name: .long, help: ArgumentHelp("Where the guest console goes: stdio, none, or a file path.", valueName: "stdio|none|file"))
+    var console: String = "stdio"
+
+    @Flag(name: .long, help: "Print, on stderr, how long the guest took from this process's start to its init (the boot-timer port).")
+    var printBootTime = false
+
+    @Flag(name: .long, help: .hidden)
+    var traceStartup = false
+
+    func run() async throws {
+        let start = monotonicNanoseconds()
+        let consoleSetting: MachineConfiguration.Console = switch console {
+        case "stdio": .stdio
+        case "none": .none
+        default: .file(console)
+        }
+        let configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, cpus: cpus,
+                                                 memorySize: memory.bytes, console: consoleSetting)
+        let vm = MicroVM(configuration)
+        let signals = try SignalForwarder { Task { await vm.stop() } }
+        defer { signals.cancel() }
+        do {
+            try await vm.start()
+        } catch {
+            fail(error.description)
+        }
+        let exit = await vm.wait()
+        if traceStartup, let firstRun = vm.firstRunAt {
+            report("first-kvm-run monotonic_ns=\(firstRun) after_main_ns=\(firstRun - start)")
+        }
+        if printBootTime {
+            if let reached = vm.userspaceReachedAt {
+                report("guest init reached \((reached - start) / 1_000_000) ms after start")
+            } else {
+                report("the guest never wrote the boot-timer port")
+            }
+        }
+        switch exit {
+        case .reset, .powerOff, .stopped, .tripleFault:
+            return
+        case .failed(let message):
+            fail(message)
+        }
+    }
+
+    private func report(_ line: String) {
+        var text = "swiftlet: " + line + "\n"
+        text.withUTF8 { _ = Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    }
+
+    private func fail(_ message: String) -> Never {
+        report("error: " + message)
+        Glibc.exit(1)
+    }
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into a clean stop (so the terminal is restored and nothing is left behind):
+/// the signals are blocked in every thread and a dedicated thread waits for them.
+final class SignalForwarder: Sendable {
+    private let thread: HostThread
+    private static let cancelSignal = SIGUSR2
+
+    init(_ onSignal: @escaping @Sendable () -> Void) throws {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in [SIGINT, SIGTERM, SIGHUP, SignalForwarder.cancelSignal] { sigaddset(&set, signal) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        let waitSet = set
+        thread = try HostThread(name: "signals") {
+            var set = waitSet
+            var received: Int32 = 0
+            while sigwait(&set, &received) == 0 {
+                if received == SignalForwarder.cancelSignal { return }
+                onSignal()
+            }
+        }
+    }
+
+    func cancel() {
+        thread.send(signal: SignalForwarder.cancelSignal)
+        thread.join()
+    }
+}

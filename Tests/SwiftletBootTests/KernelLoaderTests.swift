@@ -1,0 +1,114 @@
+import SwiftletBoot
+import SwiftletHost
+import SwiftletMemory
+import Testing
+
+@Suite struct KernelLoaderTests {
+    @Test func loadsABzImageWhereItsHeaderAsks() throws {
+        let memory = try Images.memory()
+        let image = Images.bzImage()
+        let kernel = try KernelLoader.load(BytesBootSource(image), into: memory)
+        #expect(kernel.format == .bzImage)
+        #expect(kernel.start == GuestAddress(0x100_0000))
+        #expect(kernel.entry == GuestAddress(0x100_0200))
+        #expect(kernel.end == GuestAddress(0x120_0000)) // init_size beyond the payload
+        #expect(kernel.commandLineLimit == 2048)
+        #expect(kernel.initrdAddressMax == 0x37ff_ffff)
+        #expect(try memory.read(count: 4096, at: kernel.start) == Array(image[1024...]))
+        #expect(kernel.setupHeader?.count == 0x268 - 0x1f1)
+        #expect(kernel.setupHeader?.first == 1)
+    }
+
+    @Test(arguments: [
+        ("no magic", Array(repeating: UInt8(0), count: 2048)),
+        ("protocol 2.09", Images.bzImage(version: 0x0209)),
+        ("no 64-bit entry", Images.bzImage(xloadflags: 0)),
+        ("setup only", Array(Images.bzImage().prefix(1024))),
+        ("outside RAM", Images.bzImage(preferredAddress: 0xbff0_0000)),
+        ("wraps", Images.bzImage(preferredAddress: UInt64.max - 0xfff)),
+        ("too small", [0x7f, 0x45]),
+    ])
+    func rejectsCorruptBzImages(_ name: String, _ image: [UInt8]) throws {
+        let memory = try Images.memory()
+        #expect(throws: SwiftletError.self, "\(name)") { try KernelLoader.load(BytesBootSource(image), into: memory) }
+    }
+
+    @Test func loadsELFSegmentsAtTheirPhysicalAddresses() throws {
+        let memory = try Images.memory()
+        try memory.write([UInt8](repeating: 0xee, count: 0x100), at: GuestAddress(0x100_0000 + 0x10))
+        let image = Images.elf(entry: 0x100_0000, segments: [(0x100_0000, [1, 2, 3, 4], 0x100), (0x200_0000, [9], 1)])
+        let kernel = try KernelLoader.load(BytesBootSource(image), into: memory)
+        #expect(kernel.format == .elf)
+        #expect(kernel.entry == GuestAddress(0x100_0000))
+        #expect(kernel.start == GuestAddress(0x100_0000) && kernel.end == GuestAddress(0x200_0001))
+        #expect(try memory.read(count: 5, at: GuestAddress(0x100_0000)) == [1, 2, 3, 4, 0])
+        #expect(try memory.read(UInt8.self, at: GuestAddress(0x100_0010)) == 0) // bss zeroed
+        #expect(try memory.read(UInt8.self, at: GuestAddress(0x200_0000)) == 9)
+        #expect(kernel.setupHeader == nil)
+    }
+
+    @Test func rejectsCorruptELFs() throws {
+        let memory = try Images.memory()
+        let cases: [(String, [UInt8])] = [
+            ("entry outside segments", Images.elf(entry: 0x300_0000, segments: [(0x100_0000, [1], 1)])),
+            ("32-bit", Images.elf(entry: 0x100_0000, segments: [(0x100_0000, [1], 1)], elfClass: 1)),
+            ("aarch64", Images.elf(entry: 0x100_0000, segments: [(0x100_0000, [1], 1)], machine: 0xb7)),
+            ("filesz > memsz", Images.elf(entry: 0x100_0000, segments: [(0x100_0000, [1, 2], 1)])),
+            ("beyond RAM", Images.elf(entry: 0x100_0000, segments: [(0x100_0000, [1], 0x1000_0000)])),
+            ("no segments", Images.elf(entry: 0x100_0000, segments: [])),
+            ("truncated", Array(Images.elf(entry: 0x100_0000, segments: [(0x100_0000, [1, 2, 3, 4], 4)]).dropLast(2))),
+        ]
+        for (name, image) in cases {
+            #expect(throws: SwiftletError.self, "\(name)") { try KernelLoader.load(BytesBootSource(image), into: memory) }
+        }
+    }
+
+    @Test func placesTheInitrdHighAndAligned() throws {
+        let memory = try Images.memory()
+        let kernel = try KernelLoader.load(BytesBootSource(Images.bzImage()), into: memory)
+        let initrd = [UInt8](repeating: 7, count: 5000)
+        let placed = try KernelLoader.loadInitrd(BytesBootSource(initrd), into: memory, kernel: kernel)
+        #expect(placed.address.rawValue % 4096 == 0)
+        #expect(placed.address.rawValue + 5000 <= 64 << 20)
+        #expect(placed.address.rawValue + 5000 > (64 << 20) - 8192)
+        #expect(try memory.read(count: 5000, at: placed.address) == initrd)
+        let huge = BytesBootSource([UInt8](repeating: 0, count: 48 << 20)) // would overlap the kernel at 16 MiB
+        #expect(throws: SwiftletError.self) { try KernelLoader.loadInitrd(huge, into: memory, kernel: kernel) }
+        #expect(throws: SwiftletError.self) { try KernelLoader.loadInitrd(BytesBootSource([]), into: memory, kernel: kernel) }
+    }
+
+    @Test func initrdStaysBelowInitrdAddressMaxAndTheHole() throws {
+        let memory = try Images.memory(size: 3584 << 20)
+        var kernel = try KernelLoader.load(BytesBootSource(Images.bzImage()), into: memory)
+        let placed = try KernelLoader.loadInitrd(BytesBootSource([1, 2, 3]), into: memory, kernel: kernel)
+        #expect(placed.address.rawValue + 3 <= 0x3800_0000)
+        kernel.initrdAddressMax = UInt64(UInt32.max)
+        let high = try KernelLoader.loadInitrd(BytesBootSource([1, 2, 3]), into: memory, kernel: kernel)
+        #expect(high.address.rawValue + 3 <= X86Layout.mmioHoleStart.rawValue)
+    }
+
+    static let realKernelDirectory: String? = {
+        guard let directory = getenvString("SWIFTLET_GUEST_KERNEL_DIR") else { return nil }
+        return directory
+    }()
+
+    @Test(.enabled(if: realKernelDirectory != nil, "set SWIFTLET_GUEST_KERNEL_DIR to the built guest kernel (make test does)"))
+    func loadsTheRealGuestKernels() throws {
+        let directory = try #require(Self.realKernelDirectory)
+        let memory = try Images.memory(size: 256 << 20)
+        let bz = try KernelLoader.load(FileBootSource(path: directory + "/bzImage", what: "kernel"), into: memory)
+        #expect(bz.format == .bzImage)
+        #expect(bz.entry.rawValue == bz.start.rawValue + 0x200)
+        #expect(bz.commandLineLimit > 255)
+        let elf = try KernelLoader.load(FileBootSource(path: directory + "/vmlinux", what: "kernel"), into: memory)
+        #expect(elf.format == .elf)
+        #expect(elf.entry == GuestAddress(0x100_0000))
+    }
+}
+
+import Glibc
+func getenvString(_ name: String) -> String? {
+    guard let value = getenv(name) else { return nil }
+    let string = String(cString: value)
+    return string.isEmpty ? nil : string
+}
