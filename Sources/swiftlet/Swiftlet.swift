@@ -70,10 +70,13 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Where the guest console goes: stdio, none, or a file path.", valueName: "stdio|none|file"))
     var console: String = "stdio"
 
+    @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
+    var kvm: String = "/dev/kvm"
+
     @Flag(name: .long, help: "Print, on stderr, how long the guest took from this process's start to its init (the boot-timer port).")
     var printBootTime = false
 
-    @Flag(name: .long, help: .hidden)
+    @Flag(name: .long, help: "Print, on stderr, the CLOCK_MONOTONIC time of the first KVM_RUN (for start-up benchmarks).")
     var traceStartup = false
 
     func run() async throws {
@@ -83,8 +86,13 @@ struct Run: AsyncParsableCommand {
         case "none": .none
         default: .file(console)
         }
-        let configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, cpus: cpus,
-                                                 memorySize: memory.bytes, console: consoleSetting)
+        var configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, cpus: cpus,
+                                                 memorySize: memory.bytes, console: consoleSetting, kvmPath: kvm)
+        if traceStartup {
+            configuration.onFirstRun = { now in
+                Run.report("first-kvm-run monotonic_ns=\(now) after_main_ns=\(now - start)")
+            }
+        }
         let vm = MicroVM(configuration)
         let signals = try SignalForwarder { Task { await vm.stop() } }
         defer { signals.cancel() }
@@ -94,14 +102,11 @@ struct Run: AsyncParsableCommand {
             fail(error.description)
         }
         let exit = await vm.wait()
-        if traceStartup, let firstRun = vm.firstRunAt {
-            report("first-kvm-run monotonic_ns=\(firstRun) after_main_ns=\(firstRun - start)")
-        }
         if printBootTime {
             if let reached = vm.userspaceReachedAt {
-                report("guest init reached \((reached - start) / 1_000_000) ms after start")
+                Run.report("guest init reached \((reached - start) / 1_000_000) ms after start")
             } else {
-                report("the guest never wrote the boot-timer port")
+                Run.report("the guest never wrote the boot-timer port")
             }
         }
         switch exit {
@@ -112,13 +117,13 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    private func report(_ line: String) {
+    static func report(_ line: String) {
         var text = "swiftlet: " + line + "\n"
         text.withUTF8 { _ = Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
     }
 
     private func fail(_ message: String) -> Never {
-        report("error: " + message)
+        Run.report("error: " + message)
         Glibc.exit(1)
     }
 }

@@ -12,6 +12,7 @@ enum Images {
                         xloadflags: UInt16 = 1, preferredAddress: UInt64 = 0x100_0000, initSize: UInt32 = 0x20_0000) -> [UInt8] {
         var image = [UInt8](repeating: 0, count: 1024)
         image[0x1f1] = 1 // setup_sects
+        le(UInt32((payload.count + 15) / 16), into: &image, at: 0x1f4) // syssize
         le(UInt16(0xaa55), into: &image, at: 0x1fe)
         image[0x200] = 0xeb
         image[0x201] = 0x66 // header ends at 0x268

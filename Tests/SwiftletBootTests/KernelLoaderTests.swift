@@ -24,6 +24,7 @@ import Testing
         ("protocol 2.09", Images.bzImage(version: 0x0209)),
         ("no 64-bit entry", Images.bzImage(xloadflags: 0)),
         ("setup only", Array(Images.bzImage().prefix(1024))),
+        ("truncated payload", Array(Images.bzImage().dropLast(100))),
         ("outside RAM", Images.bzImage(preferredAddress: 0xbff0_0000)),
         ("wraps", Images.bzImage(preferredAddress: UInt64.max - 0xfff)),
         ("too small", [0x7f, 0x45]),

@@ -16,6 +16,8 @@ public struct MachineConfiguration: Sendable {
     public var memorySize: UInt64
     public var console: Console
     public var kvmPath: String
+    /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds.
+    public var onFirstRun: (@Sendable (UInt64) -> Void)?
 
     public static let defaultCommandLine = "console=ttyS0 reboot=k panic=1"
     public static let minimumMemory: UInt64 = 64 << 20

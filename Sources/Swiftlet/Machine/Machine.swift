@@ -135,8 +135,8 @@ final class Machine: Sendable {
 
     private func runLoop(_ vcpu: Vcpu) {
         var exitWith: MachineExit?
+        if vcpu.id == 0 { noteFirstRun() }
         while exitWith == nil && !finished.load(ordering: .acquiring) {
-            if vcpu.id == 0 { noteFirstRun() }
             let exit: VcpuExit
             do { exit = try vcpu.runUntilExit() } catch {
                 exitWith = .failed(error.description)
@@ -186,9 +186,13 @@ final class Machine: Sendable {
     }
 
     private func noteFirstRun() {
-        state.withLock { state in
-            if state.firstRunAt == nil { state.firstRunAt = monotonicNanoseconds() }
+        let now = monotonicNanoseconds()
+        let first = state.withLock { state -> Bool in
+            guard state.firstRunAt == nil else { return false }
+            state.firstRunAt = now
+            return true
         }
+        if first { configuration.onFirstRun?(now) }
     }
 
     var firstRunAt: UInt64? { state.withLock { $0.firstRunAt } }

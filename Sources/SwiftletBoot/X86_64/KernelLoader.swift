@@ -22,6 +22,7 @@ public struct LoadedKernel: Sendable {
 enum BootParams {
     static let e820Entries = 0x1e8
     static let setupSects = 0x1f1
+    static let systemSize = 0x1f4
     static let bootFlag = 0x1fe
     static let jump = 0x200
     static let header = 0x202
@@ -89,6 +90,11 @@ public enum KernelLoader {
             throw SwiftletError(.invalidKernel, "bzImage is truncated: setup is \(setupSize) bytes, file is \(source.size)")
         }
         let payloadSize = source.size - setupSize
+        // syssize: the protected-mode code's size in 16-byte paragraphs (boot protocol 2.04+).
+        let declaredSize = UInt64(header.le(UInt32.self, BootParams.systemSize)) * 16
+        guard UInt64(payloadSize) >= declaredSize else {
+            throw SwiftletError(.invalidKernel, "bzImage is truncated: its header declares \(declaredSize) bytes of kernel after the setup, the file has \(payloadSize)")
+        }
         let loadAddress = GuestAddress(header.le(UInt64.self, BootParams.preferredAddress))
         let initSize = UInt64(header.le(UInt32.self, BootParams.initSize))
         let footprint = max(UInt64(payloadSize), initSize)

@@ -1,0 +1,50 @@
+# Swiftlet: `make run` boots the bundled guest, `make test` runs every test. Both install what is missing first.
+# Guests boot on this host when its KVM can run them (tools/kvm-probe decides), otherwise in the nested lab.
+
+SWIFT ?= swift
+GUEST_OUT := .build/guest
+PYTHON ?= python3
+HARNESS := $(PYTHON) Tests/Integration/harness.py
+
+.PHONY: all deps build guest probe test unit bench lab run clean help
+
+all: build guest
+
+help:
+	@echo "make run            boot the bundled guest and show its console (host KVM, or the nested lab)"
+	@echo "make test           unit tests, then integration tests; ends with 'N passed, N failed'"
+	@echo "make bench [BENCH=boot] [RUNS=10]   Swiftlet and QEMU side by side, one 'bench:' line per metric"
+	@echo "make lab CMD='...'  run a command in the nested lab (/job holds swiftlet, the guest, the tests)"
+	@echo "make probe          does this host's /dev/kvm boot guests?"
+
+deps:
+	@tools/install-deps.sh
+
+build: deps
+	$(SWIFT) build -c release --static-swift-stdlib
+
+# The kernel build is cached under $${SWIFTLET_CACHE:-~/.cache/swiftlet}, keyed by its config and source version.
+guest: deps
+	@guest/build-kernel.sh $(GUEST_OUT)
+	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs.cpio
+
+probe: deps
+	@$(HARNESS) probe || true
+
+test: build guest
+	@SWIFTLET_GUEST_KERNEL_DIR=$(CURDIR)/$(GUEST_OUT) $(HARNESS) test
+
+unit: deps
+	$(SWIFT) test
+
+bench: build guest
+	@$(HARNESS) bench $(if $(BENCH),--bench $(BENCH)) $(if $(RUNS),--runs $(RUNS))
+
+lab: build guest
+	@$(HARNESS) lab -- $(CMD)
+
+run: build guest
+	@$(HARNESS) run
+
+clean:
+	rm -rf .build

@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Swiftlet's test and benchmark harness: what `make test`, `make bench`, `make lab` and `make run` do.
+
+  harness.py probe                 does this host's /dev/kvm boot guests? (prints the verdict)
+  harness.py test [--only PATTERN] unit tests, then integration tests on the host or in the nested lab;
+                                   ends with "N passed, N failed[, N skipped]"
+  harness.py bench [--bench NAME] [--runs N]   side-by-side benchmarks (Swiftlet and QEMU, same guest, same run)
+  harness.py lab -- CMD            run CMD in the nested lab with the payload staged under /job
+  harness.py run                   boot the bundled guest with its console here (host) or in the lab
+
+Integration tests and benchmarks need a KVM that boots guests. tools/kvm-probe decides: when this host's KVM
+does, they run here; otherwise in the nested lab (Tests/Integration/lab), with everything staged under /job:
+  /job/bin/swiftlet (+ /job/lib)   /job/bin/vmmbench   /job/guest/{bzImage,vmlinux,initramfs.cpio}
+  /job/integration/{lib.sh,run.sh,tests/,bench/}
+Standard library only.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+INTEGRATION = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(INTEGRATION, "..", ".."))
+BUILD = os.path.join(REPO, ".build")
+GUEST = os.path.join(BUILD, "guest")
+SWIFTLET = os.path.join(BUILD, "release", "swiftlet")
+TOOLS = os.path.join(BUILD, "tools")
+PAYLOAD = os.path.join(BUILD, "lab-payload")
+LAB = os.path.join(INTEGRATION, "lab", "lab.py")
+# The lab's L1 gets enough memory for a 3.5 GiB guest (TCG allocates it lazily).
+LAB_MEM_MIB = 4608
+
+RESULT_RE = re.compile(r"^TEST-RESULT (\S+) (ok|fail)(?: (.*))?$")
+SKIP_RE = re.compile(r"^TEST-SKIP (\S+)(?: (.*))?$")
+SAMPLE_RE = re.compile(r"^BENCH-SAMPLE metric=(\S+) vmm=(\S+) value=(\S+) unit=(\S+)$")
+VMMBENCH_RE = re.compile(r"vmmbench: marker_ms=(-?\d+) exit_ms=(-?\d+) rss_kib=(-?\d+) guest_rss_kib=(-?\d+) "
+                         r"status=(-?\d+) start_ns=(\d+)")
+
+
+def say(message):
+    print(f"harness: {message}", flush=True)
+
+
+def compile_c(source, output):
+    """Compile a small static C tool if it is missing or older than its source."""
+    if os.path.exists(output) and os.path.getmtime(output) >= os.path.getmtime(source):
+        return output
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", output, source], check=True)
+    return output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Where guests can run
+
+
+def probe():
+    """(native, verdict): whether this host's /dev/kvm boots unmodified guests, and kvm-probe's words."""
+    tool = compile_c(os.path.join(REPO, "tools", "kvm-probe.c"), os.path.join(TOOLS, "kvm-probe"))
+    r = subprocess.run([tool], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    verdict = r.stdout.strip() or f"kvm-probe exited {r.returncode}"
+    return r.returncode == 0, verdict
+
+
+def where(args):
+    if getattr(args, "lab", False) or os.environ.get("SWIFTLET_FORCE_LAB"):
+        say("running guests in the nested lab (asked for)")
+        return False
+    native, verdict = probe()
+    say(verdict)
+    say("running guests on this host" if native else
+        "this host's KVM cannot boot guests: running them in the nested lab (QEMU TCG with emulated SVM)")
+    return native
+
+
+def require_artifacts():
+    missing = [p for p in (SWIFTLET, *(os.path.join(GUEST, f) for f in ("bzImage", "vmlinux", "initramfs.cpio")))
+               if not os.path.exists(p)]
+    if missing:
+        sys.exit(f"harness: missing {', '.join(missing)}: run `make build guest` first")
+
+
+def stage_payload():
+    """The /job tree for the lab, rebuilt each time (it is small next to the L1 image)."""
+    require_artifacts()
+    shutil.rmtree(PAYLOAD, ignore_errors=True)
+    bindir = os.path.join(PAYLOAD, "bin")
+    subprocess.run([sys.executable, LAB, "stage-binary", SWIFTLET, bindir], check=True)
+    # Libraries go to /job/lib (lab.py's run.sh puts it on LD_LIBRARY_PATH); stage-binary put them in bin/lib.
+    if os.path.isdir(os.path.join(bindir, "lib")):
+        shutil.move(os.path.join(bindir, "lib"), os.path.join(PAYLOAD, "lib"))
+    shutil.copy2(compile_c(os.path.join(INTEGRATION, "bench", "vmmbench.c"), os.path.join(TOOLS, "vmmbench")), bindir)
+    os.makedirs(os.path.join(PAYLOAD, "guest"))
+    for name in ("bzImage", "vmlinux", "initramfs.cpio"):
+        shutil.copy2(os.path.join(GUEST, name), os.path.join(PAYLOAD, "guest", name))
+    target = os.path.join(PAYLOAD, "integration")
+    os.makedirs(target)
+    for name in ("lib.sh", "run.sh"):
+        shutil.copy2(os.path.join(INTEGRATION, name), target)
+    for folder in ("tests", "bench"):
+        shutil.copytree(os.path.join(INTEGRATION, folder), os.path.join(target, folder),
+                        ignore=shutil.ignore_patterns("*.c"))
+
+
+def native_env():
+    env = dict(os.environ)
+    env.update(SWIFTLET=SWIFTLET, GUEST=GUEST, VMMBENCH=compile_c(os.path.join(INTEGRATION, "bench", "vmmbench.c"),
+                                                                  os.path.join(TOOLS, "vmmbench")))
+    env.setdefault("QEMU", "qemu-system-x86_64")
+    env.setdefault("QEMU_FIRMWARE", "/usr/share/qemu")
+    return env
+
+
+LAB_ENV = "SWIFTLET=/job/bin/swiftlet GUEST=/job/guest VMMBENCH=/job/bin/vmmbench QEMU=qemu-system-x86_64 " \
+          "QEMU_FIRMWARE=/usr/share/qemu"
+
+
+def run_guest_side(native, script, label, timeout):
+    """Run an integration-side shell command where guests boot; return (status, output lines of the final try)."""
+    if native:
+        proc = subprocess.Popen(["sh", "-c", script.replace("/job/integration", INTEGRATION)], env=native_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+        return proc.wait(), lines
+    stage_payload()
+    log = os.path.join(BUILD, "lab", f"{label}.log")
+    command = [sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB), "--label", label,
+               "--log", log, "--timeout", str(timeout), "--", f"{LAB_ENV} {script}"]
+    status = subprocess.run(command).returncode
+    lines = []
+    if os.path.exists(log):
+        with open(log, errors="replace") as f:
+            for line in f:
+                if line.startswith("==== ") and "retrying" in line:
+                    lines = []  # a hung attempt: only the last attempt's results count
+                else:
+                    lines.append(line.rstrip("\n"))
+    return status, lines
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tests
+
+
+def unit_tests():
+    """Run `swift test`; return (passed, failed)."""
+    say("unit tests: swift test")
+    proc = subprocess.Popen(["swift", "test"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    total = failed = None
+    failed_names = []
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        m = re.search(r"Test run with (\d+) tests? in \d+ suites? (passed|failed)", line)
+        if m:
+            total = int(m.group(1))
+        m = re.match(r"^\S*\s*Test (?!run )(.+?) (?:with \d+ test cases? )?failed after", line)
+        if m:
+            failed_names.append(m.group(1))
+    status = proc.wait()
+    failed = len(failed_names)
+    if total is None:
+        say(f"swift test exited {status} without a test summary (build failure?)")
+        return 0, 1
+    if status != 0 and failed == 0:
+        failed = 1
+    return total - failed, failed
+
+
+def integration_tests(native, pattern):
+    """Run the integration tests where guests boot; return (passed, failed, skipped)."""
+    say(f"integration tests{f' matching {pattern!r}' if pattern else ''}")
+    script = f"sh /job/integration/run.sh {pattern or ''}"
+    status, lines = run_guest_side(native, script, "integration", timeout=2400)
+    passed = failed = skipped = 0
+    failures = []
+    current = None
+    for line in lines:
+        if line.startswith("TEST-BEGIN "):
+            current = line.split()[1]
+        elif line.startswith("TEST-END "):
+            current = None
+        m = RESULT_RE.match(line)
+        if m:
+            if m.group(2) == "ok":
+                passed += 1
+            else:
+                failed += 1
+                failures.append(f"{m.group(1)}: {m.group(3) or ''}")
+        elif SKIP_RE.match(line):
+            skipped += 1
+            say(f"skipped {line[len('TEST-SKIP '):]}")
+    if status in (124, 125) or (not native and status != 0 and current):
+        failed += 1
+        failures.append(f"lab: {'hung' if status == 124 else 'failed'} (exit {status})"
+                        f"{f' during integration test {current!r}' if current else ''}; see .build/lab/integration.log")
+    elif status != 0 and failed == 0:
+        failed += 1
+        failures.append(f"integration run exited {status} without a failing result")
+    for failure in failures:
+        say(f"FAILED {failure}")
+    return passed, failed, skipped
+
+
+def host_kvm_diagnosis():
+    """On a host whose KVM cannot boot guests: swiftlet must say so clearly, not hang. Returns (passed, failed)."""
+    require_artifacts()
+    say("host test: swiftlet names the PVM-style KVM when it stops the guest (takes about a minute here)")
+    try:
+        r = subprocess.run([SWIFTLET, "run", "--kernel", os.path.join(GUEST, "bzImage"), "--initrd",
+                            os.path.join(GUEST, "initramfs.cpio"), "--console", "none",
+                            "--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        say("FAILED host-kvm-diagnosis: swiftlet did not stop within 600 s")
+        return 0, 1
+    ok = r.returncode != 0 and "cannot run Linux guests" in r.stderr and "rip 0x" in r.stderr
+    print(f"TEST-RESULT host-kvm-diagnosis {'ok' if ok else 'fail'} {r.stderr.strip()[:300]}")
+    if not ok:
+        say(f"FAILED host-kvm-diagnosis: exit {r.returncode}: {r.stderr.strip()[:300]}")
+    return (1, 0) if ok else (0, 1)
+
+
+def cmd_test(args):
+    started = time.monotonic()
+    passed, failed = unit_tests() if not args.only else (0, 0)
+    skipped = 0
+    native = where(args)
+    p, f, s = integration_tests(native, args.only)
+    passed, failed, skipped = passed + p, failed + f, skipped + s
+    if not native and not args.only and not args.lab and os.path.exists("/dev/kvm"):
+        p, f = host_kvm_diagnosis()
+        passed, failed = passed + p, failed + f
+    say(f"took {time.monotonic() - started:.0f} s")
+    print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""), flush=True)
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmarks
+
+
+# name -> {metric: (unit, better)}; the lab-side script is bench/NAME.sh and prints BENCH-SAMPLE lines.
+BENCHES = {
+    "boot": {"boot_to_init": ("ms", "lower"), "boot_to_exit": ("ms", "lower"), "vmm_overhead_rss": ("MiB", "lower"),
+             "start_to_first_run": ("ms", "lower")},
+}
+
+
+def start_to_first_run(runs):
+    """From fork to the first KVM_RUN of vCPU 0, measured on this host (it gets that far even when its KVM
+    cannot run the guest). Swiftlet only: QEMU prints no such stamp."""
+    require_artifacts()
+    tool = native_env()["VMMBENCH"]
+    samples = []
+    for _ in range(runs):
+        r = subprocess.run([tool, "--kill-on", "first-kvm-run", "--timeout", "30", "--", SWIFTLET, "run", "--kernel",
+                            os.path.join(GUEST, "bzImage"), "--initrd", os.path.join(GUEST, "initramfs.cpio"),
+                            "--console", "none", "--trace-startup"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        m = VMMBENCH_RE.search(r.stdout)
+        stamp = re.search(r"first-kvm-run monotonic_ns=(\d+)", r.stdout)
+        if m and stamp:
+            samples.append((int(stamp.group(1)) - int(m.group(6))) / 1e6)
+    return samples
+
+
+def cmd_bench(args):
+    names = [args.bench] if args.bench else list(BENCHES)
+    for name in names:
+        if name not in BENCHES:
+            sys.exit(f"harness: no benchmark {name!r}; there are: {', '.join(BENCHES)}")
+    native = where(args)
+    os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
+    status = 0
+    for name in names:
+        samples = {}  # (metric, vmm) -> [values]
+        units = {}
+        script = f"RUNS={args.runs} sh /job/integration/bench/{name}.sh"
+        rc, lines = run_guest_side(native, script, f"bench-{name}", timeout=3000)
+        for line in lines:
+            m = SAMPLE_RE.match(line)
+            if m:
+                samples.setdefault((m.group(1), m.group(2)), []).append(float(m.group(3)))
+                units[m.group(1)] = m.group(4)
+        if rc != 0:
+            say(f"benchmark {name}: the guest side exited {rc}; figures below come from what finished")
+            status = 1
+        if name == "boot":
+            samples[("start_to_first_run", "swiftlet")] = start_to_first_run(max(args.runs, 10))
+        where_ran = "host" if native else "nested lab (QEMU TCG + emulated SVM, L1 Debian cloud kernel)"
+        report = {"bench": name, "where": where_ran, "host_kvm_native": native,
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": []}
+        for metric, (unit, better) in BENCHES[name].items():
+            ours = samples.get((metric, "swiftlet"), [])
+            peer = samples.get((metric, "qemu"), [])
+            med_ours = statistics.median(ours) if ours else None
+            med_peer = statistics.median(peer) if peer else None
+            ratio = med_ours / med_peer if med_ours is not None and med_peer else None
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"
+            where_note = " (host)" if metric == "start_to_first_run" else ""
+            print(f"bench: {metric} swiftlet={fmt(med_ours)} qemu={fmt(med_peer)} unit={unit} better={better} "
+                  f"ratio={fmt(ratio)} runs={max(len(ours), len(peer))}{where_note}", flush=True)
+            report["metrics"].append({"name": metric, "unit": unit, "better": better, "swiftlet": med_ours,
+                                      "qemu": med_peer, "ratio": ratio, "runs": max(len(ours), len(peer)),
+                                      "swiftlet_samples": ours, "qemu_samples": peer,
+                                      "where": "host" if metric == "start_to_first_run" else where_ran})
+        with open(os.path.join(BUILD, "bench", f"{name}.json"), "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        say(f"wrote {os.path.join('.build', 'bench', name + '.json')}")
+    return status
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ad hoc
+
+
+def cmd_lab(args):
+    command = " ".join(args.command[1:] if args.command[:1] == ["--"] else args.command)
+    if not command:
+        sys.exit("harness: usage: make lab CMD='swiftlet run --kernel /job/guest/bzImage …'")
+    stage_payload()
+    return subprocess.run([sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB),
+                           "--label", "adhoc", "--", f"export {LAB_ENV} PATH=/job/bin:$PATH; {command}"]).returncode
+
+
+def cmd_run(args):
+    require_artifacts()
+    native = where(args)
+    if native:
+        say("booting the bundled guest here; its shell is on this terminal (Ctrl-A x stops the VM)")
+        os.execv(SWIFTLET, [SWIFTLET, "run", "--kernel", os.path.join(GUEST, "bzImage"), "--initrd",
+                            os.path.join(GUEST, "initramfs.cpio"), "--cmdline", "console=ttyS0 reboot=k panic=-1"])
+    say("booting the bundled guest with swiftlet inside the nested lab; its console follows")
+    stage_payload()
+    command = ("swiftlet run --kernel /job/guest/bzImage --initrd /job/guest/initramfs.cpio --memory 256M "
+               "--cmdline 'console=ttyS0 reboot=k panic=-1 swiftlet.test=hello'")
+    return subprocess.run([sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB),
+                           "--label", "run", "--", f"export PATH=/job/bin:$PATH; echo '$ {command}'; {command}"]
+                          ).returncode
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lab", action="store_true", help="use the nested lab even if this host's KVM boots guests")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    sub.add_parser("probe")
+    p = sub.add_parser("test")
+    p.add_argument("--only", metavar="PATTERN", help="only integration tests whose name contains PATTERN")
+    p = sub.add_parser("bench")
+    p.add_argument("--bench", metavar="NAME")
+    p.add_argument("--runs", type=int, default=10)
+    p = sub.add_parser("lab")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    sub.add_parser("run")
+    args = parser.parse_args()
+    if args.verb == "probe":
+        native, verdict = probe()
+        print(verdict)
+        return 0 if native else 1
+    return {"test": cmd_test, "bench": cmd_bench, "lab": cmd_lab, "run": cmd_run}[args.verb](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+#!/bin/bash
+# Build (or find in the cache) the Swiftlet lab's L1 image: Debian's cloud kernel plus a
+# busybox initramfs holding the KVM/vhost/net modules, qemu-system-x86_64 with its libraries
+# and firmware, and the L1 init. See README.md in this directory.
+#
+# Usage: build-l1.sh [--force] [--quiet]
+#   --force   rebuild even if the cache holds this image
+#   --quiet   no progress messages (errors are still printed)
+#
+# Environment:
+#   SWIFTLET_CACHE            cache root (default: $HOME/.cache/swiftlet)
+#   SWIFTLET_LAB_KERNEL_PKG   kernel package to use (default: what linux-image-cloud-amd64 depends on)
+#   SWIFTLET_LAB_COMPRESS     base initramfs compression: none (default, boots fastest), lz4, gzip
+#
+# Output (stdout, last line): the image directory, holding
+#   vmlinuz       the L1 kernel (bzImage)
+#   base.cpio     the base initramfs (newc; lab.py appends the job's payload as a second archive)
+#   lab.env       facts about the image (kernel version, package versions, key)
+#   monotime      static CLOCK_MONOTONIC helper (also in L1 as /bin/monotime)
+# Progress and errors go to stderr. Exit status is non-zero on any failure.
+set -euo pipefail
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE_ROOT=${SWIFTLET_CACHE:-$HOME/.cache/swiftlet}
+LAB_CACHE=$CACHE_ROOT/lab
+COMPRESS=${SWIFTLET_LAB_COMPRESS:-none}
+FORCE=0
+QUIET=0
+
+# Modules L1 loads at boot, in this order; their dependencies (from modules.dep) load first.
+MODULES=(irqbypass kvm kvm-amd tun vhost_iotlb vhost vhost_net vsock
+         vmw_vsock_virtio_transport_common vhost_vsock veth bridge loop)
+
+# QEMU firmware staged under /usr/share/qemu in L1 (bios-microvm.bin for -M microvm,
+# the option ROMs for -kernel boots, SeaBIOS for -M pc/q35).
+QEMU_FIRMWARE=(bios-microvm.bin qboot.rom linuxboot.bin linuxboot_dma.bin pvh.bin
+               multiboot.bin multiboot_dma.bin kvmvapic.bin bios-256k.bin bios.bin)
+# QEMU loadable modules staged too (TCG, so L1 can also run QEMU without KVM).
+QEMU_MODULES=(accel-tcg-x86_64.so)
+
+log() { [ "$QUIET" = 1 ] || echo "build-l1: $*" >&2; }
+die() { echo "build-l1: error: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --force) FORCE=1 ;;
+        --quiet) QUIET=1 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+        *) die "unknown argument '$1' (try --help)" ;;
+    esac
+    shift
+done
+
+need() { # need COMMAND HINT
+    command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"
+}
+need apt-cache "this script needs Debian/Ubuntu apt"
+need apt-get "this script needs Debian/Ubuntu apt"
+need dpkg-deb "apt-get install dpkg"
+need dpkg-query "apt-get install dpkg"
+need depmod "apt-get install kmod"
+need qemu-system-x86_64 "apt-get install qemu-system-x86"
+need cpio "apt-get install cpio"
+need gcc "apt-get install gcc libc6-dev"
+need python3 "apt-get install python3"
+need sha256sum "apt-get install coreutils"
+need flock "apt-get install util-linux"
+need ldd "apt-get install libc-bin"
+case "$COMPRESS" in
+    none) ;;
+    lz4) need lz4 "apt-get install lz4" ;;
+    gzip) need gzip "apt-get install gzip" ;;
+    *) die "SWIFTLET_LAB_COMPRESS must be none, lz4 or gzip (got '$COMPRESS')" ;;
+esac
+
+BUSYBOX=/bin/busybox
+[ -x "$BUSYBOX" ] || die "$BUSYBOX not found: apt-get install busybox-static"
+if ldd "$BUSYBOX" >/dev/null 2>&1; then
+    die "$BUSYBOX is dynamically linked: apt-get install busybox-static"
+fi
+QEMU_BIN=$(command -v qemu-system-x86_64)
+QEMU_SHARE=/usr/share/qemu
+# Debian's QEMU searches these for firmware; L1 gets the files in /usr/share/qemu.
+QEMU_FIRMWARE_PATH="/usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu"
+[ -e "$QEMU_SHARE/bios-microvm.bin" ] || die "$QEMU_SHARE/bios-microvm.bin not found: apt-get install qemu-system-data"
+
+# --- Which kernel package, which versions -------------------------------------------------
+KPKG=${SWIFTLET_LAB_KERNEL_PKG:-}
+if [ -z "$KPKG" ]; then
+    KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+           awk '!found && $1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-cloud-amd64$/ { print $2; found = 1 }')
+    [ -n "$KPKG" ] || die "cannot resolve linux-image-cloud-amd64's kernel package (apt-cache depends found none): run apt-get update"
+fi
+KPKG_VERSION=$(apt-cache show --no-all-versions "$KPKG" 2>/dev/null | awk '!found && /^Version:/ { print $2; found = 1 }')
+[ -n "$KPKG_VERSION" ] || die "apt-cache knows no package $KPKG: run apt-get update"
+KVER=${KPKG#linux-image-}
+
+pkgver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
+QEMU_VERSION="$(pkgver qemu-system-x86) $("$QEMU_BIN" --version | sed -n 1p)"
+BUSYBOX_VERSION="$(pkgver busybox-static) $("$BUSYBOX" | sed -n 1p)"
+
+# The key covers everything that goes into the image: this script, the L1 files, the tools,
+# the kernel package version, the host's QEMU and busybox, and the compression.
+KEY=$( {
+    cat "$LAB_DIR/build-l1.sh"
+    for f in "$LAB_DIR"/l1/* "$LAB_DIR"/tools/*.c; do echo "== ${f#$LAB_DIR/}"; cat "$f"; done
+    echo "$KPKG $KPKG_VERSION"
+    echo "$QEMU_VERSION"
+    echo "$BUSYBOX_VERSION"
+    echo "compress=$COMPRESS"
+} | sha256sum | cut -c1-12)
+OUT=$LAB_CACHE/$KVER-$KEY
+
+if [ "$FORCE" = 0 ] && [ -f "$OUT/.complete" ]; then
+    log "cached: $OUT"
+    echo "$OUT"
+    exit 0
+fi
+
+mkdir -p "$LAB_CACHE/debs"
+exec 9>"$LAB_CACHE/.build.lock"
+if ! flock -n 9; then
+    log "waiting for another build-l1.sh to finish"
+    flock 9
+fi
+if [ "$FORCE" = 0 ] && [ -f "$OUT/.complete" ]; then  # built while we waited
+    log "cached: $OUT"
+    echo "$OUT"
+    exit 0
+fi
+
+T_START=$(date +%s.%N)
+WORK=$(mktemp -d "$LAB_CACHE/.build.XXXXXX")
+cleanup() { rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- Kernel package -----------------------------------------------------------------------
+DEB=$(ls "$LAB_CACHE/debs/${KPKG}_${KPKG_VERSION//:/%3a}_"*.deb 2>/dev/null | sed -n 1p || true)
+if [ -z "$DEB" ]; then
+    log "downloading $KPKG $KPKG_VERSION"
+    mkdir "$WORK/dl"
+    (cd "$WORK/dl" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KPKG_VERSION" >&2) ||
+        die "apt-get download $KPKG=$KPKG_VERSION failed (network? try apt-get update)"
+    DEB=$(ls "$WORK/dl"/*.deb)
+    mv "$DEB" "$LAB_CACHE/debs/"
+    DEB=$LAB_CACHE/debs/$(basename "$DEB")
+    # Drop packages of older kernels.
+    find "$LAB_CACHE/debs" -name '*.deb' ! -name "$(basename "$DEB")" -delete
+fi
+log "extracting $(basename "$DEB")"
+dpkg-deb -x "$DEB" "$WORK/pkg"
+KMOD_SRC=$WORK/pkg/lib/modules/$KVER
+[ -d "$KMOD_SRC" ] || die "$DEB has no lib/modules/$KVER"
+[ -f "$WORK/pkg/boot/vmlinuz-$KVER" ] || die "$DEB has no boot/vmlinuz-$KVER"
+# The package ships no modules.dep (depmod runs at install time): make one.
+depmod -b "$WORK/pkg" "$KVER"
+
+# --- Root filesystem ----------------------------------------------------------------------
+ROOT=$WORK/root
+mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,etc/lab,proc,sys,dev,tmp,run,root,job,lib/modules/$KVER,usr/share/qemu}
+
+# busybox and its applet links
+cp "$BUSYBOX" "$ROOT/bin/busybox"
+for applet in $("$BUSYBOX" --list-full); do
+    [ -e "$ROOT/$applet" ] || [ -L "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
+done
+
+# L1 init and helpers
+install -m 0755 "$LAB_DIR/l1/init" "$ROOT/init"
+install -m 0755 "$LAB_DIR/l1/lab-step" "$LAB_DIR/l1/lab-heartbeat" "$ROOT/bin/"
+gcc -static -O2 -s -Wall -Wextra -Werror -o "$WORK/monotime" "$LAB_DIR/tools/monotime.c" ||
+    die "compiling tools/monotime.c failed (static glibc: apt-get install libc6-dev)"
+install -m 0755 "$WORK/monotime" "$ROOT/bin/monotime"
+
+cat >"$ROOT/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+cat >"$ROOT/etc/group" <<'EOF'
+root:x:0:
+kvm:x:104:
+nogroup:x:65534:
+EOF
+printf '127.0.0.1 localhost lab-l1\n::1 localhost\n' >"$ROOT/etc/hosts"
+
+# Kernel modules: the requested ones and their dependencies, in load order.
+log "staging modules"
+python3 - "$KMOD_SRC" "$ROOT/etc/lab/modules.order" "${MODULES[@]}" <<'PY'
+import os, sys
+src, out, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
+deps, byname = {}, {}
+with open(os.path.join(src, "modules.dep")) as f:
+    for line in f:
+        path, _, rest = line.partition(":")
+        deps[path] = rest.split()
+        name = os.path.basename(path).split(".ko")[0]
+        byname[name] = path
+        byname.setdefault(name.replace("-", "_"), path)
+        byname.setdefault(name.replace("_", "-"), path)
+order, seen = [], set()
+def visit(p, chain):
+    if p in seen:
+        return
+    if p in chain:
+        sys.exit("build-l1: error: module dependency cycle at " + p)
+    for d in deps.get(p, []):
+        visit(d, chain | {p})
+    seen.add(p)
+    order.append(p)
+missing = [m for m in wanted if m not in byname]
+if missing:
+    sys.exit("build-l1: error: modules not in the kernel package: " + " ".join(missing))
+for m in wanted:
+    visit(byname[m], frozenset())
+with open(out, "w") as f:
+    for p in order:
+        f.write(p + "\n")
+PY
+while read -r ko; do
+    mkdir -p "$ROOT/lib/modules/$KVER/$(dirname "$ko")"
+    cp "$KMOD_SRC/$ko" "$ROOT/lib/modules/$KVER/$ko"
+done <"$ROOT/etc/lab/modules.order"
+# busybox insmod wants plain .ko: decompress any compressed module.
+for ko in $(cat "$ROOT/etc/lab/modules.order"); do
+    case "$ko" in
+        *.ko.xz)  need xz "apt-get install xz-utils";  xz -d "$ROOT/lib/modules/$KVER/$ko" ;;
+        *.ko.zst) need zstd "apt-get install zstd";    zstd -q -d --rm "$ROOT/lib/modules/$KVER/$ko" ;;
+        *.ko.gz)  gzip -d "$ROOT/lib/modules/$KVER/$ko" ;;
+        *.ko) ;;
+        *) die "unexpected module file name $ko" ;;
+    esac
+done
+sed -i -E 's/\.ko\.(xz|zst|gz)$/.ko/' "$ROOT/etc/lab/modules.order"
+cp "$KMOD_SRC"/modules.builtin "$KMOD_SRC"/modules.builtin.modinfo "$KMOD_SRC"/modules.order "$ROOT/lib/modules/$KVER/" 2>/dev/null || true
+depmod -b "$ROOT" "$KVER"   # so that `modprobe` works in L1 for the staged modules
+log "modules: $(tr '\n' ' ' <"$ROOT/etc/lab/modules.order" | sed -E 's#[^ ]*/##g; s/\.ko//g')"
+
+# QEMU: binary, the libraries ldd lists (and the loader), firmware, loadable modules.
+log "staging $QEMU_BIN"
+copy_with_libs() { # copy_with_libs FILE DEST_IN_ROOT
+    local file=$1 dest=$2 lib
+    mkdir -p "$ROOT/$(dirname "$dest")"
+    cp -L "$file" "$ROOT/$dest"
+    ldd "$file" >/dev/null 2>&1 || return 0   # static
+    ldd "$file" | grep 'not found' >/dev/null && die "ldd $file: $(ldd "$file" | grep 'not found' | sed -n 1,3p | tr '\n' ' ')"
+    for lib in $(ldd "$file" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+        [ -e "$ROOT$lib" ] && continue
+        mkdir -p "$ROOT$(dirname "$lib")"
+        cp -L "$lib" "$ROOT$lib"
+    done
+}
+copy_with_libs "$QEMU_BIN" /usr/bin/qemu-system-x86_64
+QEMU_MODDIR=/usr/lib/x86_64-linux-gnu/qemu
+for m in "${QEMU_MODULES[@]}"; do
+    if [ -e "$QEMU_MODDIR/$m" ]; then
+        copy_with_libs "$QEMU_MODDIR/$m" "$QEMU_MODDIR/$m"
+    else
+        log "note: $QEMU_MODDIR/$m not found (QEMU built without modules?): skipped"
+    fi
+done
+for fw in "${QEMU_FIRMWARE[@]}"; do
+    found=""
+    for d in $QEMU_FIRMWARE_PATH; do
+        if [ -e "$d/$fw" ]; then found=$d/$fw; break; fi
+    done
+    if [ -n "$found" ]; then
+        cp -L "$found" "$ROOT/usr/share/qemu/$fw"
+    else
+        log "note: $fw not found in $QEMU_FIRMWARE_PATH: skipped"
+    fi
+done
+
+# --- Image --------------------------------------------------------------------------------
+IMG=$WORK/img
+mkdir -p "$IMG"
+cp "$WORK/pkg/boot/vmlinuz-$KVER" "$IMG/vmlinuz"
+cp "$WORK/monotime" "$IMG/monotime"
+log "packing the initramfs ($(du -sh "$ROOT" | cut -f1) unpacked, compression: $COMPRESS)"
+(cd "$ROOT" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
+    cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) >"$WORK/base.cpio"
+case "$COMPRESS" in
+    none) mv "$WORK/base.cpio" "$IMG/base.cpio" ;;
+    lz4)  lz4 -l -9 -q "$WORK/base.cpio" "$IMG/base.cpio" ;;
+    gzip) gzip -6 -c "$WORK/base.cpio" >"$IMG/base.cpio" ;;
+esac
+
+cat >"$IMG/lab.env" <<EOF
+# Swiftlet lab L1 image, made by Tests/Integration/lab/build-l1.sh
+KEY=$KEY
+KERNEL=vmlinuz
+INITRD=base.cpio
+KERNEL_VERSION=$KVER
+KERNEL_PACKAGE=$KPKG
+KERNEL_PACKAGE_VERSION=$KPKG_VERSION
+QEMU_VERSION="$QEMU_VERSION"
+BUSYBOX_VERSION="$BUSYBOX_VERSION"
+COMPRESS=$COMPRESS
+MODULES="$(tr '\n' ' ' <"$ROOT/etc/lab/modules.order" | sed -E 's#[^ ]*/##g; s/\.ko//g; s/ $//')"
+BUILT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+EOF
+touch "$IMG/.complete"
+
+rm -rf "$OUT"
+mv "$IMG" "$OUT"
+
+# Keep the three newest images; older ones belong to older versions of this script.
+ls -1dt "$LAB_CACHE"/*-cloud-amd64-*/ 2>/dev/null | tail -n +4 | while read -r old; do
+    log "removing old image ${old%/}"
+    rm -rf "${old%/}"
+done
+
+T_END=$(date +%s.%N)
+log "built $OUT in $(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.1f", b - a }') s ($(du -sh "$OUT/base.cpio" | cut -f1) initramfs)"
+echo "$OUT"

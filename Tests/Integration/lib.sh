@@ -1,0 +1,88 @@
+# Helpers for integration tests. They run on a KVM host that boots guests: the nested lab's L1 (busybox ash) or a
+# real host (bash/dash), so they are POSIX sh. Source it: . "$INTEGRATION/lib.sh"
+#
+# Environment (set by run.sh):
+#   SWIFTLET   the swiftlet binary          GUEST   directory with bzImage, vmlinux, initramfs.cpio
+#   QEMU       qemu-system-x86_64           QEMU_FIRMWARE  directory for qemu -L (bios-microvm.bin)
+#   WORK       a scratch directory for this test, removed afterwards
+#
+# Output protocol, one line each, read by the harness on the machine that started the run:
+#   TEST-RESULT NAME ok
+#   TEST-RESULT NAME fail DETAIL...
+#   TEST-SKIP NAME REASON...
+#   BENCH-SAMPLE metric=NAME vmm=swiftlet|qemu value=NUMBER unit=UNIT
+
+test_pass() { echo "TEST-RESULT $1 ok"; }
+test_fail() {
+    _name=$1; shift
+    echo "TEST-RESULT $_name fail $(printf '%s' "$*" | tr -s '\n\t\r ' '    ' | cut -c1-300)"
+}
+test_skip() {
+    _name=$1; shift
+    echo "TEST-SKIP $_name $*"
+}
+
+# Guest command lines. `quiet` because every console byte is a VM exit (slow under the lab's TCG).
+# Swiftlet resets through the i8042 (reboot=k); QEMU's microvm has none, so it triple-faults (reboot=t) and
+# -no-reboot turns that into an exit.
+SWIFTLET_CMDLINE_BASE="console=ttyS0 reboot=k panic=-1 quiet"
+QEMU_CMDLINE_BASE="console=ttyS0 reboot=t panic=-1 quiet"
+
+# swiftlet_boot LOG [swiftlet run options...]: boots with the console in LOG; stderr goes to LOG.err.
+# Returns swiftlet's exit status.
+swiftlet_boot() {
+    _log=$1; shift
+    echo "step: swiftlet run $*" | cut -c1-200
+    "$SWIFTLET" run --console "$_log" "$@" 2>"$_log.err"
+    _rc=$?
+    echo "step: swiftlet exited $_rc"
+    return $_rc
+}
+
+# qemu_boot LOG MEMORY_MIB CPUS KERNEL CMDLINE: boots QEMU's microvm with the bundled initramfs.
+qemu_boot() {
+    _log=$1 _mem=$2 _cpus=$3 _kernel=$4 _cmdline=$5
+    echo "step: qemu microvm boot"
+    "$QEMU" -M microvm,acpi=off -enable-kvm -cpu host -m "$_mem" -smp "$_cpus" -nodefaults -no-user-config \
+        -display none -serial "file:$_log" -no-reboot -L "$QEMU_FIRMWARE" \
+        -kernel "$_kernel" -initrd "$GUEST/initramfs.cpio" -append "$_cmdline" 2>"$_log.err"
+    _rc=$?
+    echo "step: qemu exited $_rc"
+    return $_rc
+}
+
+# guest_results NAME LOG: turns the guest's SWIFTLET-RESULT lines in LOG into TEST-RESULT lines NAME.CHECK, and
+# checks that the guest reached its ready marker and finished its scenario with status 0.
+guest_results() {
+    _name=$1 _log=$2
+    if grep -q '^SWIFTLET-READY' "$_log"; then test_pass "$_name.ready"; else
+        test_fail "$_name.ready" "no SWIFTLET-READY; console tail: $(tail -c 400 "$_log" 2>/dev/null) $(tail -c 300 "$_log.err" 2>/dev/null)"
+        return 1
+    fi
+    grep '^SWIFTLET-RESULT ' "$_log" | while read -r _tag _test _check _verdict _detail; do
+        _check=${_check#check=}
+        if [ "$_verdict" = ok ]; then test_pass "$_name.$_check"; else test_fail "$_name.$_check" "$_detail"; fi
+    done
+    _done=$(grep '^SWIFTLET-DONE ' "$_log" | tail -n 1)
+    case $_done in
+        *status=0) test_pass "$_name.done" ;;
+        "") test_fail "$_name.done" "the guest never finished its scenario; console tail: $(tail -c 300 "$_log")" ;;
+        *) test_fail "$_name.done" "$_done" ;;
+    esac
+}
+
+# guest_value LOG NAME: a SWIFTLET-VALUE the guest reported.
+guest_value() {
+    sed -n "s/^SWIFTLET-VALUE .* name=$2 value=//p" "$1" | tail -n 1
+}
+
+# expect_status NAME GOT WANT DETAIL
+expect_status() {
+    if [ "$2" = "$3" ]; then test_pass "$1"; else test_fail "$1" "exit status $2, want $3; $4"; fi
+}
+
+# expect_error NAME STATUS ERRFILE PATTERN: a failed run (non-zero status) whose stderr has PATTERN (grep -E).
+expect_error() {
+    if [ "$2" = 0 ]; then test_fail "$1" "exit status 0, want an error"; return; fi
+    if grep -Eq "$4" "$3"; then test_pass "$1"; else test_fail "$1" "stderr lacks /$4/: $(head -c 300 "$3")"; fi
+}

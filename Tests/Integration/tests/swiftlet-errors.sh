@@ -1,0 +1,37 @@
+# Every bad input gives one clear message on stderr and a non-zero exit status.
+. "$INTEGRATION/lib.sh"
+err=$WORK/stderr
+initrd=$GUEST/initramfs.cpio
+
+"$SWIFTLET" run --kernel "$WORK/missing" --console none 2>"$err"
+expect_error swiftlet-errors.missing-kernel $? "$err" "cannot open kernel .*missing.*No such file"
+
+head -c 65536 /dev/urandom >"$WORK/garbage"
+"$SWIFTLET" run --kernel "$WORK/garbage" --console none 2>"$err"
+expect_error swiftlet-errors.corrupt-kernel $? "$err" "neither an ELF vmlinux nor a bzImage"
+
+head -c 4096 "$GUEST/bzImage" >"$WORK/truncated"
+"$SWIFTLET" run --kernel "$WORK/truncated" --console none 2>"$err"
+expect_error swiftlet-errors.truncated-kernel $? "$err" "truncated"
+
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$WORK/missing" --console none 2>"$err"
+expect_error swiftlet-errors.missing-initrd $? "$err" "cannot open initrd"
+
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --memory 1T --console none 2>"$err"
+expect_error swiftlet-errors.too-much-memory $? "$err" "more than this host has"
+
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --memory 16M --console none 2>"$err"
+expect_error swiftlet-errors.too-little-memory $? "$err" "too small"
+
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --cpus 0 --console none 2>"$err"
+expect_error swiftlet-errors.zero-cpus $? "$err" "out of range"
+
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --kvm "$WORK/no-kvm" --console none 2>"$err"
+expect_error swiftlet-errors.no-kvm $? "$err" "does not exist.*kvm"
+
+if command -v setpriv >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    setpriv --reuid=65534 --regid=65534 --clear-groups "$SWIFTLET" run --kernel "$GUEST/bzImage" --console none 2>"$err"
+    expect_error swiftlet-errors.kvm-permission $? "$err" "permission denied.*group kvm"
+else
+    test_skip swiftlet-errors.kvm-permission "needs root and setpriv to drop privileges"
+fi

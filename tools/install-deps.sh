@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what building, testing and benchmarking Swiftlet needs on Debian 12, and nothing that is there already.
+# Swift itself is not a Debian package: it must be on PATH (https://www.swift.org/install/linux/).
+set -euo pipefail
+
+packages=(
+    gcc libc6-dev make            # kvm-probe, vmmbench, the guest init
+    bc bison flex libelf-dev libssl-dev perl xz-utils cpio   # the guest kernel build
+    linux-source-6.1              # the guest kernel's source
+    busybox-static                # guest and lab userspace
+    qemu-system-x86               # the nested lab and the benchmark peer
+    python3                       # the test harness and lab runner
+    strace                        # diagnosing start-up in benchmarks
+)
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "deps: installing ${missing[*]}"
+    if [[ $(id -u) != 0 ]]; then
+        echo "deps: need root to apt-get install ${missing[*]} (run as root, or install them yourself)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null 2>&1; then
+    echo "deps: swift is not on PATH; install the Swift 6 toolchain for Linux (https://www.swift.org/install/linux/)" >&2
+    exit 1
+fi
