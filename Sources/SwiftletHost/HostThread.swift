@@ -56,6 +56,15 @@ public enum KickSignal {
 
     /// Installs the no-op handler once per process.
     public static func install() { _ = installed }
+
+    /// Lets the kick reach the calling thread. A thread inherits its creator's signal mask, and threads of the Swift
+    /// concurrency pool (libdispatch workers) block nearly every signal, so a vCPU thread must unblock it itself.
+    public static func unblockForCurrentThread() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, number)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
 }
 
 @_silgen_name("__libc_current_sigrtmin")

@@ -10,6 +10,13 @@ struct SwiftletCommand: AsyncParsableCommand {
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest.",
         subcommands: [Run.self])
+
+    /// Blocks the termination signals on the main thread before anything else runs, so that every thread started
+    /// later inherits the mask and only SignalForwarder's thread receives them (see there).
+    static func main() async {
+        SignalForwarder.blockTerminationSignals()
+        await Self.main(nil)
+    }
 }
 
 /// Parses sizes such as 256M, 3.5G, 512MiB, 1GiB; a bare number is MiB.
@@ -18,7 +25,7 @@ struct MemorySize: ExpressibleByArgument {
 
     init?(argument: String) {
         let text = argument.trimmingCharacters(in: " ").lowercased()
-        let units: [(String, Double)] = [("gib", 1_073_741_824), ("mib", 1_048_576), ("kib", 1024), ("g", 1_073_741_824), ("m", 1_048_576), ("k", 1024)]
+        let units: [(String, Double)] = [("tib", 1_099_511_627_776), ("t", 1_099_511_627_776), ("gib", 1_073_741_824), ("mib", 1_048_576), ("kib", 1024), ("g", 1_073_741_824), ("m", 1_048_576), ("k", 1024)]
         var scale: Double = 1_048_576
         var number = Substring(text)
         for (suffix, value) in units where text.hasSuffix(suffix) {
@@ -134,14 +141,23 @@ final class SignalForwarder: Sendable {
     private let thread: HostThread
     private static let cancelSignal = SIGUSR2
 
-    init(_ onSignal: @escaping @Sendable () -> Void) throws {
+    static var handledSignals: sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         for signal in [SIGINT, SIGTERM, SIGHUP, SignalForwarder.cancelSignal] { sigaddset(&set, signal) }
+        return set
+    }
+
+    static func blockTerminationSignals() {
+        var set = handledSignals
         pthread_sigmask(SIG_BLOCK, &set, nil)
-        let waitSet = set
+    }
+
+    init(_ onSignal: @escaping @Sendable () -> Void) throws {
+        SignalForwarder.blockTerminationSignals()
         thread = try HostThread(name: "signals") {
-            var set = waitSet
+            SignalForwarder.blockTerminationSignals()
+            var set = SignalForwarder.handledSignals
             var received: Int32 = 0
             while sigwait(&set, &received) == 0 {
                 if received == SignalForwarder.cancelSignal { return }

@@ -36,6 +36,8 @@ LAB = os.path.join(INTEGRATION, "lab", "lab.py")
 # The lab's L1 gets enough memory for a 3.5 GiB guest (TCG allocates it lazily).
 LAB_MEM_MIB = 4608
 
+# lab.py's log prefixes console lines with the time since L1 started.
+LOG_STAMP_RE = re.compile(r"^\[\+\s*[\d.]+\] ")
 RESULT_RE = re.compile(r"^TEST-RESULT (\S+) (ok|fail)(?: (.*))?$")
 SKIP_RE = re.compile(r"^TEST-SKIP (\S+)(?: (.*))?$")
 SAMPLE_RE = re.compile(r"^BENCH-SAMPLE metric=(\S+) vmm=(\S+) value=(\S+) unit=(\S+)$")
@@ -95,7 +97,8 @@ def stage_payload():
     # Libraries go to /job/lib (lab.py's run.sh puts it on LD_LIBRARY_PATH); stage-binary put them in bin/lib.
     if os.path.isdir(os.path.join(bindir, "lib")):
         shutil.move(os.path.join(bindir, "lib"), os.path.join(PAYLOAD, "lib"))
-    shutil.copy2(compile_c(os.path.join(INTEGRATION, "bench", "vmmbench.c"), os.path.join(TOOLS, "vmmbench")), bindir)
+    for tool in integration_tools().values():
+        shutil.copy2(tool, bindir)
     os.makedirs(os.path.join(PAYLOAD, "guest"))
     for name in ("bzImage", "vmlinux", "initramfs.cpio"):
         shutil.copy2(os.path.join(GUEST, name), os.path.join(PAYLOAD, "guest", name))
@@ -104,20 +107,27 @@ def stage_payload():
     for name in ("lib.sh", "run.sh"):
         shutil.copy2(os.path.join(INTEGRATION, name), target)
     for folder in ("tests", "bench"):
-        shutil.copytree(os.path.join(INTEGRATION, folder), os.path.join(target, folder),
-                        ignore=shutil.ignore_patterns("*.c"))
+        shutil.copytree(os.path.join(INTEGRATION, folder), os.path.join(target, folder))
+
+
+def integration_tools():
+    """The static C helpers of Tests/Integration/tools, built into .build/tools: name -> path."""
+    folder = os.path.join(INTEGRATION, "tools")
+    return {name[:-2]: compile_c(os.path.join(folder, name), os.path.join(TOOLS, name[:-2]))
+            for name in sorted(os.listdir(folder)) if name.endswith(".c")}
 
 
 def native_env():
     env = dict(os.environ)
-    env.update(SWIFTLET=SWIFTLET, GUEST=GUEST, VMMBENCH=compile_c(os.path.join(INTEGRATION, "bench", "vmmbench.c"),
-                                                                  os.path.join(TOOLS, "vmmbench")))
+    tools = integration_tools()
+    env.update(SWIFTLET=SWIFTLET, GUEST=GUEST, VMMBENCH=tools["vmmbench"], RUNAS=tools["runas"])
     env.setdefault("QEMU", "qemu-system-x86_64")
     env.setdefault("QEMU_FIRMWARE", "/usr/share/qemu")
     return env
 
 
-LAB_ENV = "SWIFTLET=/job/bin/swiftlet GUEST=/job/guest VMMBENCH=/job/bin/vmmbench QEMU=qemu-system-x86_64 " \
+LAB_ENV = "SWIFTLET=/job/bin/swiftlet GUEST=/job/guest VMMBENCH=/job/bin/vmmbench RUNAS=/job/bin/runas " \
+          "QEMU=qemu-system-x86_64 " \
           "QEMU_FIRMWARE=/usr/share/qemu"
 
 
@@ -142,8 +152,8 @@ def run_guest_side(native, script, label, timeout):
             for line in f:
                 if line.startswith("==== ") and "retrying" in line:
                     lines = []  # a hung attempt: only the last attempt's results count
-                else:
-                    lines.append(line.rstrip("\n"))
+                elif not line.startswith("#"):
+                    lines.append(LOG_STAMP_RE.sub("", line.rstrip("\n")).rstrip("\r"))
     return status, lines
 
 

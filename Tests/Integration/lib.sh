@@ -5,6 +5,7 @@
 #   SWIFTLET   the swiftlet binary          GUEST   directory with bzImage, vmlinux, initramfs.cpio
 #   QEMU       qemu-system-x86_64           QEMU_FIRMWARE  directory for qemu -L (bios-microvm.bin)
 #   WORK       a scratch directory for this test, removed afterwards
+#   VMMBENCH   Tests/Integration/tools/vmmbench     RUNAS   Tests/Integration/tools/runas
 #
 # Output protocol, one line each, read by the harness on the machine that started the run:
 #   TEST-RESULT NAME ok
@@ -53,8 +54,10 @@ qemu_boot() {
 
 # guest_results NAME LOG: turns the guest's SWIFTLET-RESULT lines in LOG into TEST-RESULT lines NAME.CHECK, and
 # checks that the guest reached its ready marker and finished its scenario with status 0.
+# The serial console ends lines with CR LF: the CRs go first.
 guest_results() {
     _name=$1 _log=$2
+    tr -d '\r' <"$_log" >"$_log.lines" && mv "$_log.lines" "$_log"
     if grep -q '^SWIFTLET-READY' "$_log"; then test_pass "$_name.ready"; else
         test_fail "$_name.ready" "no SWIFTLET-READY; console tail: $(tail -c 400 "$_log" 2>/dev/null) $(tail -c 300 "$_log.err" 2>/dev/null)"
         return 1

@@ -134,6 +134,7 @@ final class Machine: Sendable {
     }
 
     private func runLoop(_ vcpu: Vcpu) {
+        KickSignal.unblockForCurrentThread()
         var exitWith: MachineExit?
         if vcpu.id == 0 { noteFirstRun() }
         while exitWith == nil && !finished.load(ordering: .acquiring) {

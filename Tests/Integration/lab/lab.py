@@ -316,9 +316,9 @@ class Attempt:
         self.outcome = None
 
     def console_line(self, line, now):
-        inserted = line.startswith("\x1bc") or line.endswith("\0")
+        reset = line.startswith("\x1bc")
         line = CTRL_RE.sub("", ANSI_RE.sub("", line.replace("\r", "")))
-        if inserted and not line:
+        if reset and not line:
             return
         self.tail.append(line)
         self.log.write(f"[+{now - self.t0:8.3f}] {line}\n")
@@ -402,18 +402,15 @@ class Attempt:
                         continue
                     if kind == "out":
                         last_output = now
-                    if kind == "out":
-                        # A terminal reset (ESC c; firmware and early userspace print one)
-                        # starts a new line, so the text after it is not glued to old text.
-                        # (The \0 marks the inserted line break: an empty line ending
-                        # with it is dropped.)
-                        data = data.replace(b"\x1bc", b"\0\n\x1bc")
                     bufs[kind] += data
-                    *lines, bufs[kind] = bufs[kind].split(b"\n")
+                    lines, bufs[kind] = split_lines(bufs[kind], kind == "out")
                     for line in lines:
                         self._emit(kind, line.decode(errors="replace"), now)
                 if not self.args.quiet:
                     sys.stdout.flush()
+            if self.outcome is not None and bufs["out"]:
+                # An unterminated last line: show it in the tail and the log.
+                self._emit("out", bufs["out"].decode(errors="replace"), time.monotonic())
             if self.outcome is None:
                 rc = self.proc.wait()
                 if self.status is not None:
@@ -436,6 +433,25 @@ class Attempt:
             self.console_line(line, now)
         else:
             self.qemu_stderr_line(line)
+
+
+def split_lines(buf, console):
+    """Split complete lines off buf; return (lines, rest). On the console a terminal reset
+    (ESC c, printed by the firmware and by L1 early on) also starts a new line, so that text
+    after it is not glued to an unterminated line before it. QEMU writes the serial port a
+    byte at a time, so a sequence can arrive split over reads: rest keeps the tail."""
+    lines = []
+    while True:
+        nl = buf.find(b"\n")
+        rs = buf.find(b"\x1bc", 1) if console else -1
+        if rs != -1 and (nl == -1 or rs < nl):
+            lines.append(buf[:rs])
+            buf = buf[rs:]
+        elif nl != -1:
+            lines.append(buf[:nl])
+            buf = buf[nl + 1:]
+        else:
+            return lines, buf
 
 
 class RunLock:
