@@ -4,7 +4,10 @@ import CSwiftlet
 /// package, `cpus` cores, one thread each), the hypervisor bit and the KVM paravirt signature.
 /// Leaf numbers and fields: Intel SDM vol. 2A "CPUID"; AMD APM vol. 3 appendix E.
 public enum X86CPUID {
-    public static func adjusted(_ entries: [kvm_cpuid_entry2], vcpu: Int, cpus: Int) -> [kvm_cpuid_entry2] {
+    /// `tscDeadlineTimer`: the in-kernel local APIC emulates TSC-deadline mode (KVM_CAP_TSC_DEADLINE_TIMER), which
+    /// KVM_GET_SUPPORTED_CPUID does not report by itself. Without it Linux calibrates the APIC timer against the PIT
+    /// at boot, a quarter of a second.
+    public static func adjusted(_ entries: [kvm_cpuid_entry2], vcpu: Int, cpus: Int, tscDeadlineTimer: Bool = false) -> [kvm_cpuid_entry2] {
         let apicID = UInt32(vcpu)
         let count = UInt32(cpus)
         // Bits needed to number `cpus` cores in the APIC ID.
@@ -16,6 +19,7 @@ public enum X86CPUID {
                 // EBX: [31:24] initial APIC ID, [23:16] logical processors per package, [15:8] CLFLUSH line in qwords.
                 entry.ebx = (apicID << 24) | (count << 16) | (8 << 8) | (entry.ebx & 0xff)
                 entry.ecx |= 1 << 31 // hypervisor present
+                if tscDeadlineTimer { entry.ecx |= 1 << 24 }
                 if cpus > 1 { entry.edx |= 1 << 28 } else { entry.edx &= ~(1 << 28) } // HTT: more than one logical CPU
             case 0x4:
                 // Deterministic cache parameters: [31:26] cores per package - 1; [25:14] threads sharing this cache - 1

@@ -8,6 +8,7 @@ public final class GuestRegion: Sendable {
     /// Where the region starts in this process. Shared with KVM and device threads: the mapping lives as long as the
     /// region, and guest RAM is by nature written concurrently by the guest, so no Swift exclusivity applies to it.
     public nonisolated(unsafe) let host: UnsafeMutableRawPointer
+    static let hugePageSize = 2 << 20
 
     init(start: GuestAddress, size: UInt64) throws(SwiftletError) {
         guard size > 0, size % UInt64(Glibc.sysconf(Int32(_SC_PAGESIZE))) == 0 else {
@@ -16,11 +17,24 @@ public final class GuestRegion: Sendable {
         guard start.adding(size) != nil else {
             throw SwiftletError(.invalidConfiguration, "guest memory region at \(start) of \(size) bytes wraps around")
         }
-        let pointer = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let pointer, pointer != MAP_FAILED else {
+        // Aligned to 2 MiB and marked for transparent huge pages, as QEMU does: every first touch of guest RAM is
+        // a fault in the host, and under nested virtualization a costly one, so 2 MiB pages make a guest's boot
+        // measurably faster. The mark also keeps the kernel from merging this mapping with a neighbouring one.
+        let alignment = GuestRegion.hugePageSize
+        let reserved = Int(size) + alignment
+        let raw = mmap(nil, reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let raw, raw != MAP_FAILED else {
             throw SwiftletError(.outOfMemory, "cannot map \(size >> 20) MiB of guest memory (lower --memory)",
                                 cause: .init(rawValue: errno))
         }
+        let base = UInt(bitPattern: raw)
+        let aligned = (base + UInt(alignment - 1)) & ~UInt(alignment - 1)
+        let head = Int(aligned - base)
+        if head > 0 { munmap(raw, head) }
+        let tail = reserved - head - Int(size)
+        if tail > 0 { munmap(UnsafeMutableRawPointer(bitPattern: aligned + UInt(size)), tail) }
+        let pointer = UnsafeMutableRawPointer(bitPattern: aligned)!
+        _ = madvise(pointer, Int(size), MADV_HUGEPAGE)
         self.start = start
         self.size = size
         self.host = pointer

@@ -294,7 +294,7 @@ def cmd_bench(args):
     for name in names:
         samples = {}  # (metric, vmm) -> [values]
         units = {}
-        script = f"RUNS={args.runs} sh /job/integration/bench/{name}.sh"
+        script = f"INTEGRATION=/job/integration RUNS={args.runs} sh /job/integration/bench/{name}.sh"
         rc, lines = run_guest_side(native, script, f"bench-{name}", timeout=3000)
         for line in lines:
             m = SAMPLE_RE.match(line)

@@ -23,6 +23,8 @@ import Testing
         #expect(adjusted.ecx & (1 << 31) != 0)
         #expect(adjusted.edx & (1 << 28) != 0)
         #expect(X86CPUID.adjusted(table, vcpu: 0, cpus: 1)[0].edx & (1 << 28) == 0)
+        #expect(adjusted.ecx & (1 << 24) == 0)
+        #expect(X86CPUID.adjusted(table, vcpu: 0, cpus: 1, tscDeadlineTimer: true)[0].ecx & (1 << 24) != 0)
     }
 
     @Test func extendedTopologyDescribesOneThreadPerCore() {

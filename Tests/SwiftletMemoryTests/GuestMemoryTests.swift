@@ -34,6 +34,13 @@ import Testing
         #expect(try adjacent.read(UInt32.self, at: GuestAddress(0x1000)) == 0)
     }
 
+    @Test func regionsAreHugePageAligned() throws {
+        let large = try GuestMemory(layout: [(GuestAddress(0), 6 << 20)])
+        #expect(UInt(bitPattern: large.regions[0].host) % (2 << 20) == 0)
+        try large.write(UInt64(7), at: GuestAddress((6 << 20) - 8))
+        #expect(try large.read(UInt64.self, at: GuestAddress((6 << 20) - 8)) == 7)
+    }
+
     @Test func rejectsBadLayouts() {
         #expect(throws: SwiftletError.self) { try GuestMemory(layout: [(GuestAddress(0), 0x2000), (GuestAddress(0x1000), 0x1000)]) }
         #expect(throws: SwiftletError.self) { try GuestMemory(layout: [(GuestAddress(0), 100)]) }

@@ -65,10 +65,11 @@ final class Machine: Sendable {
         let boot = try LongMode.prepare(memory: memory, entry: kernel.entry)
 
         let cpuid = try kvm.supportedCPUID()
+        let tscDeadlineTimer = kvm.check(KVM_CAP_TSC_DEADLINE_TIMER) != 0
         var vcpus: [Vcpu] = []
         for id in 0..<configuration.cpus {
             let vcpu = try vm.createVcpu(id: id)
-            try X86Vcpu.configure(vcpu, cpus: configuration.cpus, cpuid: cpuid, boot: boot)
+            try X86Vcpu.configure(vcpu, cpus: configuration.cpus, cpuid: cpuid, tscDeadlineTimer: tscDeadlineTimer, boot: boot)
             vcpus.append(vcpu)
         }
         self.vcpus = vcpus

@@ -18,8 +18,9 @@ enum X86Vcpu {
     static let localApicLint0: Int = 0x350, localApicLint1: Int = 0x360
     static let deliveryModeExtINT: UInt32 = 7, deliveryModeNMI: UInt32 = 4
 
-    static func configure(_ vcpu: Vcpu, cpus: Int, cpuid: CPUIDTable, boot: X86BootState) throws(SwiftletError) {
-        try vcpu.setCPUID(CPUIDTable.with(X86CPUID.adjusted(cpuid.entries, vcpu: vcpu.id, cpus: cpus)))
+    static func configure(_ vcpu: Vcpu, cpus: Int, cpuid: CPUIDTable, tscDeadlineTimer: Bool, boot: X86BootState) throws(SwiftletError) {
+        try vcpu.setCPUID(CPUIDTable.with(X86CPUID.adjusted(cpuid.entries, vcpu: vcpu.id, cpus: cpus,
+                                                            tscDeadlineTimer: tscDeadlineTimer)))
         try vcpu.setMSRs(bootMSRs)
 
         var fpu = kvm_fpu()

@@ -109,7 +109,7 @@ BUSYBOX_VERSION="$(pkgver busybox-static) $("$BUSYBOX" | sed -n 1p)"
 # the kernel package version, the host's QEMU and busybox, and the compression.
 KEY=$( {
     cat "$LAB_DIR/build-l1.sh"
-    for f in "$LAB_DIR"/l1/* "$LAB_DIR"/tools/*.c; do echo "== ${f#$LAB_DIR/}"; cat "$f"; done
+    for f in "$LAB_DIR"/l1/* "$LAB_DIR"/tools/*.c; do echo "== ${f#"$LAB_DIR"/}"; cat "$f"; done
     echo "$KPKG $KPKG_VERSION"
     echo "$QEMU_VERSION"
     echo "$BUSYBOX_VERSION"
@@ -135,14 +135,17 @@ if [ "$FORCE" = 0 ] && [ -f "$OUT/.complete" ]; then  # built while we waited
     exit 0
 fi
 
+# Under the lock, any other work directory is a leftover of a killed build.
+rm -rf "$LAB_CACHE"/.work.*
 T_START=$(date +%s.%N)
-WORK=$(mktemp -d "$LAB_CACHE/.build.XXXXXX")
+WORK=$(mktemp -d "$LAB_CACHE/.work.XXXXXX")
 cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- Kernel package -----------------------------------------------------------------------
+# shellcheck disable=SC2012  # names are Debian package file names
 DEB=$(ls "$LAB_CACHE/debs/${KPKG}_${KPKG_VERSION//:/%3a}_"*.deb 2>/dev/null | sed -n 1p || true)
 if [ -z "$DEB" ]; then
     log "downloading $KPKG $KPKG_VERSION"
@@ -165,7 +168,7 @@ depmod -b "$WORK/pkg" "$KVER"
 
 # --- Root filesystem ----------------------------------------------------------------------
 ROOT=$WORK/root
-mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,etc/lab,proc,sys,dev,tmp,run,root,job,lib/modules/$KVER,usr/share/qemu}
+mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,etc/lab,proc,sys,dev,tmp,run,root,job,lib/modules/"$KVER",usr/share/qemu}
 
 # busybox and its applet links
 cp "$BUSYBOX" "$ROOT/bin/busybox"
@@ -229,7 +232,7 @@ while read -r ko; do
     cp "$KMOD_SRC/$ko" "$ROOT/lib/modules/$KVER/$ko"
 done <"$ROOT/etc/lab/modules.order"
 # busybox insmod wants plain .ko: decompress any compressed module.
-for ko in $(cat "$ROOT/etc/lab/modules.order"); do
+while read -r ko; do
     case "$ko" in
         *.ko.xz)  need xz "apt-get install xz-utils";  xz -d "$ROOT/lib/modules/$KVER/$ko" ;;
         *.ko.zst) need zstd "apt-get install zstd";    zstd -q -d --rm "$ROOT/lib/modules/$KVER/$ko" ;;
@@ -237,7 +240,7 @@ for ko in $(cat "$ROOT/etc/lab/modules.order"); do
         *.ko) ;;
         *) die "unexpected module file name $ko" ;;
     esac
-done
+done <"$ROOT/etc/lab/modules.order"
 sed -i -E 's/\.ko\.(xz|zst|gz)$/.ko/' "$ROOT/etc/lab/modules.order"
 cp "$KMOD_SRC"/modules.builtin "$KMOD_SRC"/modules.builtin.modinfo "$KMOD_SRC"/modules.order "$ROOT/lib/modules/$KVER/" 2>/dev/null || true
 depmod -b "$ROOT" "$KVER"   # so that `modprobe` works in L1 for the staged modules
@@ -312,6 +315,7 @@ rm -rf "$OUT"
 mv "$IMG" "$OUT"
 
 # Keep the three newest images; older ones belong to older versions of this script.
+# shellcheck disable=SC2012  # names are KVER-KEY, no odd characters
 ls -1dt "$LAB_CACHE"/*-cloud-amd64-*/ 2>/dev/null | tail -n +4 | while read -r old; do
     log "removing old image ${old%/}"
     rm -rf "${old%/}"

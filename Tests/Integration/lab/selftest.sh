@@ -60,7 +60,7 @@ rc=$?
 grep -q "retry 1/1" "$TMP/hang.err" && grep -q "gave up after 2 attempts" "$TMP/hang.err"
 msgs=$?
 result hang $((rc != 124 || msgs != 0)) "(exit $rc, want 124; retry and give-up messages: $([ $msgs = 0 ] && echo yes || echo no))"
-[ $rc = 124 ] && [ $msgs = 0 ] || cat "$TMP/hang.err" >&2
+if [ $rc != 124 ] || [ $msgs != 0 ]; then cat "$TMP/hang.err" >&2; fi
 
 "$LAB" run -q --label selftest-heartbeat --quiet-timeout 4 --retries 0 -- \
     'lab-heartbeat -i 2 -n quiet-sleep sleep 9'

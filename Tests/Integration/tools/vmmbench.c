@@ -5,7 +5,7 @@
 // CMD's stdout (the guest console) and stderr are read through pipes; stdin is /dev/null.
 // - marker_ms: from just before fork() to the first stdout line containing --marker (default SWIFTLET-READY);
 // - rss_kib / guest_rss_kib: at that moment, CMD's resident memory from /proc/PID/smaps, split into the guest-RAM
-//   mapping (an anonymous mapping of --guest-mib, or that plus 2 MiB of alignment) and everything else;
+//   mapping (an anonymous mapping of --guest-mib, up to 4 MiB more for alignment) and everything else;
 // - exit_ms: until CMD exited;
 // - start_ns: the CLOCK_MONOTONIC value just before fork(), for comparing with timestamps CMD prints itself;
 // - kill-on: SIGKILL CMD as soon as a stdout or stderr line contains STR (for runs that cannot finish on this host).
@@ -52,7 +52,7 @@ static void sample_rss(pid_t pid, long long guest_bytes, long long *other_kib, l
             long long size = (long long)(end - start);
             const char *name = line + name_at;
             int anonymous = inode == 0 && (name[0] == '\n' || name[0] == '\0');
-            in_guest = anonymous && guest_bytes > 0 && (size == guest_bytes || size == guest_bytes + (2 << 20));
+            in_guest = anonymous && guest_bytes > 0 && size >= guest_bytes && size <= guest_bytes + (4 << 20);
             continue;
         }
         long long kib;

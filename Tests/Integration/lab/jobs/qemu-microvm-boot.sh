@@ -47,7 +47,8 @@ while [ "$i" -le "$BOOTS" ]; do
     i=$((i + 1))
 done
 
-sorted=$(echo $times | tr ' ' '\n' | sort -n)
+# shellcheck disable=SC2086  # $times is a list of numbers
+sorted=$(printf '%s\n' $times | sort -n)
 n=$(echo "$sorted" | grep -c .)
 if [ "$n" -gt 0 ]; then
     min=$(echo "$sorted" | sed -n 1p)
