@@ -41,7 +41,7 @@ public final class Vcpu: @unchecked Sendable {
 
     deinit { munmap(run, mapSize) }
 
-    private func call<T>(_ name: String, _ request: UInt, _ argument: inout T) throws(SwiftletError) {
+    private func call<T: BitwiseCopyable>(_ name: String, _ request: UInt, _ argument: inout T) throws(SwiftletError) {
         do { _ = try checkedIoctl(descriptor.rawValue, request, &argument) } catch {
             throw SwiftletError(.systemCall, "\(name) on vCPU \(id) failed", cause: error)
         }

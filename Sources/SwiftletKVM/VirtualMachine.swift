@@ -14,7 +14,7 @@ public final class VirtualMachine: Sendable {
         self.descriptor = descriptor
     }
 
-    private func call<T>(_ name: String, _ request: UInt, _ argument: inout T) throws(SwiftletError) {
+    private func call<T: BitwiseCopyable>(_ name: String, _ request: UInt, _ argument: inout T) throws(SwiftletError) {
         do { _ = try checkedIoctl(descriptor.rawValue, request, &argument) } catch {
             throw SwiftletError(.systemCall, "\(name) failed", cause: error)
         }

@@ -41,36 +41,44 @@ final class Machine: Sendable {
     init(_ configuration: MachineConfiguration) throws(SwiftletError) {
         try Machine.validate(configuration)
         self.configuration = configuration
-        kvm = try KVM(path: configuration.kvmPath)
-        try kvm.requireCapabilities()
-        let maxVcpus = kvm.check(KVM_CAP_MAX_VCPUS)
-        if maxVcpus > 0 && configuration.cpus > maxVcpus {
-            throw SwiftletError(.invalidConfiguration, "this host's KVM allows at most \(maxVcpus) vCPUs; --cpus \(configuration.cpus) is too many")
-        }
-        vm = try kvm.createVM()
-        try vm.setSystemPages(tss: X86Layout.kvmTss, identityMap: X86Layout.kvmIdentityMap)
-        try vm.createInterruptControllers()
-
+        // Guest RAM first, so that loading the kernel and initrd into it (file reads, page faults) overlaps with
+        // KVM's own set-up of the VM, irqchip, PIT and vCPUs on this thread.
         memory = try GuestMemory(layout: X86Layout.ramRegions(size: configuration.memorySize))
-        try vm.map(memory)
-
-        kernel = try KernelLoader.load(FileBootSource(path: configuration.kernelPath, what: "kernel"), into: memory)
-        var initrd: (address: GuestAddress, size: Int)?
-        if let path = configuration.initrdPath {
-            initrd = try KernelLoader.loadInitrd(FileBootSource(path: path, what: "initrd"), into: memory, kernel: kernel)
+        let memory = self.memory
+        let loading = try BackgroundWork(name: "boot-loader") { () throws(SwiftletError) in
+            try Machine.loadGuest(configuration, into: memory)
         }
-        try ZeroPage.write(into: memory, kernel: kernel, commandLine: configuration.commandLine, initrd: initrd,
-                           e820: E820Entry.map(for: memory))
-        try MPTable.write(into: memory, cpus: configuration.cpus)
-        let boot = try LongMode.prepare(memory: memory, entry: kernel.entry)
-
-        let cpuid = try kvm.supportedCPUID()
-        let tscDeadlineTimer = kvm.check(KVM_CAP_TSC_DEADLINE_TIMER) != 0
+        // Whatever fails below, the loader thread is joined before the error leaves.
+        func collectLoader() -> (kernel: LoadedKernel, boot: X86BootState)? { try? loading.result() }
+        do throws(SwiftletError) {
+            kvm = try KVM(path: configuration.kvmPath)
+            try kvm.requireCapabilities()
+            let maxVcpus = kvm.check(KVM_CAP_MAX_VCPUS)
+            if maxVcpus > 0 && configuration.cpus > maxVcpus {
+                throw SwiftletError(.invalidConfiguration, "this host's KVM allows at most \(maxVcpus) vCPUs; --cpus \(configuration.cpus) is too many")
+            }
+            vm = try kvm.createVM()
+            try vm.setSystemPages(tss: X86Layout.kvmTss, identityMap: X86Layout.kvmIdentityMap)
+            try vm.createInterruptControllers()
+            try vm.map(memory)
+        } catch {
+            _ = collectLoader()
+            throw error
+        }
+        let cpuid: CPUIDTable
         var vcpus: [Vcpu] = []
-        for id in 0..<configuration.cpus {
-            let vcpu = try vm.createVcpu(id: id)
+        do throws(SwiftletError) {
+            cpuid = try kvm.supportedCPUID()
+            for id in 0..<configuration.cpus { vcpus.append(try vm.createVcpu(id: id)) }
+        } catch {
+            _ = collectLoader()
+            throw error
+        }
+        let (kernel, boot) = try loading.result()
+        self.kernel = kernel
+        let tscDeadlineTimer = kvm.check(KVM_CAP_TSC_DEADLINE_TIMER) != 0
+        for vcpu in vcpus {
             try X86Vcpu.configure(vcpu, cpus: configuration.cpus, cpuid: cpuid, tscDeadlineTimer: tscDeadlineTimer, boot: boot)
-            vcpus.append(vcpu)
         }
         self.vcpus = vcpus
 
@@ -95,6 +103,20 @@ final class Machine: Sendable {
         }
         self.portBus = portBus
         resetTarget.set(self)
+    }
+
+    /// Loads the kernel and initrd and writes the zero page, MP table, page tables and GDT: everything the guest
+    /// finds in its memory at boot.
+    private static func loadGuest(_ configuration: MachineConfiguration, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
+        let kernel = try KernelLoader.load(FileBootSource(path: configuration.kernelPath, what: "kernel"), into: memory)
+        var initrd: (address: GuestAddress, size: Int)?
+        if let path = configuration.initrdPath {
+            initrd = try KernelLoader.loadInitrd(FileBootSource(path: path, what: "initrd"), into: memory, kernel: kernel)
+        }
+        try ZeroPage.write(into: memory, kernel: kernel, commandLine: configuration.commandLine, initrd: initrd,
+                           e820: E820Entry.map(for: memory))
+        try MPTable.write(into: memory, cpus: configuration.cpus)
+        return (kernel, try LongMode.prepare(memory: memory, entry: kernel.entry))
     }
 
     private static func validate(_ configuration: MachineConfiguration) throws(SwiftletError) {

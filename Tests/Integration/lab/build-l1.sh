@@ -93,7 +93,18 @@ if [ -z "$KPKG" ]; then
     read -r KPKG KPKG_VERSION < <(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
         sed -n -E 's/^Depends:.*\<(linux-image-[0-9][^ ,]*-cloud-amd64)( \(= ([^)]*)\))?.*/\1 \3/p' |
         sed -n 1p) || true
-    [ -n "$KPKG" ] || die "cannot resolve linux-image-cloud-amd64's kernel package (apt-cache show found none): run apt-get update"
+    if [ -z "$KPKG" ]; then
+        # No apt lists (offline, fresh container): fall back to the newest cached image.
+        # shellcheck disable=SC2012  # names are KVER-KEY, no odd characters
+        newest=$(ls -1dt "$LAB_CACHE"/*-cloud-amd64-*/.complete 2>/dev/null | sed -n 1p || true)
+        if [ -n "$newest" ] && [ "$FORCE" = 0 ]; then
+            echo "build-l1: warning: apt-cache cannot resolve linux-image-cloud-amd64 (run apt-get update);" \
+                 "using the newest cached image, which may predate changes to the lab files" >&2
+            dirname "$newest"
+            exit 0
+        fi
+        die "cannot resolve linux-image-cloud-amd64's kernel package (apt-cache show found none): run apt-get update"
+    fi
 fi
 if [ -z "$KPKG_VERSION" ]; then
     KPKG_VERSION=$(apt-cache show --no-all-versions "$KPKG" 2>/dev/null | awk '!found && /^Version:/ { print $2; found = 1 }')
