@@ -10,13 +10,6 @@ struct SwiftletCommand: AsyncParsableCommand {
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest.",
         subcommands: [Run.self])
-
-    /// Blocks the termination signals on the main thread before anything else runs, so that every thread started
-    /// later inherits the mask and only SignalForwarder's thread receives them (see there).
-    static func main() async {
-        SignalForwarder.blockTerminationSignals()
-        await Self.main(nil)
-    }
 }
 
 /// Parses sizes such as 256M, 3.5G, 512MiB, 1GiB; a bare number is MiB.
@@ -135,39 +128,51 @@ struct Run: AsyncParsableCommand {
     }
 }
 
-/// Turns SIGINT, SIGTERM and SIGHUP into a clean stop (so the terminal is restored and nothing is left behind):
-/// the signals are blocked in every thread and a dedicated thread waits for them.
+/// Turns SIGINT, SIGTERM and SIGHUP into a clean stop (so the terminal is restored and nothing is left behind).
+/// Their handler only writes the signal number to a pipe, which is async-signal-safe and works whichever thread the
+/// kernel picks (libdispatch's main thread waits in sigsuspend with every signal unblocked, so masks cannot steer
+/// them); a dedicated thread reads the pipe and stops the VM.
 final class SignalForwarder: Sendable {
     private let thread: HostThread
-    private static let cancelSignal = SIGUSR2
-
-    static var handledSignals: sigset_t {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in [SIGINT, SIGTERM, SIGHUP, SignalForwarder.cancelSignal] { sigaddset(&set, signal) }
-        return set
-    }
-
-    static func blockTerminationSignals() {
-        var set = handledSignals
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-    }
+    private let pipeWrite: Int32
+    private static let handled: [Int32] = [SIGINT, SIGTERM, SIGHUP]
 
     init(_ onSignal: @escaping @Sendable () -> Void) throws {
-        SignalForwarder.blockTerminationSignals()
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw SwiftletError(.systemCall, "cannot create the signal pipe") }
+        let readEnd = fds[0]
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        pipeWrite = fds[1]
+        signalPipe = fds[1]
+        for signal in SignalForwarder.handled {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { number in
+                var byte = UInt8(truncatingIfNeeded: number)
+                _ = Glibc.write(signalPipe, &byte, 1)
+            }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = SA_RESTART
+            sigaction(signal, &action, nil)
+        }
         thread = try HostThread(name: "signals") {
-            SignalForwarder.blockTerminationSignals()
-            var set = SignalForwarder.handledSignals
-            var received: Int32 = 0
-            while sigwait(&set, &received) == 0 {
-                if received == SignalForwarder.cancelSignal { return }
+            var byte: UInt8 = 0
+            while Glibc.read(readEnd, &byte, 1) == 1 || errno == EINTR {
+                if byte == 0 { break } // cancel()
                 onSignal()
             }
+            close(readEnd)
         }
     }
 
+    /// Restores the default handlers and ends the thread.
     func cancel() {
-        thread.send(signal: SignalForwarder.cancelSignal)
+        for signal in SignalForwarder.handled { Glibc.signal(signal, SIG_DFL) }
+        var zero: UInt8 = 0
+        _ = Glibc.write(pipeWrite, &zero, 1)
         thread.join()
+        close(pipeWrite)
     }
 }
+
+/// The pipe the signal handler writes to; set once before the handlers are installed.
+nonisolated(unsafe) private var signalPipe: Int32 = -1

@@ -239,6 +239,53 @@ def host_kvm_diagnosis():
     return (1, 0) if ok else (0, 1)
 
 
+def host_console_tests():
+    """The interactive console on a real terminal (a pty): raw mode while the guest runs, Ctrl-A x stops the VM, and
+    the terminal settings come back on that exit path and on SIGTERM. Needs a /dev/kvm that at least starts guests
+    (the guest need not get far). Returns (passed, failed)."""
+    import pty
+    import signal
+    import termios
+    require_artifacts()
+    passed = failed = 0
+
+    def report(name, ok, detail=""):
+        nonlocal passed, failed
+        print(f"TEST-RESULT {name} {'ok' if ok else 'fail'}{' ' + detail if detail and not ok else ''}", flush=True)
+        passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
+
+    for how in ("ctrl-a-x", "sigterm"):
+        master, slave = pty.openpty()
+        before = termios.tcgetattr(slave)
+        proc = subprocess.Popen([SWIFTLET, "run", "--kernel", os.path.join(GUEST, "bzImage"), "--initrd",
+                                 os.path.join(GUEST, "initramfs.cpio"), "--cmdline", "console=ttyS0 reboot=k panic=-1"],
+                                stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        raw = False
+        for _ in range(100):  # up to 5 s for swiftlet to put the terminal in raw mode
+            time.sleep(0.05)
+            if not termios.tcgetattr(slave)[3] & termios.ICANON:
+                raw = True
+                break
+        report(f"host-console.{how}.raw-mode", raw, "the terminal never left canonical mode")
+        if how == "ctrl-a-x":
+            os.write(master, b"\x01x")
+        else:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            status = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status = proc.wait()
+            report(f"host-console.{how}.stops", False, "swiftlet did not stop within 20 s")
+        else:
+            report(f"host-console.{how}.stops", status == 0, f"exit status {status}")
+        after = termios.tcgetattr(slave)
+        report(f"host-console.{how}.terminal-restored", after == before, f"settings before {before[:4]} after {after[:4]}")
+        os.close(master)
+        os.close(slave)
+    return passed, failed
+
+
 def cmd_test(args):
     started = time.monotonic()
     passed, failed = unit_tests() if not args.only else (0, 0)
@@ -246,6 +293,9 @@ def cmd_test(args):
     native = where(args)
     p, f, s = integration_tests(native, args.only)
     passed, failed, skipped = passed + p, failed + f, skipped + s
+    if not args.only and os.path.exists("/dev/kvm"):
+        p, f = host_console_tests()
+        passed, failed = passed + p, failed + f
     if not native and not args.only and not args.lab and os.path.exists("/dev/kvm"):
         p, f = host_kvm_diagnosis()
         passed, failed = passed + p, failed + f
