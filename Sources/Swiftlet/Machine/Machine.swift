@@ -34,6 +34,7 @@ final class Machine: Sendable {
     }
     private let state = Mutex(RunState())
     private let finished = Atomic<Bool>(false)
+    private let teardown = Mutex(false)
 
     static let serialPort: UInt16 = 0x3f8
     static let serialIRQ: UInt32 = 4
@@ -250,18 +251,22 @@ final class Machine: Sendable {
         }
     }
 
-    /// Joins the vCPU and console threads after `finish`, and restores the terminal. Blocks briefly.
+    /// Joins the vCPU and console threads after `finish`, and restores the terminal. Blocks briefly. Safe to call
+    /// from several tasks: the teardown lock makes a second caller wait until the first has finished, so nobody
+    /// returns (and lets the process exit) while the terminal is still raw.
     func tearDown() {
-        let (threads, input) = state.withLock { state in
-            let result = (state.threads, state.input)
-            state.threads = []
-            state.input = nil
-            return result
-        }
-        input?.shutdown()
-        for thread in threads {
-            // A vCPU may be between its finished check and KVM_RUN; immediate_exit covers that, the signal the rest.
-            thread.join()
+        teardown.withLock { done in
+            guard !done else { return }
+            done = true
+            let (threads, input) = state.withLock { state in
+                let result = (state.threads, state.input)
+                state.threads = []
+                state.input = nil
+                return result
+            }
+            input?.shutdown()
+            // A vCPU may be between its finished check and KVM_RUN; immediate_exit covers that, the kick the rest.
+            for thread in threads { thread.join() }
         }
     }
 }
