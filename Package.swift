@@ -19,12 +19,14 @@ let package = Package(
         .target(name: "SwiftletMemory", dependencies: ["SwiftletHost"]),
         .target(name: "SwiftletKVM", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletBoot", dependencies: ["SwiftletMemory"]),
-        .target(name: "SwiftletDevices", dependencies: ["SwiftletHost"]),
-        .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletKVM", "SwiftletMemory", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "SwiftletVirtio", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
+        .target(name: "SwiftletDevices", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
+        .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletVirtio", "SwiftletKVM", "SwiftletMemory", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(name: "swiftlet", dependencies: ["Swiftlet", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "SwiftletMemoryTests", dependencies: ["SwiftletMemory"]),
         .testTarget(name: "SwiftletBootTests", dependencies: ["SwiftletBoot", "SwiftletMemory"]),
-        .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices"]),
+        .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
+        .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet"]),
     ]
 )

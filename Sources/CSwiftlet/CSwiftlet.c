@@ -1,7 +1,9 @@
 #include "CSwiftlet.h"
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
 
+int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
 int CSwiftlet_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }

@@ -1,7 +1,4 @@
-/// Something that raises an interrupt line, edge-style (an irqfd in a running VM, a counter in tests).
-public protocol InterruptLine: Sendable {
-    func trigger()
-}
+import SwiftletHost
 
 /// A device on the port I/O or MMIO bus, reached synchronously from a vCPU thread. `offset` is relative to the
 /// start of the device's range; `data` is the access (1, 2, 4 or 8 bytes): written for reads, read for writes.

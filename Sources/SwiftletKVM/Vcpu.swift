@@ -131,7 +131,7 @@ public final class Vcpu: @unchecked Sendable {
             return .io(port: io.port, isWrite: io.direction == UInt8(KVM_EXIT_IO_OUT), size: Int(io.size), data: data)
         case KVM_EXIT_MMIO:
             let length = min(Int(run.pointee.mmio.len), 8)
-            let data = withUnsafeMutableBytes(of: &run.pointee.mmio.data) { UnsafeMutableRawBufferPointer(rebasing: $0[0..<length]) }
+            let data = UnsafeMutableRawBufferPointer(start: CSwiftlet_kvm_run_mmio_data(run), count: length)
             return .mmio(address: run.pointee.mmio.phys_addr, isWrite: run.pointee.mmio.is_write != 0, data: data)
         case KVM_EXIT_HLT: return .halt
         case KVM_EXIT_SHUTDOWN: return .shutdown

@@ -59,6 +59,20 @@ public final class VirtualMachine: Sendable {
         try call("KVM_IRQFD (GSI \(gsi))", CSwiftlet_KVM_IRQFD, &request)
     }
 
+    /// Wires guest writes of `length` bytes to MMIO `address` (whose value equals `datamatch`, when given) to
+    /// `eventFd`: KVM completes such a write in the kernel and signals the eventfd, with no exit to the VMM.
+    public func registerIoeventfd(_ eventFd: EventFd, address: UInt64, length: UInt32, datamatch: UInt64?) throws(SwiftletError) {
+        var request = kvm_ioeventfd()
+        request.addr = address
+        request.len = length
+        request.fd = eventFd.rawValue
+        if let datamatch {
+            request.datamatch = datamatch
+            request.flags = UInt32(1 << kvm_ioeventfd_flag_nr_datamatch)
+        }
+        try call("KVM_IOEVENTFD (0x\(String(address, radix: 16)))", CSwiftlet_KVM_IOEVENTFD, &request)
+    }
+
     /// Creates vCPU `id` (its APIC ID).
     public func createVcpu(id: Int) throws(SwiftletError) -> Vcpu {
         let fd: Int32

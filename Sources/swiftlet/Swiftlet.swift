@@ -13,8 +13,10 @@ struct SwiftletCommand: AsyncParsableCommand {
 }
 
 /// Parses sizes such as 256M, 3.5G, 512MiB, 1GiB; a bare number is MiB.
-struct MemorySize: ExpressibleByArgument {
+struct MemorySize: ExpressibleByArgument, CustomStringConvertible {
     var bytes: UInt64
+
+    var description: String { bytes % (1 << 30) == 0 ? "\(bytes >> 30)G" : "\(bytes >> 20)M" }
 
     init?(argument: String) {
         let text = argument.trimmingCharacters(in: " ").lowercased()
@@ -31,6 +33,29 @@ struct MemorySize: ExpressibleByArgument {
     }
 
     static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// `--disk PATH[,readonly=on|off][,id=SERIAL][,event-idx=on|off]`.
+struct DiskOption: ExpressibleByArgument {
+    var configuration: DiskConfiguration
+
+    init?(argument: String) {
+        let parts = argument.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let path = parts.first, !path.isEmpty else { return nil }
+        configuration = DiskConfiguration(path: path)
+        for option in parts.dropFirst() {
+            let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+            guard pair.count == 2 else { return nil }
+            switch (pair[0], pair[1]) {
+            case ("readonly", "on"): configuration.readOnly = true
+            case ("readonly", "off"): configuration.readOnly = false
+            case ("id", let serial) where serial.utf8.count <= 20: configuration.serial = serial
+            case ("event-idx", "on"): configuration.eventIndex = true
+            case ("event-idx", "off"): configuration.eventIndex = false
+            default: return nil
+            }
+        }
+    }
 }
 
 extension String {
@@ -70,6 +95,14 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Where the guest console goes: stdio, none, or a file path.", valueName: "stdio|none|file"))
     var console: String = "stdio"
 
+    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
+        "A virtio-blk disk: a raw image file; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off.",
+        valueName: "path[,readonly=on][,id=serial]"))
+    var disk: [DiskOption] = []
+
+    @Flag(name: .long, help: "Print, on stderr at exit, per-device counts of notifications, interrupts and requests.")
+    var stats = false
+
     @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
     var kvm: String = "/dev/kvm"
 
@@ -88,6 +121,7 @@ struct Run: AsyncParsableCommand {
         }
         var configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, cpus: cpus,
                                                  memorySize: memory.bytes, console: consoleSetting, kvmPath: kvm)
+        configuration.disks = disk.map(\.configuration)
         if traceStartup {
             configuration.onFirstRun = { now in
                 Run.report("first-kvm-run monotonic_ns=\(now) after_main_ns=\(now - start)")
@@ -102,6 +136,12 @@ struct Run: AsyncParsableCommand {
             fail(error.description)
         }
         let exit = await vm.wait()
+        if stats {
+            for device in vm.statistics() {
+                Run.report("stats device=\(device.name) notifications=\(device.notifications) interrupts=\(device.interrupts) "
+                    + "requests=\(device.requests) guest_errors=\(device.guestErrors)")
+            }
+        }
         if printBootTime {
             if let reached = vm.userspaceReachedAt {
                 Run.report("guest init reached \((reached - start) / 1_000_000) ms after start")

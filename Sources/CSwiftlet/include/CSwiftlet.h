@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
+#include <linux/falloc.h>
 
 // ioctl(2) with a pointer or an integer argument. The corresponding C function is `ioctl`.
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument);
@@ -15,6 +17,9 @@ int CSwiftlet_ioctl_value(int fd, unsigned long request, unsigned long argument)
 // Names the calling thread (GNU extension, hidden from Swift's Glibc module). The corresponding C function is
 // `pthread_setname_np`.
 int CSwiftlet_set_thread_name(const char *name);
+
+// fallocate(2), a GNU extension hidden from Swift's Glibc module. The corresponding C function is `fallocate`.
+int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length);
 
 // /dev/kvm
 extern const unsigned long CSwiftlet_KVM_GET_API_VERSION;
@@ -45,9 +50,24 @@ extern const unsigned long CSwiftlet_KVM_SET_CPUID2;
 extern const unsigned long CSwiftlet_KVM_GET_LAPIC;
 extern const unsigned long CSwiftlet_KVM_SET_LAPIC;
 
+// The data of a KVM_EXIT_MMIO exit, inside the kvm_run mapping. (Swift imports kvm_run's anonymous union as
+// computed properties, so taking the address of a member through Swift would point at a temporary copy.)
+static inline uint8_t *CSwiftlet_kvm_run_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+
 // The data of a KVM_EXIT_IO exit lives at an offset inside the kvm_run mapping.
 static inline uint8_t *CSwiftlet_kvm_run_io_data(struct kvm_run *run) {
     return (uint8_t *)run + run->io.data_offset;
 }
+
+// Guest memory shared with a running guest is accessed with explicit ordering where the virtio spec requires it
+// (2.7.13 "Supplying Buffers to The Device", 2.7.8 "The Virtqueue Used Ring"): an acquire load of avail->idx before
+// reading ring entries, a release store of used->idx after writing them, and full fences around event suppression.
+static inline uint16_t CSwiftlet_load_acquire_u16(const void *address) {
+    return __atomic_load_n((const uint16_t *)address, __ATOMIC_ACQUIRE);
+}
+static inline void CSwiftlet_store_release_u16(void *address, uint16_t value) {
+    __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELEASE);
+}
+static inline void CSwiftlet_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 #endif

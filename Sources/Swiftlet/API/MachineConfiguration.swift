@@ -1,3 +1,8 @@
+import SwiftletDevices
+
+/// A virtio-blk disk: a raw image file, optionally read-only, with a serial.
+public typealias DiskConfiguration = BlockConfiguration
+
 /// Everything a microVM is made from. Sizes are in bytes.
 public struct MachineConfiguration: Sendable {
     public enum Console: Sendable, Equatable {
@@ -16,6 +21,8 @@ public struct MachineConfiguration: Sendable {
     public var memorySize: UInt64
     public var console: Console
     public var kvmPath: String
+    /// virtio-blk disks, in the order the guest sees them (/dev/vda, /dev/vdb, ...).
+    public var disks: [DiskConfiguration] = []
     /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds.
     public var onFirstRun: (@Sendable (UInt64) -> Void)?
 

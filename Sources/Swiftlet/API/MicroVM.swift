@@ -1,3 +1,4 @@
+import SwiftletDevices
 import SwiftletHost
 import Synchronization
 
@@ -49,9 +50,33 @@ public final class MicroVM: Sendable {
         return await wait()
     }
 
+    /// Per-device counters: notifications from the driver, interrupts to it, requests completed.
+    public func statistics() -> [DeviceStatistics] {
+        guard let built = machine.withLock({ $0 }) else { return [] }
+        return built.virtioDevices.map { slot in
+            let counters = (slot.device as? Block)?.counters
+            return DeviceStatistics(name: slot.name, notifications: counters?.notifications ?? 0,
+                                    interrupts: slot.transport.interrupt.count, requests: counters?.requests ?? 0,
+                                    guestErrors: (counters?.guestErrors ?? 0) + slot.transport.ignoredWrites)
+        }
+    }
+
     /// CLOCK_MONOTONIC nanoseconds of the first KVM_RUN of vCPU 0.
     public var firstRunAt: UInt64? { machine.withLock { $0?.firstRunAt } }
 
     /// CLOCK_MONOTONIC nanoseconds when the guest wrote the boot-timer port (its init reached userspace).
     public var userspaceReachedAt: UInt64? { machine.withLock { $0?.bootTimer.userspaceReachedAt } }
+}
+
+/// What a device counted while the VM ran.
+public struct DeviceStatistics: Sendable, Equatable {
+    public var name: String
+    /// Driver-to-device queue notifications (what ioeventfd delivered).
+    public var notifications: UInt64
+    /// Interrupts the device raised.
+    public var interrupts: UInt64
+    /// Requests completed.
+    public var requests: UInt64
+    /// Malformed requests, chains and register writes the guest sent.
+    public var guestErrors: UInt64
 }

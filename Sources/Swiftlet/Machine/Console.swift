@@ -33,10 +33,6 @@ final class ConsoleSink: SerialOutput {
     }
 }
 
-extension EventFd: InterruptLine {
-    public func trigger() { signal() }
-}
-
 /// Copies host stdin to the guest's UART on its own thread, until stopped. Ctrl-A then x stops the VM, as in QEMU.
 final class ConsoleInput: Sendable {
     private let stop: EventFd

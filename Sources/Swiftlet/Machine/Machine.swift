@@ -6,6 +6,7 @@ import SwiftletDevices
 import SwiftletHost
 import SwiftletKVM
 import SwiftletMemory
+import SwiftletVirtio
 import SystemPackage
 
 /// The wired x86_64 machine: KVM VM, guest memory, loaded kernel, vCPUs, buses and legacy devices.
@@ -23,6 +24,8 @@ final class Machine: Sendable {
     let bootTimer: BootTimer
     let console: ConsoleSink
     let kernel: LoadedKernel
+    let virtioDevices: [VirtioSlot]
+    let eventLoop: EventLoop?
 
     private struct RunState {
         var exit: MachineExit?
@@ -46,8 +49,9 @@ final class Machine: Sendable {
         // KVM's own set-up of the VM, irqchip, PIT and vCPUs on this thread.
         memory = try GuestMemory(layout: X86Layout.ramRegions(size: configuration.memorySize))
         let memory = self.memory
+        let commandLine = Machine.commandLine(configuration)
         let loading = try BackgroundWork(name: "boot-loader") { () throws(SwiftletError) in
-            try Machine.loadGuest(configuration, into: memory)
+            try Machine.loadGuest(configuration, commandLine: commandLine, into: memory)
         }
         // Whatever fails below, the loader thread is joined before the error leaves.
         func collectLoader() -> (kernel: LoadedKernel, boot: X86BootState)? { try? loading.result() }
@@ -92,7 +96,30 @@ final class Machine: Sendable {
         bootTimer = BootTimer(clock: monotonicNanoseconds)
 
         var portBus = Bus()
-        mmioBus = Bus()
+        var mmioBus = Bus()
+        var slots: [VirtioSlot] = []
+        for (index, disk) in configuration.disks.enumerated() {
+            let block = try Block(disk)
+            let slot = try VirtioSlot(name: "blk\(index)", index: index, device: block, vm: vm, memory: memory)
+            block.attach(interrupt: slot.transport.interrupt) { [transport = slot.transport] in transport.markNeedsReset() }
+            do { try mmioBus.insert(slot.transport, base: slot.base.rawValue, size: MmioTransport.size) } catch {
+                throw SwiftletError(.invalidConfiguration, "virtio device \(index) overlaps another device: \(error)")
+            }
+            slots.append(slot)
+        }
+        virtioDevices = slots
+        if slots.isEmpty {
+            eventLoop = nil
+        } else {
+            let loop = try EventLoop(name: "devices")
+            for slot in slots {
+                if let block = slot.device as? Block {
+                    try loop.register(block.queueEvents[0].rawValue) { _ in block.handleQueueEvent() }
+                }
+            }
+            eventLoop = loop
+        }
+        self.mmioBus = mmioBus
         // Devices need `self` to report a reset, so the i8042 reaches the machine through a weak box.
         let resetTarget = WeakMachine()
         do {
@@ -108,19 +135,33 @@ final class Machine: Sendable {
 
     /// Loads the kernel and initrd and writes the zero page, MP table, page tables and GDT: everything the guest
     /// finds in its memory at boot.
-    private static func loadGuest(_ configuration: MachineConfiguration, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
+    private static func loadGuest(_ configuration: MachineConfiguration, commandLine: String, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
         let kernel = try KernelLoader.load(FileBootSource(path: configuration.kernelPath, what: "kernel"), into: memory)
         var initrd: (address: GuestAddress, size: Int)?
         if let path = configuration.initrdPath {
             initrd = try KernelLoader.loadInitrd(FileBootSource(path: path, what: "initrd"), into: memory, kernel: kernel)
         }
-        try ZeroPage.write(into: memory, kernel: kernel, commandLine: configuration.commandLine, initrd: initrd,
+        try ZeroPage.write(into: memory, kernel: kernel, commandLine: commandLine, initrd: initrd,
                            e820: E820Entry.map(for: memory))
         try MPTable.write(into: memory, cpus: configuration.cpus)
         return (kernel, try LongMode.prepare(memory: memory, entry: kernel.entry))
     }
 
+    /// The guest's command line: the configured one, plus one `virtio_mmio.device=4K@ADDRESS:IRQ` per device, which
+    /// is how a kernel without ACPI finds virtio-mmio devices (drivers/virtio/virtio_mmio.c).
+    static func commandLine(_ configuration: MachineConfiguration) -> String {
+        var line = configuration.commandLine
+        for slot in 0..<configuration.disks.count {
+            let (base, irq) = VirtioSlot.placement(slot)
+            line += " virtio_mmio.device=4K@0x\(String(base.rawValue, radix: 16)):\(irq)"
+        }
+        return line
+    }
+
     private static func validate(_ configuration: MachineConfiguration) throws(SwiftletError) {
+        guard configuration.disks.count <= X86Layout.virtioMaximumDevices else {
+            throw SwiftletError(.invalidConfiguration, "\(configuration.disks.count) virtio devices are more than the \(X86Layout.virtioMaximumDevices) interrupt lines Swiftlet has for them")
+        }
         guard configuration.cpus >= 1, configuration.cpus <= MachineConfiguration.maximumCPUs else {
             throw SwiftletError(.invalidConfiguration, "--cpus \(configuration.cpus) is out of range (1 to \(MachineConfiguration.maximumCPUs))")
         }
@@ -143,6 +184,7 @@ final class Machine: Sendable {
         try state.withLock { (state) throws(SwiftletError) in
             guard !state.started else { throw SwiftletError(.invalidConfiguration, "the VM was already started") }
             state.started = true
+            try eventLoop?.start()
             if configuration.console == .stdio {
                 state.input = try ConsoleInput(serial: serial) { [weak self] in self?.finish(.stopped) }
             }
@@ -265,8 +307,41 @@ final class Machine: Sendable {
                 return result
             }
             input?.shutdown()
+            eventLoop?.stop()
             // A vCPU may be between its finished check and KVM_RUN; immediate_exit covers that, the kick the rest.
             for thread in threads { thread.join() }
+        }
+    }
+}
+
+/// A virtio device on the MMIO bus: its 4 KiB register window, its interrupt line and its queue notifications.
+struct VirtioSlot: Sendable {
+    let name: String
+    let base: GuestAddress
+    let irq: UInt32
+    let device: any VirtioDevice
+    let transport: MmioTransport
+    let interruptLine: EventFd
+
+    static func placement(_ index: Int) -> (base: GuestAddress, irq: UInt32) {
+        (GuestAddress(X86Layout.virtioMmioBase.rawValue + UInt64(index) * X86Layout.virtioMmioSlotSize),
+         X86Layout.virtioFirstIRQ + UInt32(index))
+    }
+
+    /// Wires `device` at slot `index`: an irqfd on its GSI, and one ioeventfd per queue on QueueNotify, matching the
+    /// queue index the driver writes there.
+    init(name: String, index: Int, device: any VirtioDevice, vm: SwiftletKVM.VirtualMachine, memory: GuestMemory) throws(SwiftletError) {
+        (base, irq) = VirtioSlot.placement(index)
+        self.name = name
+        self.device = device
+        do { interruptLine = try EventFd() } catch {
+            throw SwiftletError(.systemCall, "cannot create the interrupt eventfd of \(name)", cause: error)
+        }
+        try vm.registerIrqfd(interruptLine, gsi: irq)
+        transport = MmioTransport(device: device, interrupt: VirtioInterrupt(line: interruptLine), memory: memory)
+        for (queue, event) in device.queueEvents.enumerated() {
+            try vm.registerIoeventfd(event, address: base.rawValue + UInt64(MmioTransport.Register.queueNotify), length: 4,
+                                     datamatch: UInt64(queue))
         }
     }
 }

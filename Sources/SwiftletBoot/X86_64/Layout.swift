@@ -36,6 +36,11 @@ public enum X86Layout {
     public static let kvmTss = GuestAddress(0xfffb_d000)
     /// Legacy ISA interrupt lines go up to the IOAPIC's 24 pins.
     public static let ioapicPins = 24
+    /// virtio-mmio devices: 4 KiB slots from here, in the MMIO hole, with interrupt lines from 5 up (4 is the UART's).
+    public static let virtioMmioBase = GuestAddress(0xd000_0000)
+    public static let virtioMmioSlotSize: UInt64 = 0x1000
+    public static let virtioFirstIRQ: UInt32 = 5
+    public static let virtioMaximumDevices = ioapicPins - Int(virtioFirstIRQ)
 
     /// The RAM regions for `size` bytes of guest memory: below the MMIO hole, and the rest from 4 GiB up.
     public static func ramRegions(size: UInt64) -> [(start: GuestAddress, size: UInt64)] {

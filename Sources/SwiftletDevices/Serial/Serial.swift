@@ -1,4 +1,5 @@
 import Synchronization
+import SwiftletHost
 
 /// Where a UART's transmitted bytes go.
 public protocol SerialOutput: Sendable {

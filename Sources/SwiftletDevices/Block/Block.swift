@@ -1,0 +1,372 @@
+import CSwiftlet
+import Glibc
+import Synchronization
+import SwiftletHost
+import SwiftletMemory
+import SwiftletVirtio
+import SystemPackage
+
+/// How a disk is attached.
+public struct BlockConfiguration: Sendable {
+    public var path: String
+    public var readOnly: Bool
+    /// What GET_ID returns (at most 20 bytes).
+    public var serial: String?
+    /// Offer VIRTIO_F_EVENT_IDX (on by default; off for comparisons).
+    public var eventIndex: Bool
+
+    public init(path: String, readOnly: Bool = false, serial: String? = nil, eventIndex: Bool = true) {
+        self.path = path
+        self.readOnly = readOnly
+        self.serial = serial
+        self.eventIndex = eventIndex
+    }
+}
+
+/// Counters a device exposes; read at any time from any thread.
+public final class DeviceCounters: Sendable {
+    let notificationCount = Atomic<UInt64>(0)
+    let requestCount = Atomic<UInt64>(0)
+    let errorCount = Atomic<UInt64>(0)
+    public init() {}
+    /// Driver-to-device queue notifications (ioeventfd signals, coalesced ones included).
+    public var notifications: UInt64 { notificationCount.load(ordering: .relaxed) }
+    /// Requests completed.
+    public var requests: UInt64 { requestCount.load(ordering: .relaxed) }
+    /// Malformed chains and requests the guest sent.
+    public var guestErrors: UInt64 { errorCount.load(ordering: .relaxed) }
+}
+
+/// virtio-blk on a raw image file (virtio 1.2 §5.2), with a synchronous engine: each request is one
+/// preadv/pwritev straight between the file and the guest's buffers, on the device's event loop thread.
+public final class Block: VirtioDevice {
+    public static let sectorSize: UInt64 = 512
+    public static let queueSize: UInt16 = 256
+    /// Segments per request: the queue size less the header and status descriptors (SEG_MAX).
+    static let segmentMaximum: UInt32 = UInt32(queueSize) - 2
+    /// Largest single segment (SIZE_MAX).
+    static let segmentSizeMaximum: UInt32 = 1 << 20
+    static let discardSegmentMaximum: UInt32 = 1
+    static let discardSectorMaximum: UInt32 = UInt32.max / 512
+
+    // Feature bits (§5.2.3).
+    public enum Feature {
+        public static let sizeMaximum: UInt64 = 1 << 1, segmentMaximum: UInt64 = 1 << 2, readOnly: UInt64 = 1 << 5
+        public static let blockSize: UInt64 = 1 << 6, flush: UInt64 = 1 << 9, discard: UInt64 = 1 << 13
+        public static let writeZeroes: UInt64 = 1 << 14
+    }
+
+    public let configuration: BlockConfiguration
+    public let capacityBytes: UInt64
+    public let counters = DeviceCounters()
+    public let queueEvents: [EventFd]
+    public let offeredFeatures: UInt64
+    public var deviceType: UInt32 { 2 }
+    public var queueMaximumSizes: [UInt16] { [Self.queueSize] }
+    private let file: OwnedFileDescriptor
+    private let configurationSpace: [UInt8]
+    private let serial: [UInt8]
+    private let interrupt = Mutex<VirtioInterrupt?>(nil)
+    private let onFatalError = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// The active queue and the scratch space its requests reuse: touched only by the event loop (and by reset).
+    /// @unchecked Sendable: the iovecs point into guest memory and are only used under `active`'s lock.
+    private struct Active: @unchecked Sendable {
+        var queue: SplitQueue
+        var chain = DescriptorChain(capacity: Int(Block.queueSize))
+        var vectors: [iovec] = []
+    }
+    private let active = Mutex<Active?>(nil)
+
+    /// Opens the image (read-only or read-write) and takes an exclusive lock on a writable one, so two VMs cannot
+    /// write the same image.
+    public init(_ configuration: BlockConfiguration) throws(SwiftletError) {
+        self.configuration = configuration
+        do {
+            file = try OwnedFileDescriptor(opening: configuration.path, flags: configuration.readOnly ? O_RDONLY : O_RDWR)
+        } catch {
+            throw SwiftletError(.invalidConfiguration, "cannot open disk image \(configuration.path)"
+                + (error == .permissionDenied && !configuration.readOnly ? " for writing (add readonly=on?)" : ""), cause: error)
+        }
+        if !configuration.readOnly && flock(file.rawValue, LOCK_EX | LOCK_NB) != 0 {
+            let error = Errno(rawValue: errno)
+            throw SwiftletError(.invalidConfiguration, "disk image \(configuration.path) is locked by another process "
+                + "(another VM has it open for writing); attach it readonly=on or stop the other VM", cause: error)
+        }
+        do {
+            capacityBytes = UInt64(try file.fileSize()) / Self.sectorSize * Self.sectorSize
+        } catch {
+            throw SwiftletError(.io, "cannot stat disk image \(configuration.path)", cause: error)
+        }
+        let serialBytes = Array((configuration.serial ?? "").utf8)
+        guard serialBytes.count <= 20 else {
+            throw SwiftletError(.invalidConfiguration, "disk serial \"\(configuration.serial ?? "")\" is longer than 20 bytes")
+        }
+        serial = serialBytes
+        var events: [EventFd] = []
+        do { events.append(try EventFd(nonBlocking: true)) } catch {
+            throw SwiftletError(.systemCall, "cannot create the disk's queue eventfd", cause: error)
+        }
+        queueEvents = events
+        var features = VirtioFeature.version1 | VirtioFeature.indirectDescriptors | Feature.sizeMaximum
+            | Feature.segmentMaximum | Feature.blockSize | Feature.flush | Feature.discard | Feature.writeZeroes
+        if configuration.eventIndex { features |= VirtioFeature.eventIndex }
+        if configuration.readOnly { features |= Feature.readOnly }
+        offeredFeatures = features
+        configurationSpace = Self.configurationSpace(capacitySectors: capacityBytes / Self.sectorSize)
+    }
+
+    /// struct virtio_blk_config (§5.2.4), the fields up to write_zeroes_may_unmap.
+    static func configurationSpace(capacitySectors: UInt64) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 60)
+        func put<T: FixedWidthInteger>(_ value: T, _ offset: Int) {
+            for index in 0..<MemoryLayout<T>.size { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
+        }
+        put(capacitySectors, 0)
+        put(segmentSizeMaximum, 8)
+        put(segmentMaximum, 12)
+        put(UInt32(sectorSize), 20)           // blk_size
+        put(discardSectorMaximum, 36)        // max_discard_sectors
+        put(discardSegmentMaximum, 40)       // max_discard_seg
+        put(UInt32(1), 44)                   // discard_sector_alignment
+        put(discardSectorMaximum, 48)        // max_write_zeroes_sectors
+        put(discardSegmentMaximum, 52)       // max_write_zeroes_seg
+        bytes[56] = 1                        // write_zeroes_may_unmap
+        return bytes
+    }
+
+    /// Connects the device to its interrupt and to what it does when the driver broke its queue.
+    public func attach(interrupt: VirtioInterrupt, onFatalError: @escaping @Sendable () -> Void) {
+        self.interrupt.withLock { $0 = interrupt }
+        self.onFatalError.withLock { $0 = onFatalError }
+    }
+
+    public func readConfiguration(offset: Int, into data: UnsafeMutableRawBufferPointer) {
+        for index in data.indices {
+            let position = offset + index
+            data[index] = position >= 0 && position < configurationSpace.count ? configurationSpace[position] : 0
+        }
+    }
+
+    public func writeConfiguration(offset: Int, from data: UnsafeRawBufferPointer) {
+        // Nothing in virtio_blk_config is writable without CONFIG_WCE, which is not offered.
+    }
+
+    public func activate(_ activation: VirtioActivation) throws(SwiftletError) {
+        guard let queue = activation.queues.first ?? nil else {
+            throw SwiftletError(.guestFault, "the driver activated virtio-blk without its request queue")
+        }
+        var state = Active(queue: queue)
+        state.vectors.reserveCapacity(Int(Self.queueSize))
+        active.withLock { $0 = state }
+        // Requests the driver queued before DRIVER_OK are picked up now.
+        queueEvents[0].signal()
+    }
+
+    public func reset() {
+        active.withLock { $0 = nil }
+    }
+
+    /// The event-loop handler of the request queue's ioeventfd.
+    public func handleQueueEvent() {
+        guard let count = queueEvents[0].consume() else { return }
+        counters.notificationCount.add(count, ordering: .relaxed)
+        let (raise, fatal) = active.withLock { state -> (Bool, Bool) in
+            guard state != nil else { return (false, false) }
+            return processQueue(&state!)
+        }
+        if raise { interrupt.withLock { $0 }?.signal(VirtioInterrupt.usedBuffer) }
+        if fatal {
+            active.withLock { $0 = nil }
+            onFatalError.withLock { $0 }?()
+        }
+    }
+
+    /// Drains the queue; returns whether to interrupt the driver and whether the queue is broken beyond use.
+    private func processQueue(_ state: inout Active) -> (interrupt: Bool, fatal: Bool) {
+        var completed = false
+        repeat {
+            while true {
+                let popped: Bool
+                do {
+                    popped = try state.queue.pop(into: &state.chain)
+                } catch .invalidChain(let head, _) {
+                    counters.errorCount.add(1, ordering: .relaxed)
+                    state.queue.addUsed(head: head, length: 0)
+                    completed = true
+                    continue
+                } catch {
+                    counters.errorCount.add(1, ordering: .relaxed)
+                    return (completed && state.queue.needsInterrupt(), true)
+                }
+                guard popped else { break }
+                let written = execute(state.chain, vectors: &state.vectors)
+                state.queue.addUsed(head: state.chain.head, length: written)
+                counters.requestCount.add(1, ordering: .relaxed)
+                completed = true
+            }
+        } while state.queue.enableNotification()
+        return (completed && state.queue.needsInterrupt(), false)
+    }
+
+    /// Runs one request and writes its status byte; returns the bytes written into the chain's writable buffers.
+    func execute(_ chain: DescriptorChain, vectors: inout [iovec]) -> UInt32 {
+        // The status byte is the last byte of the last device-writable buffer; without one nothing can be reported.
+        guard let last = chain.writable.last else {
+            counters.errorCount.add(1, ordering: .relaxed)
+            return 0
+        }
+        let statusByte = last.host + Int(last.length) - 1
+        let dataWritable = chain.writableLength - 1
+        func finish(_ status: UInt8, data: UInt64 = 0) -> UInt32 {
+            if status != BlockRequestHeader.Status.ok { counters.errorCount.add(1, ordering: .relaxed) }
+            statusByte.storeBytes(of: status, as: UInt8.self)
+            return UInt32(data + 1)
+        }
+        guard let header = BlockRequestHeader.parse(chain) else { return finish(BlockRequestHeader.Status.ioError) }
+        let dataReadable = chain.readableLength - UInt64(BlockRequestHeader.size)
+
+        switch header.type {
+        case BlockRequestHeader.RequestType.read:
+            guard dataReadable == 0, inBounds(sector: header.sector, length: dataWritable) else {
+                return finish(BlockRequestHeader.Status.ioError)
+            }
+            collect(chain, skippingReadable: Int(chain.readableLength), writableLimit: dataWritable, into: &vectors)
+            guard transfer(vectors: &vectors, offset: header.sector * Self.sectorSize, length: dataWritable, write: false) else {
+                return finish(BlockRequestHeader.Status.ioError)
+            }
+            return finish(BlockRequestHeader.Status.ok, data: dataWritable)
+        case BlockRequestHeader.RequestType.write:
+            guard !configuration.readOnly, dataWritable == 0, inBounds(sector: header.sector, length: dataReadable) else {
+                return finish(BlockRequestHeader.Status.ioError)
+            }
+            collect(chain, skippingReadable: BlockRequestHeader.size, writableLimit: 0, into: &vectors)
+            guard transfer(vectors: &vectors, offset: header.sector * Self.sectorSize, length: dataReadable, write: true) else {
+                return finish(BlockRequestHeader.Status.ioError)
+            }
+            return finish(BlockRequestHeader.Status.ok)
+        case BlockRequestHeader.RequestType.flush:
+            if !configuration.readOnly && fdatasync(file.rawValue) != 0 { return finish(BlockRequestHeader.Status.ioError) }
+            return finish(BlockRequestHeader.Status.ok)
+        case BlockRequestHeader.RequestType.getID:
+            // The serial, NUL-padded when shorter than 20 bytes, into as much as the driver gave.
+            let count = Int(min(dataWritable, 20))
+            var remaining = count
+            var source = 0
+            for buffer in chain.writable where remaining > 0 {
+                let take = min(remaining, Int(buffer.length))
+                for index in 0..<take {
+                    buffer.host.storeBytes(of: source < serial.count ? serial[source] : 0, toByteOffset: index, as: UInt8.self)
+                    source += 1
+                }
+                remaining -= take
+            }
+            return finish(BlockRequestHeader.Status.ok, data: UInt64(count))
+        case BlockRequestHeader.RequestType.discard, BlockRequestHeader.RequestType.writeZeroes:
+            guard !configuration.readOnly else { return finish(BlockRequestHeader.Status.ioError) }
+            let zeroes = header.type == BlockRequestHeader.RequestType.writeZeroes
+            guard let segments = rangeSegments(chain, count: dataReadable), !segments.isEmpty,
+                  segments.count <= Int(Self.discardSegmentMaximum) else {
+                return finish(BlockRequestHeader.Status.ioError)
+            }
+            for segment in segments {
+                let length = UInt64(segment.sectorCount) * Self.sectorSize
+                guard segment.sectorCount <= Self.discardSectorMaximum, inBounds(sector: segment.sector, length: length) else {
+                    return finish(BlockRequestHeader.Status.ioError)
+                }
+                // Discard and unmapping zeroes deallocate; plain write-zeroes keeps the blocks allocated.
+                let mode = zeroes && !segment.unmap ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+                                                     : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+                if length > 0 && CSwiftlet_fallocate(file.rawValue, Int32(mode), Int64(segment.sector * Self.sectorSize), Int64(length)) != 0 {
+                    // A discard is a hint: a file system that cannot punch holes has still kept the data safe.
+                    if !zeroes && (errno == EOPNOTSUPP) { continue }
+                    return finish(BlockRequestHeader.Status.ioError)
+                }
+            }
+            return finish(BlockRequestHeader.Status.ok)
+        default:
+            return finish(BlockRequestHeader.Status.unsupported)
+        }
+    }
+
+    /// Whether [sector, sector + length) lies inside the disk, in whole sectors, without overflow.
+    func inBounds(sector: UInt64, length: UInt64) -> Bool {
+        guard length % Self.sectorSize == 0 else { return false }
+        let (start, overflow) = sector.multipliedReportingOverflow(by: Self.sectorSize)
+        guard !overflow, start <= capacityBytes else { return false }
+        return length <= capacityBytes - start
+    }
+
+    /// The DISCARD / WRITE_ZEROES segments in the readable data after the header; nil when malformed.
+    private func rangeSegments(_ chain: DescriptorChain, count: UInt64) -> [BlockRangeSegment]? {
+        guard count % UInt64(BlockRangeSegment.size) == 0, count / UInt64(BlockRangeSegment.size) <= UInt64(Self.discardSegmentMaximum) else {
+            return nil
+        }
+        var bytes: [UInt8] = []
+        var skip = BlockRequestHeader.size
+        for buffer in chain.readable {
+            let length = Int(buffer.length)
+            if skip >= length { skip -= length; continue }
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: buffer.host + skip, count: length - skip))
+            skip = 0
+        }
+        return stride(from: 0, to: bytes.count, by: BlockRangeSegment.size).map { base in
+            func field<T: FixedWidthInteger>(_: T.Type, _ offset: Int) -> T {
+                (0..<MemoryLayout<T>.size).reduce(T(0)) { $0 | T(bytes[base + offset + $1]) << (8 * $1) }
+            }
+            return BlockRangeSegment(sector: field(UInt64.self, 0), sectorCount: field(UInt32.self, 8),
+                                     unmap: field(UInt32.self, 12) & 1 != 0)
+        }
+    }
+
+    /// Builds the iovecs for the data part of a request: readable buffers after `skippingReadable` bytes, then up
+    /// to `writableLimit` bytes of writable buffers (the status byte excluded).
+    private func collect(_ chain: DescriptorChain, skippingReadable: Int, writableLimit: UInt64, into vectors: inout [iovec]) {
+        vectors.removeAll(keepingCapacity: true)
+        var skip = skippingReadable
+        for buffer in chain.readable {
+            let length = Int(buffer.length)
+            if skip >= length { skip -= length; continue }
+            vectors.append(iovec(iov_base: buffer.host + skip, iov_len: length - skip))
+            skip = 0
+        }
+        var remaining = writableLimit
+        for buffer in chain.writable where remaining > 0 {
+            let take = min(UInt64(buffer.length), remaining)
+            vectors.append(iovec(iov_base: buffer.host, iov_len: Int(take)))
+            remaining -= take
+        }
+    }
+
+    /// preadv/pwritev of `length` bytes at `offset`, continuing after short transfers. false on an I/O error.
+    private func transfer(vectors: inout [iovec], offset: UInt64, length: UInt64, write: Bool) -> Bool {
+        var done: UInt64 = 0
+        var first = 0
+        while done < length {
+            let result = vectors.withUnsafeMutableBufferPointer { buffer -> Int in
+                let base = buffer.baseAddress! + first
+                // At most queueSize vectors, well under IOV_MAX (1024).
+                let count = Int32(buffer.count - first)
+                return write ? pwritev(file.rawValue, base, count, off_t(offset + done))
+                             : preadv(file.rawValue, base, count, off_t(offset + done))
+            }
+            if result < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            if result == 0 { return false } // the image shrank under us
+            done += UInt64(result)
+            // Drop the vectors that are complete and trim the partial one.
+            var consumed = result
+            while first < vectors.count && consumed >= vectors[first].iov_len {
+                consumed -= vectors[first].iov_len
+                first += 1
+            }
+            if consumed > 0 {
+                vectors[first].iov_base += consumed
+                vectors[first].iov_len -= consumed
+            }
+        }
+        return true
+    }
+}

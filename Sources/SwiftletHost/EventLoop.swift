@@ -1,0 +1,91 @@
+import CSwiftlet
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// An epoll loop on a dedicated thread: device work (queue notifications arriving as ioeventfds, TAP and socket
+/// fds, timers) runs here, never on vCPU threads. Sources are registered before `start()`; the table of handlers
+/// is then fixed, so dispatching an event takes no lock.
+public final class EventLoop: Sendable {
+    public typealias Handler = @Sendable (_ events: UInt32) -> Void
+
+    private let epoll: OwnedFileDescriptor
+    private let stopEvent: EventFd
+    private let handlers = Mutex<[Handler]>([])
+    private let thread = Mutex<HostThread?>(nil)
+    public let name: String
+
+    public init(name: String) throws(SwiftletError) {
+        self.name = name
+        do {
+            epoll = OwnedFileDescriptor(taking: try retryingSystemCall { epoll_create1(Int32(EPOLL_CLOEXEC)) })
+            stopEvent = try EventFd(nonBlocking: true)
+        } catch {
+            throw SwiftletError(.systemCall, "cannot create the \(name) event loop", cause: error)
+        }
+        try add(stopEvent.rawValue, token: UInt64.max, events: UInt32(EPOLLIN.rawValue))
+    }
+
+    private func add(_ fd: Int32, token: UInt64, events: UInt32) throws(SwiftletError) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        do { _ = try retryingSystemCall { epoll_ctl(epoll.rawValue, EPOLL_CTL_ADD, fd, &event) } } catch {
+            throw SwiftletError(.systemCall, "cannot add fd \(fd) to the \(name) event loop", cause: error)
+        }
+    }
+
+    /// Calls `handler` on the loop thread whenever `fd` is ready (level-triggered unless `events` says otherwise).
+    /// The caller keeps `fd` open while the loop runs.
+    public func register(_ fd: Int32, events: UInt32 = UInt32(EPOLLIN.rawValue), _ handler: @escaping Handler) throws(SwiftletError) {
+        let token = try handlers.withLock { (handlers) throws(SwiftletError) -> Int in
+            guard thread.withLock({ $0 == nil }) else {
+                throw SwiftletError(.invalidConfiguration, "event sources must be registered before the \(name) loop starts")
+            }
+            handlers.append(handler)
+            return handlers.count - 1
+        }
+        try add(fd, token: UInt64(token), events: events)
+    }
+
+    /// Starts the loop thread.
+    public func start() throws(SwiftletError) {
+        let table = handlers.withLock { $0 }
+        let epoll = self.epoll
+        let stopFd = stopEvent.rawValue
+        do {
+            let started = try HostThread(name: name) {
+                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table)
+            }
+            thread.withLock { $0 = started }
+        } catch {
+            throw SwiftletError(.systemCall, "cannot start the \(name) event loop thread", cause: error)
+        }
+    }
+
+    private static func run(epoll: Int32, stopFd: Int32, handlers: [Handler]) {
+        var events = [epoll_event](repeating: epoll_event(), count: 64)
+        while true {
+            let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), -1) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            for index in 0..<Int(count) {
+                let token = events[index].data.u64
+                if token == UInt64.max { return }
+                handlers[Int(token)](events[index].events)
+            }
+        }
+    }
+
+    /// Stops the loop and joins its thread; handlers have returned when this does.
+    public func stop() {
+        guard let running = thread.withLock({ (current: inout HostThread?) -> HostThread? in
+            defer { current = nil }
+            return current
+        }) else { return }
+        stopEvent.signal()
+        running.join()
+    }
+}

@@ -1,0 +1,252 @@
+import CSwiftlet
+import SwiftletHost
+import SwiftletMemory
+
+/// Feature bits every virtio device may offer (virtio 1.2 §6 "Reserved Feature Bits").
+public enum VirtioFeature {
+    public static let indirectDescriptors: UInt64 = 1 << 28 // VIRTIO_F_INDIRECT_DESC
+    public static let eventIndex: UInt64 = 1 << 29          // VIRTIO_F_EVENT_IDX
+    public static let version1: UInt64 = 1 << 32            // VIRTIO_F_VERSION_1
+}
+
+/// A split virtqueue as the driver configured it through the transport (virtio 1.2 §2.7).
+public struct QueueConfiguration: Sendable, Equatable {
+    public var size: UInt16 = 0
+    public var ready = false
+    public var descriptorTable = GuestAddress(0)
+    public var availableRing = GuestAddress(0)
+    public var usedRing = GuestAddress(0)
+
+    public init() {}
+
+    public static func descriptorTableSize(_ size: UInt16) -> UInt64 { 16 * UInt64(size) }
+    /// flags, idx, ring[size], used_event.
+    public static func availableRingSize(_ size: UInt16) -> UInt64 { 6 + 2 * UInt64(size) }
+    /// flags, idx, ring[size] of {id, len}, avail_event.
+    public static func usedRingSize(_ size: UInt16) -> UInt64 { 6 + 8 * UInt64(size) }
+
+    /// Why this configuration cannot be used, or nil when it can: the size is a power of two no larger than
+    /// `maximumSize`, and the three areas are aligned (§2.7: 16, 2, 4) and wholly inside guest memory.
+    public func problem(maximumSize: UInt16, memory: GuestMemory) -> String? {
+        guard size > 0, size <= maximumSize, size & (size - 1) == 0 else {
+            return "queue size \(size) is not a power of two between 1 and \(maximumSize)"
+        }
+        let areas: [(String, GuestAddress, UInt64, UInt64)] = [
+            ("descriptor table", descriptorTable, Self.descriptorTableSize(size), 16),
+            ("available ring", availableRing, Self.availableRingSize(size), 2),
+            ("used ring", usedRing, Self.usedRingSize(size), 4),
+        ]
+        for (name, address, length, alignment) in areas {
+            guard address.rawValue % alignment == 0 else { return "\(name) at \(address) is not \(alignment)-byte aligned" }
+            guard memory.contains(address, count: length) else { return "\(name) at \(address) (\(length) bytes) is outside guest memory" }
+        }
+        return nil
+    }
+}
+
+/// One guest buffer of a descriptor chain, already translated to a host pointer and bounds-checked.
+public struct DescriptorBuffer: Sendable {
+    public var address: GuestAddress
+    public var length: UInt32
+    public nonisolated(unsafe) var host: UnsafeMutableRawPointer
+    public var isWritable: Bool
+}
+
+/// A popped descriptor chain: its head index (what goes back in the used ring) and its buffers, device-readable
+/// ones first. The buffer array is reused from chain to chain, so popping allocates nothing once warm.
+public struct DescriptorChain: Sendable {
+    public internal(set) var head: UInt16 = 0
+    public internal(set) var buffers: [DescriptorBuffer] = []
+    public internal(set) var readableCount = 0
+
+    public init(capacity: Int = 0) { buffers.reserveCapacity(capacity) }
+
+    public var readable: ArraySlice<DescriptorBuffer> { buffers[0..<readableCount] }
+    public var writable: ArraySlice<DescriptorBuffer> { buffers[readableCount...] }
+    public var readableLength: UInt64 { readable.reduce(0) { $0 + UInt64($1.length) } }
+    public var writableLength: UInt64 { writable.reduce(0) { $0 + UInt64($1.length) } }
+}
+
+/// What is wrong with a descriptor chain the guest made available. Each is the guest's error, never the VMM's.
+public enum ChainError: Error, Equatable, Sendable {
+    case indexOutOfRange(UInt16)
+    case tooLong
+    case zeroLength
+    case lengthOverflow
+    case outsideMemory(GuestAddress, UInt32)
+    case readableAfterWritable
+    case indirectNotNegotiated
+    case indirectWithNext
+    case nestedIndirect
+    case invalidIndirectLength(UInt32)
+}
+
+public enum QueueError: Error, Equatable, Sendable {
+    /// avail->idx moved more than the queue size past what the device consumed: the ring is corrupt, and the
+    /// device must be reset (DEVICE_NEEDS_RESET).
+    case availableIndexCorrupt(available: UInt16, consumed: UInt16)
+    /// The ring names a head descriptor beyond the table: nothing can be returned for it; the device must be reset.
+    case headOutOfRange(UInt16)
+    /// The chain at `head` is malformed; it has been consumed and should be returned with length 0.
+    case invalidChain(head: UInt16, ChainError)
+}
+
+/// The device side of a split virtqueue (virtio 1.2 §2.7). All three areas were validated against guest memory when
+/// the queue was built, so ring accesses are in bounds; every descriptor is checked as it is walked.
+///
+/// @unchecked Sendable: a queue is built by the transport when the driver sets DRIVER_OK, handed to its device
+/// under the device's lock, and from then on used only under that lock (by the device's event loop).
+public final class SplitQueue: @unchecked Sendable {
+    public let size: UInt16
+    public let memory: GuestMemory
+    public let eventIndex: Bool
+    public let indirectDescriptors: Bool
+    private let descriptors: UnsafeMutableRawPointer
+    private let available: UnsafeMutableRawPointer
+    private let used: UnsafeMutableRawPointer
+    /// The next avail ring slot the device will consume, and the next used slot it will fill.
+    public private(set) var lastAvailable: UInt16 = 0
+    public private(set) var nextUsed: UInt16 = 0
+    /// used->idx when the device last decided whether to interrupt (for VIRTIO_F_EVENT_IDX).
+    private var signalledUsed: UInt16 = 0
+
+    static let descriptorNext: UInt16 = 1, descriptorWrite: UInt16 = 2, descriptorIndirect: UInt16 = 4
+    static let availableNoInterrupt: UInt16 = 1
+
+    public init(_ configuration: QueueConfiguration, maximumSize: UInt16, memory: GuestMemory, features: UInt64) throws(SwiftletError) {
+        if let problem = configuration.problem(maximumSize: maximumSize, memory: memory) {
+            throw SwiftletError(.guestFault, problem)
+        }
+        size = configuration.size
+        self.memory = memory
+        eventIndex = features & VirtioFeature.eventIndex != 0
+        indirectDescriptors = features & VirtioFeature.indirectDescriptors != 0
+        descriptors = try memory.hostPointer(configuration.descriptorTable, count: QueueConfiguration.descriptorTableSize(size))
+        available = try memory.hostPointer(configuration.availableRing, count: QueueConfiguration.availableRingSize(size))
+        used = try memory.hostPointer(configuration.usedRing, count: QueueConfiguration.usedRingSize(size))
+    }
+
+    /// avail->idx, read with acquire ordering so the ring entries it covers are seen.
+    private var availableIndex: UInt16 { UInt16(littleEndian: CSwiftlet_load_acquire_u16(available + 2)) }
+
+    /// Whether the driver has made buffers available that the device has not consumed.
+    public var hasAvailable: Bool { availableIndex != lastAvailable }
+
+    /// Takes the next available chain into `chain`, walking and checking every descriptor. Returns false when the
+    /// ring is empty. A malformed chain is consumed and reported as `.invalidChain`.
+    public func pop(into chain: inout DescriptorChain) throws(QueueError) -> Bool {
+        let availableNow = availableIndex
+        guard availableNow != lastAvailable else { return false }
+        guard availableNow &- lastAvailable <= size else {
+            throw .availableIndexCorrupt(available: availableNow, consumed: lastAvailable)
+        }
+        let slot = Int(lastAvailable % size)
+        let head = UInt16(littleEndian: (available + 4 + 2 * slot).loadUnaligned(as: UInt16.self))
+        lastAvailable &+= 1
+        guard head < size else { throw .headOutOfRange(head) }
+        chain.head = head
+        chain.buffers.removeAll(keepingCapacity: true)
+        chain.readableCount = 0
+        do {
+            try walk(from: head, into: &chain)
+        } catch {
+            throw .invalidChain(head: head, error)
+        }
+        return true
+    }
+
+    private func walk(from head: UInt16, into chain: inout DescriptorChain) throws(ChainError) {
+        var table = descriptors
+        var tableCount = UInt32(size)
+        var index = UInt32(head)
+        // Every descriptor of a chain is visited at most once; more visits than the table has entries is a loop.
+        var budget = tableCount
+        var inIndirect = false
+        var total: UInt64 = 0
+        var seenWritable = false
+        while true {
+            guard index < tableCount else { throw .indexOutOfRange(UInt16(truncatingIfNeeded: index)) }
+            guard budget > 0 else { throw .tooLong }
+            budget -= 1
+            let entry = table + Int(index) * 16
+            let address = GuestAddress(UInt64(littleEndian: entry.loadUnaligned(as: UInt64.self)))
+            let length = UInt32(littleEndian: (entry + 8).loadUnaligned(as: UInt32.self))
+            let flags = UInt16(littleEndian: (entry + 12).loadUnaligned(as: UInt16.self))
+            let next = UInt16(littleEndian: (entry + 14).loadUnaligned(as: UInt16.self))
+
+            if flags & Self.descriptorIndirect != 0 {
+                // §2.7.5.3: an indirect table is one descriptor of a chain; it may not chain on, nest, or be empty.
+                guard indirectDescriptors else { throw .indirectNotNegotiated }
+                guard !inIndirect else { throw .nestedIndirect }
+                guard flags & Self.descriptorNext == 0 else { throw .indirectWithNext }
+                guard length > 0, length % 16 == 0 else { throw .invalidIndirectLength(length) }
+                guard let pointer = try? memory.hostPointer(address, count: UInt64(length)) else {
+                    throw .outsideMemory(address, length)
+                }
+                table = pointer
+                tableCount = length / 16
+                budget = tableCount
+                index = 0
+                inIndirect = true
+                continue
+            }
+            guard length > 0 else { throw .zeroLength }
+            total += UInt64(length)
+            guard total <= UInt64(UInt32.max) else { throw .lengthOverflow }
+            let isWritable = flags & Self.descriptorWrite != 0
+            if isWritable {
+                seenWritable = true
+            } else if seenWritable {
+                throw .readableAfterWritable // §2.7.4.2: device-writable descriptors come after device-readable ones
+            }
+            guard let host = try? memory.hostPointer(address, count: UInt64(length)) else {
+                throw .outsideMemory(address, length)
+            }
+            chain.buffers.append(DescriptorBuffer(address: address, length: length, host: host, isWritable: isWritable))
+            if !isWritable { chain.readableCount += 1 }
+            guard flags & Self.descriptorNext != 0 else { return }
+            index = UInt32(next)
+        }
+    }
+
+    /// Returns chain `head` to the driver with `length` bytes written into its device-writable buffers.
+    /// The element is written before used->idx is published (release ordering), as §2.7.8.2 requires.
+    public func addUsed(head: UInt16, length: UInt32) {
+        let element = used + 4 + 8 * Int(nextUsed % size)
+        element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
+        (element + 4).storeBytes(of: length.littleEndian, as: UInt32.self)
+        nextUsed &+= 1
+        CSwiftlet_store_release_u16(used + 2, nextUsed.littleEndian)
+    }
+
+    /// Whether the driver wants an interrupt for the buffers used since the last call (§2.7.7.2): with EVENT_IDX,
+    /// when used->idx passed used_event; otherwise unless the driver set VIRTQ_AVAIL_F_NO_INTERRUPT.
+    public func needsInterrupt() -> Bool {
+        CSwiftlet_fence_seq_cst() // used->idx is visible before used_event / flags are read
+        let old = signalledUsed
+        signalledUsed = nextUsed
+        if eventIndex {
+            let usedEvent = UInt16(littleEndian: (available + 4 + 2 * Int(size)).loadUnaligned(as: UInt16.self))
+            return Self.needsEvent(eventIndex: usedEvent, new: nextUsed, old: old)
+        }
+        let flags = UInt16(littleEndian: available.loadUnaligned(as: UInt16.self))
+        return flags & Self.availableNoInterrupt == 0
+    }
+
+    /// vring_need_event (§2.7.10 / include/uapi/linux/virtio_ring.h): did the index move past `eventIndex`
+    /// going from `old` to `new`, modulo 2^16?
+    public static func needsEvent(eventIndex: UInt16, new: UInt16, old: UInt16) -> Bool {
+        new &- eventIndex &- 1 < new &- old
+    }
+
+    /// With EVENT_IDX, asks the driver to notify once it makes the next buffer available (avail_event), then
+    /// re-checks the ring: returns true when buffers arrived meanwhile and the caller must drain again.
+    /// Without EVENT_IDX the driver always notifies, and this returns `hasAvailable`.
+    public func enableNotification() -> Bool {
+        if eventIndex {
+            (used + 4 + 8 * Int(size)).storeBytes(of: lastAvailable.littleEndian, as: UInt16.self)
+            CSwiftlet_fence_seq_cst() // avail_event is visible before avail->idx is read again
+        }
+        return hasAvailable
+    }
+}

@@ -1,0 +1,57 @@
+import Synchronization
+import SwiftletHost
+import SwiftletMemory
+
+/// The interrupt of one virtio-mmio device: the InterruptStatus bits the driver reads and acknowledges, and the
+/// line (an irqfd) that tells it to look. Shared by the transport (vCPU threads) and the device (its event loop).
+public final class VirtioInterrupt: Sendable {
+    public static let usedBuffer: UInt32 = 1 << 0   // VIRTIO_MMIO_INT_VRING
+    public static let configChange: UInt32 = 1 << 1 // VIRTIO_MMIO_INT_CONFIG
+
+    private let line: any InterruptLine
+    private let status = Atomic<UInt32>(0)
+    private let raised = Atomic<UInt64>(0)
+
+    public init(line: any InterruptLine) { self.line = line }
+
+    public var pending: UInt32 { status.load(ordering: .acquiring) }
+    /// How many interrupts the device raised.
+    public var count: UInt64 { raised.load(ordering: .relaxed) }
+
+    public func signal(_ reason: UInt32) {
+        status.bitwiseOr(reason, ordering: .acquiringAndReleasing)
+        raised.add(1, ordering: .relaxed)
+        line.trigger()
+    }
+
+    func acknowledge(_ bits: UInt32) { status.bitwiseAnd(~bits, ordering: .acquiringAndReleasing) }
+    func clear() { status.store(0, ordering: .releasing) }
+}
+
+/// What a virtio device gets when the driver sets DRIVER_OK: its queues (nil where the driver left one unused),
+/// the negotiated features and guest memory.
+public struct VirtioActivation: Sendable {
+    public var queues: [SplitQueue?]
+    public var features: UInt64
+    public var memory: GuestMemory
+}
+
+/// A virtio device behind a transport (virtio 1.2 §5). The transport calls these from vCPU threads; the device does
+/// its queue work on its event loop.
+public protocol VirtioDevice: AnyObject, Sendable {
+    /// Device ID (§5): 2 for block, 1 for network, ...
+    var deviceType: UInt32 { get }
+    /// The features the device offers, VERSION_1 included.
+    var offeredFeatures: UInt64 { get }
+    /// The largest size of each queue.
+    var queueMaximumSizes: [UInt16] { get }
+    /// One eventfd per queue that the driver's notifications arrive on (registered as ioeventfds).
+    var queueEvents: [EventFd] { get }
+    /// Reads device configuration space; bytes past its end read as zero.
+    func readConfiguration(offset: Int, into data: UnsafeMutableRawBufferPointer)
+    func writeConfiguration(offset: Int, from data: UnsafeRawBufferPointer)
+    /// The driver set DRIVER_OK. Throwing makes the transport set DEVICE_NEEDS_RESET.
+    func activate(_ activation: VirtioActivation) throws(SwiftletError)
+    /// The driver wrote 0 to Status: forget the queues and all negotiated state.
+    func reset()
+}
