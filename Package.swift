@@ -25,8 +25,11 @@ let package = Package(
         .executableTarget(name: "swiftlet", dependencies: ["Swiftlet", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "SwiftletMemoryTests", dependencies: ["SwiftletMemory"]),
         .testTarget(name: "SwiftletBootTests", dependencies: ["SwiftletBoot", "SwiftletMemory"]),
-        .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
-        .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
+        // Fake guest memory with a driver-side view of a virtqueue, shared by the device and virtio tests.
+        .target(name: "SwiftletTestSupport", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"],
+                path: "Tests/SwiftletTestSupport"),
+        .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices", "SwiftletTestSupport", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
+        .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletTestSupport", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet"]),
     ]
 )

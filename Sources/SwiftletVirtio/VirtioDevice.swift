@@ -34,6 +34,12 @@ public struct VirtioActivation: Sendable {
     public var queues: [SplitQueue?]
     public var features: UInt64
     public var memory: GuestMemory
+
+    public init(queues: [SplitQueue?], features: UInt64, memory: GuestMemory) {
+        self.queues = queues
+        self.features = features
+        self.memory = memory
+    }
 }
 
 /// A virtio device behind a transport (virtio 1.2 §5). The transport calls these from vCPU threads; the device does

@@ -1,4 +1,5 @@
 import Synchronization
+import SwiftletHost
 import SwiftletDevices
 import Testing
 

@@ -1,0 +1,200 @@
+import SwiftletHost
+import SwiftletMemory
+import SwiftletTestSupport
+import SwiftletVirtio
+import Testing
+
+@Suite struct QueueTests {
+    let driver: FakeDriver
+    init() throws { driver = try FakeDriver() }
+
+    func pop(_ queue: SplitQueue) throws(QueueError) -> DescriptorChain? {
+        var chain = DescriptorChain(capacity: 8)
+        return try queue.pop(into: &chain) ? chain : nil
+    }
+
+    func expectInvalid(_ queue: SplitQueue, _ reason: ChainError, sourceLocation: SourceLocation = #_sourceLocation) {
+        do {
+            _ = try pop(queue)
+            Issue.record("the chain was accepted", sourceLocation: sourceLocation)
+        } catch .invalidChain(_, let error) {
+            #expect(error == reason, sourceLocation: sourceLocation)
+        } catch {
+            Issue.record("unexpected \(error)", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test func popsAChainReadableFirst() throws {
+        let queue = try driver.queue()
+        #expect(try pop(queue) == nil)
+        try driver.setDescriptor(2, address: 0x10000, length: 16, flags: FakeDriver.next, next: 5)
+        try driver.setDescriptor(5, address: 0x11000, length: 512, flags: FakeDriver.next | FakeDriver.write, next: 1)
+        try driver.setDescriptor(1, address: 0x12000, length: 1, flags: FakeDriver.write)
+        try driver.publish(2)
+        let chain = try #require(try pop(queue))
+        #expect(chain.head == 2)
+        #expect(chain.readableCount == 1 && chain.buffers.count == 3)
+        #expect(chain.readableLength == 16 && chain.writableLength == 513)
+        #expect(chain.buffers[1].host == (try driver.memory.hostPointer(GuestAddress(0x11000), count: 512)))
+        #expect(try pop(queue) == nil)
+    }
+
+    @Test func rejectsALoop() throws {
+        let queue = try driver.queue()
+        try driver.setDescriptor(0, address: 0x10000, length: 8, flags: FakeDriver.next, next: 1)
+        try driver.setDescriptor(1, address: 0x10000, length: 8, flags: FakeDriver.next, next: 0)
+        try driver.publish(0)
+        expectInvalid(queue, .tooLong)
+    }
+
+    @Test func rejectsAnOutOfRangeNext() throws {
+        let queue = try driver.queue()
+        try driver.setDescriptor(0, address: 0x10000, length: 8, flags: FakeDriver.next, next: 8)
+        try driver.publish(0)
+        expectInvalid(queue, .indexOutOfRange(8))
+    }
+
+    @Test func rejectsBuffersOutsideMemory() throws {
+        let queue = try driver.queue()
+        try driver.setDescriptor(0, address: FakeDriver.memorySize - 4, length: 8)
+        try driver.publish(0)
+        expectInvalid(queue, .outsideMemory(GuestAddress(FakeDriver.memorySize - 4), 8))
+        try driver.setDescriptor(1, address: UInt64.max - 3, length: 8)
+        try driver.publish(1)
+        expectInvalid(queue, .outsideMemory(GuestAddress(UInt64.max - 3), 8))
+    }
+
+    @Test func rejectsZeroLength() throws {
+        let queue = try driver.queue()
+        try driver.setDescriptor(0, address: 0x10000, length: 0)
+        try driver.publish(0)
+        expectInvalid(queue, .zeroLength)
+    }
+
+    @Test func rejectsReadableAfterWritable() throws {
+        let queue = try driver.queue()
+        try driver.setDescriptor(0, address: 0x10000, length: 16, flags: FakeDriver.next | FakeDriver.write, next: 1)
+        try driver.setDescriptor(1, address: 0x11000, length: 16)
+        try driver.publish(0)
+        expectInvalid(queue, .readableAfterWritable)
+    }
+
+    @Test func rejectsATotalLengthOverflow() throws {
+        let big = try FakeDriver(size: 8)
+        let queue = try big.queue()
+        // Two 3 GiB buffers cannot both be in 1 MiB of memory, but the overflow check comes first.
+        try big.setDescriptor(0, address: 0x10000, length: 0xc000_0000, flags: FakeDriver.next, next: 1)
+        try big.setDescriptor(1, address: 0x10000, length: 0xc000_0000)
+        try big.publish(0)
+        do { _ = try pop(queue); Issue.record("accepted") } catch .invalidChain(_, let error) {
+            #expect(error == .outsideMemory(GuestAddress(0x10000), 0xc000_0000) || error == .lengthOverflow)
+        }
+    }
+
+    @Test func indirectTables() throws {
+        let queue = try driver.queue(features: VirtioFeature.version1 | VirtioFeature.indirectDescriptors)
+        let table = GuestAddress(0x20000)
+        try driver.setDescriptor(0, address: 0x10000, length: 16, flags: FakeDriver.next, next: 1, table: table)
+        try driver.setDescriptor(1, address: 0x11000, length: 1, flags: FakeDriver.write, table: table)
+        try driver.setDescriptor(3, address: table.rawValue, length: 32, flags: FakeDriver.indirect)
+        try driver.publish(3)
+        let chain = try #require(try pop(queue))
+        #expect(chain.head == 3 && chain.buffers.count == 2 && chain.readableCount == 1)
+
+        // Indirect with NEXT, nested indirect, and a table whose length is not a multiple of 16.
+        try driver.setDescriptor(4, address: table.rawValue, length: 32, flags: FakeDriver.indirect | FakeDriver.next, next: 0)
+        try driver.publish(4)
+        expectInvalid(queue, .indirectWithNext)
+        try driver.setDescriptor(0, address: table.rawValue, length: 32, flags: FakeDriver.indirect, table: table)
+        try driver.setDescriptor(5, address: table.rawValue, length: 32, flags: FakeDriver.indirect)
+        try driver.publish(5)
+        expectInvalid(queue, .nestedIndirect)
+        try driver.setDescriptor(6, address: table.rawValue, length: 20, flags: FakeDriver.indirect)
+        try driver.publish(6)
+        expectInvalid(queue, .invalidIndirectLength(20))
+        try driver.setDescriptor(7, address: FakeDriver.memorySize - 16, length: 32, flags: FakeDriver.indirect)
+        try driver.publish(7)
+        expectInvalid(queue, .outsideMemory(GuestAddress(FakeDriver.memorySize - 16), 32))
+    }
+
+    @Test func indirectNeedsTheFeature() throws {
+        let queue = try driver.queue()
+        try driver.setDescriptor(0, address: 0x20000, length: 32, flags: FakeDriver.indirect)
+        try driver.publish(0)
+        expectInvalid(queue, .indirectNotNegotiated)
+    }
+
+    @Test func corruptRingsAreFatal() throws {
+        let queue = try driver.queue()
+        try driver.setAvailableIndex(9) // nine new entries in an eight-entry ring
+        #expect(throws: QueueError.availableIndexCorrupt(available: 9, consumed: 0)) { _ = try pop(queue) }
+
+        let other = try FakeDriver()
+        let fresh = try other.queue()
+        try other.publish(8) // head beyond the table
+        #expect(throws: QueueError.headOutOfRange(8)) { _ = try pop(fresh) }
+    }
+
+    @Test func usedRingCarriesExactLengths() throws {
+        let queue = try driver.queue()
+        queue.addUsed(head: 5, length: 513)
+        queue.addUsed(head: 2, length: 0)
+        #expect(driver.usedIndex == 2)
+        #expect(try driver.usedElement(0) == (5, 513))
+        #expect(try driver.usedElement(1) == (2, 0))
+    }
+
+    @Test func eventIndexArithmeticWrapsAround() {
+        #expect(SplitQueue.needsEvent(eventIndex: 0, new: 1, old: 0))
+        #expect(!SplitQueue.needsEvent(eventIndex: 1, new: 1, old: 0))
+        #expect(SplitQueue.needsEvent(eventIndex: 0xffff, new: 0, old: 0xfffe))
+        #expect(SplitQueue.needsEvent(eventIndex: 0xfffe, new: 2, old: 0xfff0))
+        #expect(!SplitQueue.needsEvent(eventIndex: 3, new: 2, old: 0xfff0))
+        #expect(SplitQueue.needsEvent(eventIndex: 0x7fff, new: 0x8000, old: 0x7fff))
+    }
+
+    @Test func interruptSuppression() throws {
+        let indexed = try driver.queue(features: VirtioFeature.version1 | VirtioFeature.eventIndex)
+        try driver.setUsedEvent(1) // "interrupt me when used->idx passes 1"
+        indexed.addUsed(head: 0, length: 1)
+        #expect(!indexed.needsInterrupt())
+        indexed.addUsed(head: 0, length: 1)
+        #expect(indexed.needsInterrupt())
+
+        let plain = try FakeDriver()
+        let queue = try plain.queue()
+        queue.addUsed(head: 0, length: 1)
+        #expect(queue.needsInterrupt())
+        try plain.setAvailableFlags(1) // VIRTQ_AVAIL_F_NO_INTERRUPT
+        queue.addUsed(head: 0, length: 1)
+        #expect(!queue.needsInterrupt())
+    }
+
+    @Test func notificationReenableRechecksTheRing() throws {
+        let queue = try driver.queue(features: VirtioFeature.version1 | VirtioFeature.eventIndex)
+        try driver.setDescriptor(0, address: 0x10000, length: 8)
+        try driver.publish(0)
+        _ = try pop(queue)
+        #expect(!queue.enableNotification())
+        #expect(driver.availableEvent == 1)
+        try driver.publish(0)
+        #expect(queue.enableNotification()) // a buffer arrived: drain again
+    }
+
+    @Test func queueConfigurationValidation() throws {
+        var configuration = driver.configuration
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) == nil)
+        configuration.size = 6
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        configuration.size = 512
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        configuration.size = 8
+        configuration.descriptorTable = GuestAddress(0x1008)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        configuration.descriptorTable = GuestAddress(FakeDriver.memorySize - 64)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        configuration.descriptorTable = FakeDriver.descriptorTable
+        configuration.usedRing = GuestAddress(0x4002)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+    }
+}
