@@ -8,6 +8,8 @@ packages=(
     bc bison flex libelf-dev libssl-dev perl xz-utils cpio   # the guest kernel build
     linux-source-6.1              # the guest kernel's source
     busybox-static                # guest and lab userspace
+    e2fsprogs                     # mkfs.ext4 in the guest (block device tests)
+    dpkg-dev libaio-dev zlib1g-dev debian-archive-keyring   # the guest's static fio (guest/build-fio.sh)
     qemu-system-x86               # the nested lab and the benchmark peer
     python3                       # the test harness and lab runner
     strace                        # diagnosing start-up in benchmarks

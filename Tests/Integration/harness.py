@@ -33,6 +33,7 @@ SWIFTLET = os.path.join(BUILD, "release", "swiftlet")
 TOOLS = os.path.join(BUILD, "tools")
 PAYLOAD = os.path.join(BUILD, "lab-payload")
 LAB = os.path.join(INTEGRATION, "lab", "lab.py")
+GUEST_FILES = ("bzImage", "vmlinux", "initramfs.cpio", "initramfs-full.cpio")
 # The lab's L1 gets enough memory for a 3.5 GiB guest (TCG allocates it lazily).
 LAB_MEM_MIB = 4608
 
@@ -82,7 +83,7 @@ def where(args):
 
 
 def require_artifacts():
-    missing = [p for p in (SWIFTLET, *(os.path.join(GUEST, f) for f in ("bzImage", "vmlinux", "initramfs.cpio")))
+    missing = [p for p in (SWIFTLET, *(os.path.join(GUEST, f) for f in GUEST_FILES))
                if not os.path.exists(p)]
     if missing:
         sys.exit(f"harness: missing {', '.join(missing)}: run `make build guest` first")
@@ -100,7 +101,7 @@ def stage_payload():
     for tool in integration_tools().values():
         shutil.copy2(tool, bindir)
     os.makedirs(os.path.join(PAYLOAD, "guest"))
-    for name in ("bzImage", "vmlinux", "initramfs.cpio"):
+    for name in GUEST_FILES:
         shutil.copy2(os.path.join(GUEST, name), os.path.join(PAYLOAD, "guest", name))
     target = os.path.join(PAYLOAD, "integration")
     os.makedirs(target)
@@ -312,7 +313,16 @@ def cmd_test(args):
 BENCHES = {
     "boot": {"boot_to_init": ("ms", "lower"), "boot_to_exit": ("ms", "lower"), "vmm_overhead_rss": ("MiB", "lower"),
              "start_to_first_run": ("ms", "lower")},
+    # fio in the guest on a virtio disk (bench/blk.sh); the ratios come from Swiftlet's --stats (no QEMU figure).
+    "blk": {"blk_randread_4k_iops": ("IOPS", "higher"), "blk_randwrite_4k_iops": ("IOPS", "higher"),
+            "blk_seqread_1m_mbps": ("MiB/s", "higher"), "blk_seqwrite_1m_mbps": ("MiB/s", "higher"),
+            "blk_notifications_per_request": ("ratio", "lower"),
+            "blk_notifications_per_request_no_event_idx": ("ratio", "lower"),
+            "blk_interrupts_per_request": ("ratio", "lower"),
+            "blk_interrupts_per_request_no_event_idx": ("ratio", "lower")},
 }
+# Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab.
+DEFAULT_RUNS = {"boot": 10, "blk": 3}
 
 
 def start_to_first_run(runs):
@@ -344,7 +354,8 @@ def cmd_bench(args):
     for name in names:
         samples = {}  # (metric, vmm) -> [values]
         units = {}
-        script = f"INTEGRATION=/job/integration RUNS={args.runs} sh /job/integration/bench/{name}.sh"
+        runs = args.runs or DEFAULT_RUNS.get(name, 10)
+        script = f"INTEGRATION=/job/integration RUNS={runs} sh /job/integration/bench/{name}.sh"
         rc, lines = run_guest_side(native, script, f"bench-{name}", timeout=3000)
         for line in lines:
             m = SAMPLE_RE.match(line)
@@ -355,7 +366,7 @@ def cmd_bench(args):
             say(f"benchmark {name}: the guest side exited {rc}; figures below come from what finished")
             status = 1
         if name == "boot":
-            samples[("start_to_first_run", "swiftlet")] = start_to_first_run(max(args.runs, 10))
+            samples[("start_to_first_run", "swiftlet")] = start_to_first_run(max(runs, 10))
         where_ran = "host" if native else "nested lab (QEMU TCG + emulated SVM, L1 Debian cloud kernel)"
         report = {"bench": name, "where": where_ran, "host_kvm_native": native,
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": []}
@@ -418,7 +429,7 @@ def main():
     p.add_argument("--only", metavar="PATTERN", help="only integration tests whose name contains PATTERN")
     p = sub.add_parser("bench")
     p.add_argument("--bench", metavar="NAME")
-    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--runs", type=int, default=None, help="rounds (default: 10 for boot, 3 for blk)")
     p = sub.add_parser("lab")
     p.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("run")

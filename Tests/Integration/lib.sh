@@ -2,7 +2,8 @@
 # real host (bash/dash), so they are POSIX sh. Source it: . "$INTEGRATION/lib.sh"
 #
 # Environment (set by run.sh):
-#   SWIFTLET   the swiftlet binary          GUEST   directory with bzImage, vmlinux, initramfs.cpio
+#   SWIFTLET   the swiftlet binary          GUEST   directory with bzImage, vmlinux, initramfs.cpio (busybox and
+#              our init) and initramfs-full.cpio (that plus mkfs.ext4, e2fsck and fio, for device tests)
 #   QEMU       qemu-system-x86_64           QEMU_FIRMWARE  directory for qemu -L (bios-microvm.bin)
 #   WORK       a scratch directory for this test, removed afterwards
 #   VMMBENCH   Tests/Integration/tools/vmmbench     RUNAS   Tests/Integration/tools/runas
@@ -14,13 +15,14 @@
 #   BENCH-SAMPLE metric=NAME vmm=swiftlet|qemu value=NUMBER unit=UNIT
 
 test_pass() { echo "TEST-RESULT $1 ok"; }
+# (Their variables have names of their own: guest_results calls them in a loop over its own $_name.)
 test_fail() {
-    _name=$1; shift
-    echo "TEST-RESULT $_name fail $(printf '%s' "$*" | tr -s '\n\t\r ' '    ' | cut -c1-300)"
+    _tf_name=$1; shift
+    echo "TEST-RESULT $_tf_name fail $(printf '%s' "$*" | tr -s '\n\t\r ' '    ' | cut -c1-300)"
 }
 test_skip() {
-    _name=$1; shift
-    echo "TEST-SKIP $_name $*"
+    _ts_name=$1; shift
+    echo "TEST-SKIP $_ts_name $*"
 }
 
 # Guest command lines. `quiet` because every console byte is a VM exit (slow under the lab's TCG).
@@ -40,16 +42,35 @@ swiftlet_boot() {
     return $_rc
 }
 
-# qemu_boot LOG MEMORY_MIB CPUS KERNEL CMDLINE: boots QEMU's microvm with the bundled initramfs.
+# qemu_boot LOG MEMORY_MIB CPUS KERNEL CMDLINE [QEMU options...]: boots QEMU's microvm with the bundled initramfs
+# ($INITRD when set: the device tests use $GUEST/initramfs-full.cpio, which carries mkfs.ext4 and fio).
 qemu_boot() {
     _log=$1 _mem=$2 _cpus=$3 _kernel=$4 _cmdline=$5
+    shift 5
     echo "step: qemu microvm boot"
     "$QEMU" -M microvm,acpi=off -enable-kvm -cpu host -m "$_mem" -smp "$_cpus" -nodefaults -no-user-config \
         -display none -serial "file:$_log" -no-reboot -L "$QEMU_FIRMWARE" \
-        -kernel "$_kernel" -initrd "$GUEST/initramfs.cpio" -append "$_cmdline" 2>"$_log.err"
+        -kernel "$_kernel" -initrd "${INITRD:-$GUEST/initramfs.cpio}" -append "$_cmdline" "$@" 2>"$_log.err"
     _rc=$?
     echo "step: qemu exited $_rc"
     return $_rc
+}
+
+# heartbeat CMD...: runs CMD (a command or a shell function) in the background and prints a "step:" line every 3 s
+# until it ends (with the last line of $HEARTBEAT_LOG, if set: a guest console file), so that a guest run that is
+# quiet on this console for long (the console goes to a file) does not look hung to the lab's watchdog.
+# Returns CMD's exit status.
+heartbeat() {
+    "$@" &
+    _hb_pid=$!
+    _hb_t=0
+    while kill -0 "$_hb_pid" 2>/dev/null; do
+        sleep 0.2
+        _hb_t=$((_hb_t + 1))
+        [ $((_hb_t % 15)) -ne 0 ] ||
+            echo "step: ... $((_hb_t / 5))s${HEARTBEAT_LOG:+: $(tail -n 1 "$HEARTBEAT_LOG" 2>/dev/null | tr -d '\r' | cut -c1-100)}"
+    done
+    wait "$_hb_pid"
 }
 
 # guest_results NAME LOG: turns the guest's SWIFTLET-RESULT lines in LOG into TEST-RESULT lines NAME.CHECK, and

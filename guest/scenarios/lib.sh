@@ -78,3 +78,27 @@ finish() {
     [ "$swiftlet_failures" -eq 0 ]
     exit $?
 }
+
+# pattern TAG FIRST COUNT: COUNT 4 KiB pattern blocks numbered from FIRST, on stdout: "SWIFTLET-PATTERN TAG
+# block=NNNNNNNN " padded with dots to 4095 bytes, then a newline. The block tests write them and the host finds them
+# in the image (Tests/Integration/tests/swiftlet-blk.sh has the same generator for images it prepares).
+pattern() {
+    awk -v tag="$1" -v first="$2" -v n="$3" 'BEGIN {
+        for (i = first; i < first + n; i++) {
+            head = sprintf("SWIFTLET-PATTERN %s block=%08d ", tag, i)
+            if (length(head) != hl) { hl = length(head); pad = sprintf("%" (4095 - hl) "s", ""); gsub(/ /, ".", pad) }
+            printf "%s%s\n", head, pad
+        }
+    }'
+}
+
+# require_block_device CHECK DEV: passes CHECK when DEV is a block device; otherwise fails it, naming the block
+# devices there are, and ends the scenario.
+require_block_device() {
+    if [ -b "$2" ]; then
+        pass "$1"
+    else
+        fail "$1" "no $2 (block devices: $(ls /sys/block 2>/dev/null | tr '\n' ' '))"
+        finish
+    fi
+}

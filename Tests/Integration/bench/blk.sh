@@ -1,0 +1,104 @@
+# Block device benchmark, run where guests boot (the lab's L1 or a KVM host). Swiftlet and QEMU's microvm boot the
+# same kernel, initramfs and command line (256 MiB, 1 vCPU) with the same raw image as their one virtio disk, and
+# the guest runs fio against /dev/vda (guest/scenarios/fio.sh: direct=1, libaio, iodepth 32, BLK_RAMP s of warm-up
+# and BLK_RUNTIME s measured per job): 4 KiB random reads and writes, 1 MiB sequential reads and writes. RUNS rounds,
+# the VMMs' order alternating from round to round.
+#
+# Caching is the same for both: Swiftlet does pread/pwrite on the image (the host page cache), and QEMU gets
+# cache=writeback,aio=threads (its defaults, said explicitly). The image is a pre-filled (allocated) 256 MiB file in
+# $TMPDIR: in the lab that is L1's RAM, so the figures measure the virtio path and the VMMs' I/O handling, not a disk.
+#
+# Swiftlet only: `--stats` says how many queue notifications (guest -> device) and interrupts a disk had for how many
+# requests; with VIRTIO_RING_F_EVENT_IDX (default) and, in one extra run, without it (--disk PATH,event-idx=off).
+. "$INTEGRATION/lib.sh"
+runs=${RUNS:-3}
+runtime=${BLK_RUNTIME:-5}
+ramp=${BLK_RAMP:-1}
+jobs=randread,randwrite,seqread,seqwrite
+# reboot=t: both VMMs end on the guest's triple fault, so the command line is identical.
+cmdline="console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=fio swiftlet.fio=$jobs swiftlet.fio.runtime=$runtime"
+cmdline="$cmdline swiftlet.fio.ramp=$ramp swiftlet.fio.iodepth=32"
+limit=$((4 * (runtime + ramp + 5) + 60))   # seconds for one boot with all jobs
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/swiftlet-bench-blk.XXXXXX") || exit 1
+trap 'rm -rf "$work"' EXIT
+img=$work/disk.img
+echo "step: blk bench: filling a 256 MiB image"
+dd if=/dev/zero of="$img" bs=1M count=256 conv=fsync 2>/dev/null || { echo "bench: cannot write $img"; exit 1; }
+
+swiftlet_run() { # LOG DISK-OPTIONS
+    timeout "$limit" "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
+        --cpus 1 --console "$1" --stats --cmdline "$cmdline" --disk "$img$2" 2>"$1.err"
+}
+qemu_run() { # LOG
+    timeout "$limit" "$QEMU" -M microvm,acpi=off -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config \
+        -display none -serial "file:$1" -no-reboot -L "$QEMU_FIRMWARE" \
+        -drive id=d0,file="$img",format=raw,if=none,cache=writeback,aio=threads -device virtio-blk-device,drive=d0 \
+        -kernel "$GUEST/bzImage" -initrd "$GUEST/initramfs-full.cpio" -append "$cmdline" 2>"$1.err"
+}
+
+# samples VMM LOG STATUS: BENCH-SAMPLE lines for the fio figures the guest reported; 1 if any is missing.
+samples() {
+    tr -d '\r' <"$2" >"$2.lines"
+    _ok=0
+    for _m in randread:blk_randread_4k_iops:_iops:IOPS randwrite:blk_randwrite_4k_iops:_iops:IOPS \
+              seqread:blk_seqread_1m_mbps:_mbps:MiB/s seqwrite:blk_seqwrite_1m_mbps:_mbps:MiB/s; do
+        IFS=: read -r _job _metric _suffix _unit <<EOF
+$_m
+EOF
+        _v=$(guest_value "$2.lines" "$_job$_suffix")
+        if [ -n "$_v" ]; then
+            echo "BENCH-SAMPLE metric=$_metric vmm=$1 value=$_v unit=$_unit"
+        else
+            _ok=1
+        fi
+    done
+    if [ $_ok != 0 ] || [ "$3" != 0 ]; then
+        echo "bench: $1 run incomplete (exit status $3): $(grep -E 'fail|SWIFTLET-DONE' "$2.lines" | tr '\n' ' ' | cut -c1-300)" \
+            "$(tail -c 300 "$2.err" 2>/dev/null)"
+        return 1
+    fi
+}
+# stats METRIC_SUFFIX LOG: the ratios from swiftlet's --stats line for blk0.
+stats() {
+    _line=$(grep '^swiftlet: stats device=blk0 ' "$2.err" | tail -n 1)
+    _n=$(echo "$_line" | sed -n 's/.* notifications=\([0-9]*\).*/\1/p')
+    _i=$(echo "$_line" | sed -n 's/.* interrupts=\([0-9]*\).*/\1/p')
+    _r=$(echo "$_line" | sed -n 's/.* requests=\([0-9]*\).*/\1/p')
+    if [ -z "$_n" ] || [ -z "$_i" ] || [ -z "${_r#0}" ]; then
+        echo "bench: no usable 'swiftlet: stats device=blk0' line: ${_line:-none}"
+        return 1
+    fi
+    echo "bench: swiftlet$1: notifications=$_n interrupts=$_i requests=$_r"
+    echo "BENCH-SAMPLE metric=blk_notifications_per_request$1 vmm=swiftlet value=$(awk "BEGIN { printf \"%.4f\", $_n / $_r }") unit=ratio"
+    echo "BENCH-SAMPLE metric=blk_interrupts_per_request$1 vmm=swiftlet value=$(awk "BEGIN { printf \"%.4f\", $_i / $_r }") unit=ratio"
+}
+
+one() { # VMM ROUND
+    _log=$work/$1-$2.console
+    echo "step: blk bench round $2/$runs: $1"
+    if [ "$1" = swiftlet ]; then
+        HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" ""
+    else
+        HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log"
+    fi
+    _rc=$?
+    echo "step: $1 exited $_rc"
+    samples "$1" "$_log" $_rc || status=1
+    if [ "$1" = swiftlet ]; then stats "" "$_log" || status=1; fi
+}
+
+status=0
+i=1
+while [ $i -le "$runs" ]; do
+    if [ $((i % 2)) = 1 ]; then one swiftlet $i; one qemu $i; else one qemu $i; one swiftlet $i; fi
+    i=$((i + 1))
+done
+
+# Swiftlet without EVENT_IDX: the same jobs, once; only the notification and interrupt ratios count.
+log=$work/swiftlet-no-event-idx.console
+echo "step: blk bench: swiftlet with event-idx=off"
+HEARTBEAT_LOG=$log heartbeat swiftlet_run "$log" ",event-idx=off"
+echo "step: swiftlet exited $?"
+stats _no_event_idx "$log" || status=1
+exit $status
