@@ -27,15 +27,9 @@ set -eu
 set -o pipefail
 
 prog=guest/build-fio.sh
-die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
-info() { printf 'guest fio: %s\n' "$*"; }
-
-[ $# -le 1 ] || die "usage: $prog [OUTDIR]"
-case "${1:-}" in
-    -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit 0 ;;
-    -*) die "unknown option $1 (usage: $prog [OUTDIR])" ;;
-esac
-outdir=${1:-}
+what=fio
+# shellcheck source=build-common.sh
+. "$(cd "$(dirname "$0")" && pwd)/build-common.sh"
 
 fio_version=3.33-3        # Debian bookworm's fio
 suite=bookworm
@@ -44,9 +38,7 @@ configure_flags="--build-static --disable-native --disable-numa --disable-rdma -
     --disable-http --disable-gfapi --disable-pmem --disable-shm --disable-libzbc --disable-xnvme --disable-tcmalloc
     --disable-dfs --disable-libnfs --disable-lex"
 
-command -v sha256sum >/dev/null 2>&1 || die "sha256sum not found (apt-get install coreutils)"
 key=$(sha256sum <"$0" | cut -c1-16)
-cache_root=${SWIFTLET_CACHE:-${HOME:?HOME is not set and SWIFTLET_CACHE is not given}/.cache/swiftlet}
 froot=$cache_root/fio
 dest=$froot/$key
 
@@ -109,10 +101,10 @@ trap 'exit 143' TERM
 log=$tmp/build.log
 : >"$log"
 run_logged() { # run_logged WHAT COMMAND...: output to the log, its tail on failure
-    what=$1; shift
+    step=$1; shift
     if ! "$@" >>"$log" 2>&1; then
         tail -n 30 "$log" >&2
-        die "$what failed"
+        die "$step failed"
     fi
 }
 

@@ -17,17 +17,11 @@ set -eu
 set -o pipefail
 
 prog=guest/build-kernel.sh
-die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
-info() { printf 'guest kernel: %s\n' "$*"; }
-
-[ $# -le 1 ] || die "usage: $prog [OUTDIR]"
-case "${1:-}" in
-    -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit 0 ;;
-    -*) die "unknown option $1 (usage: $prog [OUTDIR])" ;;
-esac
-outdir=${1:-}
-
+what=kernel
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=build-common.sh
+. "$here/build-common.sh"
+
 fragment=$here/kernel/x86_64.config
 src_pkg=linux-source-6.1
 src_tarball=/usr/src/linux-source-6.1.tar.xz
@@ -44,7 +38,6 @@ recipe="$recipe user=$build_user host=$build_host timestamp=$build_timestamp"
 
 [ -r "$fragment" ] || die "kernel config fragment not found: $fragment"
 command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found (this script expects Debian)"
-command -v sha256sum >/dev/null 2>&1 || die "sha256sum not found (apt-get install coreutils)"
 src_version=$(dpkg-query -W -f='${Version}' "$src_pkg" 2>/dev/null) || src_version=
 [ -n "$src_version" ] || die "package $src_pkg is not installed (apt-get install $src_pkg)"
 [ -r "$src_tarball" ] || die "$src_tarball missing although $src_pkg is installed (apt-get install --reinstall $src_pkg)"
@@ -55,7 +48,6 @@ key=$({
     printf '%s\n' "$recipe"
 } | sha256sum | cut -c1-16)
 
-cache_root=${SWIFTLET_CACHE:-${HOME:?HOME is not set and SWIFTLET_CACHE is not given}/.cache/swiftlet}
 kroot=$cache_root/kernel
 dest=$kroot/$key
 artifacts="bzImage vmlinux config"
@@ -144,10 +136,10 @@ kmake() {
         KBUILD_BUILD_TIMESTAMP="$build_timestamp" "$@"
 }
 run_logged() { # run_logged WHAT COMMAND...: output to the log, its tail on failure
-    what=$1; shift
+    step=$1; shift
     if ! "$@" >>"$log" 2>&1; then
         tail -n 40 "$log" >&2
-        die "$what failed (full log: $log)"
+        die "$step failed (full log: $log)"
     fi
 }
 

@@ -24,7 +24,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/swiftlet-bench-blk.XXXXXX") || exit 1
 trap 'rm -rf "$work"' EXIT
 img=$work/disk.img
 echo "step: blk bench: filling a 256 MiB image"
-dd if=/dev/zero of="$img" bs=1M count=256 conv=fsync 2>/dev/null || { echo "bench: cannot write $img"; exit 1; }
+dd if=/dev/zero of="$img" bs=1M count=256 conv=fsync 2>/dev/null || { echo "blk bench: cannot write $img"; exit 1; }
 
 swiftlet_run() { # LOG DISK-OPTIONS
     timeout "$limit" "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
@@ -54,7 +54,7 @@ EOF
         fi
     done
     if [ $_ok != 0 ] || [ "$3" != 0 ]; then
-        echo "bench: $1 run incomplete (exit status $3): $(grep -E 'fail|SWIFTLET-DONE' "$2.lines" | tr '\n' ' ' | cut -c1-300)" \
+        echo "blk bench: $1 run incomplete (exit status $3): $(grep -E 'fail|SWIFTLET-DONE' "$2.lines" | tr '\n' ' ' | cut -c1-300)" \
             "$(tail -c 300 "$2.err" 2>/dev/null)"
         return 1
     fi
@@ -66,10 +66,10 @@ stats() {
     _i=$(echo "$_line" | sed -n 's/.* interrupts=\([0-9]*\).*/\1/p')
     _r=$(echo "$_line" | sed -n 's/.* requests=\([0-9]*\).*/\1/p')
     if [ -z "$_n" ] || [ -z "$_i" ] || [ -z "${_r#0}" ]; then
-        echo "bench: no usable 'swiftlet: stats device=blk0' line: ${_line:-none}"
+        echo "blk bench: no usable 'swiftlet: stats device=blk0' line: ${_line:-none}"
         return 1
     fi
-    echo "bench: swiftlet$1: notifications=$_n interrupts=$_i requests=$_r"
+    echo "step: swiftlet$1 stats: notifications=$_n interrupts=$_i requests=$_r"
     echo "BENCH-SAMPLE metric=blk_notifications_per_request$1 vmm=swiftlet value=$(awk "BEGIN { printf \"%.4f\", $_n / $_r }") unit=ratio"
     echo "BENCH-SAMPLE metric=blk_interrupts_per_request$1 vmm=swiftlet value=$(awk "BEGIN { printf \"%.4f\", $_i / $_r }") unit=ratio"
 }

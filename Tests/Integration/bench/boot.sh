@@ -11,7 +11,7 @@ cmdline="console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=ready"
 sample() { # VMM LINE
     set -- "$1" $(echo "$2" | sed -n 's/.*marker_ms=\(-*[0-9]*\) exit_ms=\(-*[0-9]*\) rss_kib=\(-*[0-9]*\).*status=\(-*[0-9]*\).*/\1 \2 \3 \4/p')
     if [ $# -lt 5 ] || [ "$2" -lt 0 ] || [ "$5" != 0 ]; then
-        echo "bench: $1 run failed: marker_ms=$2 exit_status=$5"
+        echo "boot bench: $1 run failed: marker_ms=$2 exit_status=$5"
         return 1
     fi
     echo "BENCH-SAMPLE metric=boot_to_init vmm=$1 value=$2 unit=ms"
