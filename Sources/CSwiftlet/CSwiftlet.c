@@ -34,3 +34,6 @@ const unsigned long CSwiftlet_KVM_SET_MSRS = KVM_SET_MSRS;
 const unsigned long CSwiftlet_KVM_SET_CPUID2 = KVM_SET_CPUID2;
 const unsigned long CSwiftlet_KVM_GET_LAPIC = KVM_GET_LAPIC;
 const unsigned long CSwiftlet_KVM_SET_LAPIC = KVM_SET_LAPIC;
+const unsigned long CSwiftlet_TUNSETIFF = TUNSETIFF;
+const unsigned long CSwiftlet_TUNSETOFFLOAD = TUNSETOFFLOAD;
+const unsigned long CSwiftlet_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;

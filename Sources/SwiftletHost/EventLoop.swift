@@ -35,9 +35,16 @@ public final class EventLoop: Sendable {
         }
     }
 
+    /// A registered source, for changing what it waits for (`setInterest`).
+    public struct Registration: Sendable {
+        public let fd: Int32
+        let token: UInt64
+    }
+
     /// Calls `handler` on the loop thread whenever `fd` is ready (level-triggered unless `events` says otherwise).
     /// The caller keeps `fd` open while the loop runs.
-    public func register(_ fd: Int32, events: UInt32 = UInt32(EPOLLIN.rawValue), _ handler: @escaping Handler) throws(SwiftletError) {
+    @discardableResult
+    public func register(_ fd: Int32, events: UInt32 = UInt32(EPOLLIN.rawValue), _ handler: @escaping Handler) throws(SwiftletError) -> Registration {
         let token = try handlers.withLock { (handlers) throws(SwiftletError) -> Int in
             guard thread.withLock({ $0 == nil }) else {
                 throw SwiftletError(.invalidConfiguration, "event sources must be registered before the \(name) loop starts")
@@ -46,6 +53,16 @@ public final class EventLoop: Sendable {
             return handlers.count - 1
         }
         try add(fd, token: UInt64(token), events: events)
+        return Registration(fd: fd, token: UInt64(token))
+    }
+
+    /// Changes the events a source waits for; 0 parks it (a device with nowhere to put input stops reading). Any
+    /// thread may call it. The corresponding C function is `epoll_ctl(EPOLL_CTL_MOD)`.
+    public func setInterest(_ registration: Registration, events: UInt32) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = registration.token
+        _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_MOD, registration.fd, &event)
     }
 
     /// Starts the loop thread.

@@ -209,6 +209,13 @@ public final class SplitQueue: @unchecked Sendable {
         }
     }
 
+    /// Gives back the last `count` popped chains, unused, so the next pops return them again (a receive path that
+    /// reserved more buffers than a packet needed). Only chains popped since the last `addUsed` may be given back.
+    public func rewind(_ count: UInt16) {
+        precondition(count <= lastAvailable &- nextUsed, "rewinding chains that were already used")
+        lastAvailable &-= count
+    }
+
     /// Returns chain `head` to the driver with `length` bytes written into its device-writable buffers.
     /// The element is written before used->idx is published (release ordering), as §2.7.8.2 requires.
     public func addUsed(head: UInt16, length: UInt32) {

@@ -35,6 +35,30 @@ struct MemorySize: ExpressibleByArgument, CustomStringConvertible {
     static var defaultCompletionKind: CompletionKind { .default }
 }
 
+/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]`.
+struct NetOption: ExpressibleByArgument {
+    var configuration = NetworkConfiguration(tap: "", mac: [])
+
+    init?(argument: String) {
+        for option in argument.split(separator: ",") {
+            let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+            guard pair.count == 2 else { return nil }
+            switch pair[0] {
+            case "tap": configuration.tap = pair[1]
+            case "mac":
+                let bytes = pair[1].split(separator: ":").compactMap { UInt8($0, radix: 16) }
+                guard bytes.count == 6, pair[1].split(separator: ":").count == 6 else { return nil }
+                configuration.mac = bytes
+            case "mtu":
+                guard let mtu = UInt16(pair[1]) else { return nil }
+                configuration.mtu = mtu
+            default: return nil
+            }
+        }
+        guard !configuration.tap.isEmpty else { return nil }
+    }
+}
+
 /// `--disk PATH[,readonly=on|off][,id=SERIAL][,event-idx=on|off]`.
 struct DiskOption: ExpressibleByArgument {
     var configuration: DiskConfiguration
@@ -100,6 +124,11 @@ struct Run: AsyncParsableCommand {
         valueName: "path[,readonly=on][,id=serial]"))
     var disk: [DiskOption] = []
 
+    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
+        "A virtio-net NIC on a TAP; repeat for more (eth0, eth1, ... in the guest). Attaches to the TAP if it exists, otherwise creates it and removes it at exit. mac= defaults to 52:54:00:00:00:NN, mtu= to 1500.",
+        valueName: "tap=name[,mac=xx:xx:xx:xx:xx:xx][,mtu=n]"))
+    var net: [NetOption] = []
+
     @Flag(name: .long, help: "Print, on stderr at exit, per-device counts of notifications, interrupts and requests.")
     var stats = false
 
@@ -122,6 +151,11 @@ struct Run: AsyncParsableCommand {
         var configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, cpus: cpus,
                                                  memorySize: memory.bytes, console: consoleSetting, kvmPath: kvm)
         configuration.disks = disk.map(\.configuration)
+        configuration.networks = net.enumerated().map { index, option in
+            var network = option.configuration
+            if network.mac.isEmpty { network.mac = [0x52, 0x54, 0, 0, 0, UInt8(truncatingIfNeeded: index + 1)] }
+            return network
+        }
         if traceStartup {
             configuration.onFirstRun = { now in
                 Run.report("first-kvm-run monotonic_ns=\(now) after_main_ns=\(now - start)")

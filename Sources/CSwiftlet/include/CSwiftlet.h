@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/epoll.h>
 #include <linux/falloc.h>
+#include <linux/if_tun.h>
 
 // ioctl(2) with a pointer or an integer argument. The corresponding C function is `ioctl`.
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument);
@@ -20,6 +21,11 @@ int CSwiftlet_set_thread_name(const char *name);
 
 // fallocate(2), a GNU extension hidden from Swift's Glibc module. The corresponding C function is `fallocate`.
 int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length);
+
+// TAP devices
+extern const unsigned long CSwiftlet_TUNSETIFF;
+extern const unsigned long CSwiftlet_TUNSETOFFLOAD;
+extern const unsigned long CSwiftlet_TUNSETVNETHDRSZ;
 
 // /dev/kvm
 extern const unsigned long CSwiftlet_KVM_GET_API_VERSION;

@@ -3,6 +3,9 @@ import SwiftletDevices
 /// A virtio-blk disk: a raw image file, optionally read-only, with a serial.
 public typealias DiskConfiguration = BlockConfiguration
 
+/// A virtio-net NIC on a TAP: attached by name, or created (and gone at exit) when no such interface exists.
+public typealias NetworkConfiguration = NetConfiguration
+
 /// Everything a microVM is made from. Sizes are in bytes.
 public struct MachineConfiguration: Sendable {
     public enum Console: Sendable, Equatable {
@@ -23,6 +26,8 @@ public struct MachineConfiguration: Sendable {
     public var kvmPath: String
     /// virtio-blk disks, in the order the guest sees them (/dev/vda, /dev/vdb, ...).
     public var disks: [DiskConfiguration] = []
+    /// virtio-net NICs, in the order the guest sees them (eth0, eth1, ...).
+    public var networks: [NetworkConfiguration] = []
     /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds.
     public var onFirstRun: (@Sendable (UInt64) -> Void)?
 

@@ -54,10 +54,10 @@ public final class MicroVM: Sendable {
     public func statistics() -> [DeviceStatistics] {
         guard let built = machine.withLock({ $0 }) else { return [] }
         return built.virtioDevices.map { slot in
-            let counters = (slot.device as? Block)?.counters
-            return DeviceStatistics(name: slot.name, notifications: counters?.notifications ?? 0,
-                                    interrupts: slot.transport.interrupt.count, requests: counters?.requests ?? 0,
-                                    guestErrors: (counters?.guestErrors ?? 0) + slot.transport.ignoredWrites)
+            let counters = slot.device.counters
+            return DeviceStatistics(name: slot.name, notifications: counters.notifications,
+                                    interrupts: slot.transport.interrupt.count, requests: counters.requests,
+                                    guestErrors: counters.guestErrors + slot.transport.ignoredWrites)
         }
     }
 
@@ -75,7 +75,7 @@ public struct DeviceStatistics: Sendable, Equatable {
     public var notifications: UInt64
     /// Interrupts the device raised.
     public var interrupts: UInt64
-    /// Requests completed.
+    /// Requests completed (frames, for a NIC).
     public var requests: UInt64
     /// Malformed requests, chains and register writes the guest sent.
     public var guestErrors: UInt64

@@ -98,10 +98,16 @@ final class Machine: Sendable {
         var portBus = Bus()
         var mmioBus = Bus()
         var slots: [VirtioSlot] = []
+        var devices: [(name: String, device: any LoopDevice)] = []
         for (index, disk) in configuration.disks.enumerated() {
-            let block = try Block(disk)
-            let slot = try VirtioSlot(name: "blk\(index)", index: index, device: block, vm: vm, memory: memory)
-            block.attach(interrupt: slot.transport.interrupt) { [transport = slot.transport] in transport.markNeedsReset() }
+            devices.append(("blk\(index)", try Block(disk)))
+        }
+        for (index, network) in configuration.networks.enumerated() {
+            devices.append(("net\(index)", try Net(network, endpoint: try Tap(name: network.tap))))
+        }
+        for (index, (name, device)) in devices.enumerated() {
+            let slot = try VirtioSlot(name: name, index: index, device: device, vm: vm, memory: memory)
+            device.attach(interrupt: slot.transport.interrupt) { [transport = slot.transport] in transport.markNeedsReset() }
             do { try mmioBus.insert(slot.transport, base: slot.base.rawValue, size: MmioTransport.size) } catch {
                 throw SwiftletError(.invalidConfiguration, "virtio device \(index) overlaps another device: \(error)")
             }
@@ -112,11 +118,7 @@ final class Machine: Sendable {
             eventLoop = nil
         } else {
             let loop = try EventLoop(name: "devices")
-            for slot in slots {
-                if let block = slot.device as? Block {
-                    try loop.register(block.queueEvents[0].rawValue) { _ in block.handleQueueEvent() }
-                }
-            }
+            for (_, device) in devices { try device.register(on: loop) }
             eventLoop = loop
         }
         self.mmioBus = mmioBus
@@ -151,7 +153,7 @@ final class Machine: Sendable {
     /// is how a kernel without ACPI finds virtio-mmio devices (drivers/virtio/virtio_mmio.c).
     static func commandLine(_ configuration: MachineConfiguration) -> String {
         var line = configuration.commandLine
-        for slot in 0..<configuration.disks.count {
+        for slot in 0..<(configuration.disks.count + configuration.networks.count) {
             let (base, irq) = VirtioSlot.placement(slot)
             line += " virtio_mmio.device=4K@0x\(String(base.rawValue, radix: 16)):\(irq)"
         }
@@ -159,8 +161,9 @@ final class Machine: Sendable {
     }
 
     private static func validate(_ configuration: MachineConfiguration) throws(SwiftletError) {
-        guard configuration.disks.count <= X86Layout.virtioMaximumDevices else {
-            throw SwiftletError(.invalidConfiguration, "\(configuration.disks.count) virtio devices are more than the \(X86Layout.virtioMaximumDevices) interrupt lines Swiftlet has for them")
+        let deviceCount = configuration.disks.count + configuration.networks.count
+        guard deviceCount <= X86Layout.virtioMaximumDevices else {
+            throw SwiftletError(.invalidConfiguration, "\(deviceCount) virtio devices are more than the \(X86Layout.virtioMaximumDevices) interrupt lines Swiftlet has for them")
         }
         guard configuration.cpus >= 1, configuration.cpus <= MachineConfiguration.maximumCPUs else {
             throw SwiftletError(.invalidConfiguration, "--cpus \(configuration.cpus) is out of range (1 to \(MachineConfiguration.maximumCPUs))")
@@ -319,7 +322,7 @@ struct VirtioSlot: Sendable {
     let name: String
     let base: GuestAddress
     let irq: UInt32
-    let device: any VirtioDevice
+    let device: any LoopDevice
     let transport: MmioTransport
     let interruptLine: EventFd
 
@@ -330,7 +333,7 @@ struct VirtioSlot: Sendable {
 
     /// Wires `device` at slot `index`: an irqfd on its GSI, and one ioeventfd per queue on QueueNotify, matching the
     /// queue index the driver writes there.
-    init(name: String, index: Int, device: any VirtioDevice, vm: SwiftletKVM.VirtualMachine, memory: GuestMemory) throws(SwiftletError) {
+    init(name: String, index: Int, device: any LoopDevice, vm: SwiftletKVM.VirtualMachine, memory: GuestMemory) throws(SwiftletError) {
         (base, irq) = VirtioSlot.placement(index)
         self.name = name
         self.device = device
