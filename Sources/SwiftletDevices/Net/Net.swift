@@ -34,6 +34,8 @@ public final class Net: LoopDevice {
     public static let queueSize: UInt16 = 256
     /// The largest frame with its header: 12 + 65550 (a 64 KiB TSO frame and its Ethernet header).
     public static let maximumFrame = 65562
+    /// The smallest: the header and an Ethernet header.
+    public static let minimumFrame = VirtioNetHeader.size + 14
     static let receiveQueue = 0, transmitQueue = 1
 
     public let configuration: NetConfiguration
@@ -291,8 +293,8 @@ public final class Net: LoopDevice {
                 }
                 guard popped else { break }
                 let length = state.chain.readableLength
-                // A transmit chain is device-readable only, holds at least the header and at most the largest frame.
-                if state.chain.readableCount == state.chain.buffers.count, length >= UInt64(VirtioNetHeader.size),
+                // A transmit chain is device-readable only, holds at least the headers and at most the largest frame.
+                if state.chain.readableCount == state.chain.buffers.count, length >= UInt64(Self.minimumFrame),
                    length <= UInt64(Self.maximumFrame) {
                     state.vectors.removeAll(keepingCapacity: true)
                     for buffer in state.chain.readable {

@@ -1,0 +1,208 @@
+import CSwiftlet
+import Glibc
+@testable import SwiftletDevices
+import SwiftletHost
+import SwiftletMemory
+import SwiftletTestSupport
+import SwiftletVirtio
+import Testing
+
+/// A socket pair standing in for a TAP: SOCK_SEQPACKET keeps frame boundaries as a TAP does.
+final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
+    // @unchecked: tests use it from one thread.
+    let device: Int32, peer: Int32
+    var offloads: [UInt32] = []
+    init() throws {
+        var fds: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        device = fds[0]
+        peer = fds[1]
+    }
+    deinit { close(device); close(peer) }
+    var rawValue: Int32 { device }
+    func setOffloads(_ flags: UInt32) throws(SwiftletError) { offloads.append(flags) }
+
+    func send(_ frame: [UInt8]) { _ = frame.withUnsafeBytes { Glibc.send(peer, $0.baseAddress, $0.count, 0) } }
+    func receive() -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: 70000)
+        let count = buffer.withUnsafeMutableBytes { recv(peer, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        return count >= 0 ? Array(buffer[0..<count]) : nil
+    }
+}
+
+@Suite struct NetHeaderTests {
+    @Test func headerRoundTrips() {
+        var header = VirtioNetHeader()
+        header.flags = 1
+        header.gsoType = 4
+        header.headerLength = 54
+        header.gsoSize = 1448
+        header.checksumStart = 34
+        header.checksumOffset = 16
+        header.numBuffers = 3
+        #expect(header.bytes.count == 12)
+        #expect(header.bytes == [1, 4, 54, 0, 0xa8, 5, 34, 0, 16, 0, 3, 0])
+        #expect(VirtioNetHeader(header.bytes) == header)
+    }
+
+    @Test func offloadsFollowTheGuestsFeatures() {
+        #expect(NetFeature.tapOffloads(negotiated: 0) == 0)
+        #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestChecksum) == UInt32(TUN_F_CSUM))
+        #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestChecksum | NetFeature.guestTSO4 | NetFeature.guestTSO6 | NetFeature.guestECN)
+                == UInt32(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN))
+        #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestTSO4) == 0) // TSO needs checksum offload
+        #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestChecksum | NetFeature.guestECN) == UInt32(TUN_F_CSUM))
+    }
+
+    @Test func mergeableBufferAccounting() {
+        #expect(receiveSpread(length: 3000, capacities: [1500, 1500, 1500], mergeable: true) == [1500, 1500])
+        #expect(receiveSpread(length: 3001, capacities: [1500, 1500, 1500], mergeable: true) == [1500, 1500, 1])
+        #expect(receiveSpread(length: 5000, capacities: [1500, 1500], mergeable: true) == nil)
+        #expect(receiveSpread(length: 1000, capacities: [4096], mergeable: false) == [1000])
+        #expect(receiveSpread(length: 3000, capacities: [1500, 1500], mergeable: false) == nil)
+        #expect(receiveSpread(length: 0, capacities: [1500], mergeable: true) == nil)
+    }
+}
+
+@Suite struct NetDeviceTests {
+    let driver: FakeDriver
+    let endpoint: SocketEndpoint
+    let net: Net
+    let line = CountingLine()
+    // The receive queue's ring lives where FakeDriver puts it; the transmit queue gets a second ring higher up.
+    static let transmitTable = GuestAddress(0x5000), transmitAvailable = GuestAddress(0x6000), transmitUsed = GuestAddress(0x7000)
+
+    init() throws {
+        driver = try FakeDriver(size: 16)
+        endpoint = try SocketEndpoint()
+        net = try Net(NetConfiguration(tap: "test", mac: [0x52, 0x54, 0, 0, 0, 1]), endpoint: endpoint)
+        net.attach(interrupt: VirtioInterrupt(line: line)) {}
+    }
+
+    func activate(features: UInt64) throws -> SplitQueue {
+        var transmit = driver.configuration
+        transmit.descriptorTable = Self.transmitTable
+        transmit.availableRing = Self.transmitAvailable
+        transmit.usedRing = Self.transmitUsed
+        let transmitQueue = try SplitQueue(transmit, maximumSize: 256, memory: driver.memory, features: features)
+        try net.activate(VirtioActivation(queues: [try driver.queue(features: features), transmitQueue],
+                                          features: features, memory: driver.memory))
+        return transmitQueue
+    }
+
+    /// Posts a device-writable receive chain of one buffer.
+    func postReceive(_ index: UInt16, at address: UInt64, length: UInt32) throws {
+        try driver.setDescriptor(Int(index), address: address, length: length, flags: FakeDriver.write)
+        try driver.publish(index)
+    }
+
+    @Test func configurationAndOffloads() throws {
+        var mac = [UInt8](repeating: 0, count: 6)
+        mac.withUnsafeMutableBytes { net.readConfiguration(offset: 0, into: $0) }
+        #expect(mac == [0x52, 0x54, 0, 0, 0, 1])
+        var status: UInt16 = 0
+        withUnsafeMutableBytes(of: &status) { net.readConfiguration(offset: 6, into: $0) }
+        #expect(status == 1) // link up
+        _ = try activate(features: VirtioFeature.version1 | NetFeature.guestChecksum | NetFeature.guestTSO4)
+        #expect(endpoint.offloads == [UInt32(TUN_F_CSUM | TUN_F_TSO4)])
+        net.reset()
+        #expect(endpoint.offloads.last == 0)
+        #expect(throws: SwiftletError.self) { try Net(NetConfiguration(tap: "t", mac: [1, 2, 3]), endpoint: endpoint) }
+    }
+
+    @Test func receivesAFrameIntoOneChain() throws {
+        _ = try activate(features: VirtioFeature.version1)
+        try postReceive(0, at: 0x10000, length: 2048)
+        let frame = [UInt8](repeating: 0, count: 12) + [UInt8](repeating: 0xab, count: 100)
+        endpoint.send(frame)
+        net.endpointReadable()
+        #expect(driver.usedIndex == 1)
+        #expect(try driver.usedElement(0) == (0, 112))
+        let received = try driver.memory.read(count: 112, at: GuestAddress(0x10000))
+        #expect(VirtioNetHeader(Array(received[0..<12])).numBuffers == 1)
+        #expect(Array(received[12...]) == [UInt8](repeating: 0xab, count: 100))
+        #expect(net.counters.requests == 1 && line.count == 1)
+    }
+
+    @Test func mergeableFramesSpanChainsAndGiveBackTheRest() throws {
+        _ = try activate(features: VirtioFeature.version1 | NetFeature.mergeableReceiveBuffers)
+        for index: UInt16 in 0..<3 { try postReceive(index, at: 0x10000 + UInt64(index) * 0x1000, length: 1500) }
+        endpoint.send([UInt8](repeating: 0, count: 12) + [UInt8](repeating: 7, count: 2988)) // 3000 bytes
+        net.endpointReadable()
+        #expect(driver.usedIndex == 2)
+        #expect(try driver.usedElement(0) == (0, 1500))
+        #expect(try driver.usedElement(1) == (1, 1500))
+        #expect(VirtioNetHeader(try driver.memory.read(count: 12, at: GuestAddress(0x10000))).numBuffers == 2)
+        // The third chain was reserved, then given back: the next frame lands in it.
+        endpoint.send([UInt8](repeating: 0, count: 12) + [9, 9])
+        net.endpointReadable()
+        #expect(driver.usedIndex == 3)
+        #expect(try driver.usedElement(2) == (2, 14))
+    }
+
+    @Test func receiveStallsWithoutBuffersAndLosesNothing() throws {
+        _ = try activate(features: VirtioFeature.version1 | VirtioFeature.eventIndex)
+        endpoint.send([UInt8](repeating: 0, count: 12) + [1, 2, 3])
+        net.endpointReadable() // no buffers: the frame stays in the endpoint
+        #expect(driver.usedIndex == 0)
+        try postReceive(4, at: 0x12000, length: 2048)
+        net.queueEvents[0].signal()
+        net.receiveQueueNotified()
+        #expect(driver.usedIndex == 1)
+        #expect(try driver.usedElement(0) == (4, 15))
+        #expect(try driver.memory.read(count: 3, at: GuestAddress(0x12000 + 12)) == [1, 2, 3])
+    }
+
+    @Test func receiveChainsMustBeWritable() throws {
+        _ = try activate(features: VirtioFeature.version1)
+        try driver.setDescriptor(0, address: 0x10000, length: 2048) // device-readable: not a receive buffer
+        try driver.publish(0)
+        try postReceive(1, at: 0x11000, length: 2048)
+        endpoint.send([UInt8](repeating: 0, count: 12) + [5])
+        net.endpointReadable()
+        #expect(try driver.usedElement(0) == (0, 0))
+        #expect(try driver.usedElement(1) == (1, 13))
+        #expect(net.counters.guestErrors == 1)
+    }
+
+    /// Writes a transmit chain of (address, length) readable descriptors into the transmit ring and publishes it.
+    func transmit(_ parts: [(UInt64, UInt32)], writable: Bool = false, slot: UInt16 = 0) throws {
+        for (index, part) in parts.enumerated() {
+            let last = index == parts.count - 1
+            try driver.setDescriptor(index + Int(slot) * 4, address: part.0, length: part.1,
+                                     flags: (last ? 0 : FakeDriver.next) | (writable && last ? FakeDriver.write : 0),
+                                     next: UInt16(index + 1) + slot * 4, table: Self.transmitTable)
+        }
+        let available = Self.transmitAvailable
+        let index = try driver.memory.read(UInt16.self, at: GuestAddress(available.rawValue + 2))
+        try driver.memory.write(slot * 4, at: GuestAddress(available.rawValue + 4 + 2 * UInt64(index % 16)))
+        try driver.memory.write(index &+ 1, at: GuestAddress(available.rawValue + 2))
+        net.queueEvents[1].signal()
+        net.transmitQueueNotified()
+    }
+
+    func transmitUsedIndex() throws -> UInt16 { try driver.memory.read(UInt16.self, at: GuestAddress(Self.transmitUsed.rawValue + 2)) }
+
+    @Test func transmitsAFrameSplitAcrossDescriptors() throws {
+        _ = try activate(features: VirtioFeature.version1)
+        try driver.memory.write([UInt8](repeating: 0, count: 12), at: GuestAddress(0x20000))
+        try driver.memory.write([UInt8](repeating: 0x11, count: 5), at: GuestAddress(0x20100)) // the header split: 12 = 7 + 5
+        try driver.memory.write([UInt8](repeating: 0x22, count: 60), at: GuestAddress(0x21000))
+        try transmit([(0x20000, 7), (0x20100, 5), (0x21000, 60)])
+        let frame = try #require(endpoint.receive())
+        #expect(frame.count == 72)
+        #expect(Array(frame[7..<12]) == [UInt8](repeating: 0x11, count: 5))
+        #expect(try transmitUsedIndex() == 1)
+        #expect(net.counters.requests == 1)
+    }
+
+    @Test func hostileTransmitChainsAreDropped() throws {
+        _ = try activate(features: VirtioFeature.version1)
+        try transmit([(0x20000, 12)])                                      // the header only
+        try transmit([(0x20000, 12), (0x30000, 65551)], slot: 1)           // larger than any frame
+        try transmit([(0x20000, 12), (0x21000, 60)], writable: true, slot: 2) // a device-writable buffer in TX
+        #expect(endpoint.receive() == nil)
+        #expect(try transmitUsedIndex() == 3) // every chain still goes back to the driver
+        #expect(net.counters.guestErrors == 3 && net.counters.requests == 0)
+    }
+}
