@@ -55,12 +55,12 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
     }
 
     @Test func mergeableBufferAccounting() {
-        #expect(receiveSpread(length: 3000, capacities: [1500, 1500, 1500], mergeable: true) == [1500, 1500])
-        #expect(receiveSpread(length: 3001, capacities: [1500, 1500, 1500], mergeable: true) == [1500, 1500, 1])
-        #expect(receiveSpread(length: 5000, capacities: [1500, 1500], mergeable: true) == nil)
-        #expect(receiveSpread(length: 1000, capacities: [4096], mergeable: false) == [1000])
-        #expect(receiveSpread(length: 3000, capacities: [1500, 1500], mergeable: false) == nil)
-        #expect(receiveSpread(length: 0, capacities: [1500], mergeable: true) == nil)
+        #expect(receiveChainCount(length: 3000, capacities: [1500, 1500, 1500], mergeable: true) == 2)
+        #expect(receiveChainCount(length: 3001, capacities: [1500, 1500, 1500], mergeable: true) == 3)
+        #expect(receiveChainCount(length: 5000, capacities: [1500, 1500], mergeable: true) == nil)
+        #expect(receiveChainCount(length: 1000, capacities: [4096], mergeable: false) == 1)
+        #expect(receiveChainCount(length: 3000, capacities: [1500, 1500], mergeable: false) == nil)
+        #expect(receiveChainCount(length: 0, capacities: [1500], mergeable: true) == nil)
     }
 }
 
@@ -133,11 +133,26 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
         #expect(try driver.usedElement(0) == (0, 1500))
         #expect(try driver.usedElement(1) == (1, 1500))
         #expect(VirtioNetHeader(try driver.memory.read(count: 12, at: GuestAddress(0x10000))).numBuffers == 2)
+        #expect(try driver.memory.read(count: 1488, at: GuestAddress(0x10000 + 12)).allSatisfy { $0 == 7 })
+        #expect(try driver.memory.read(count: 1500, at: GuestAddress(0x11000)).allSatisfy { $0 == 7 })
         // The third chain was reserved, then given back: the next frame lands in it.
         endpoint.send([UInt8](repeating: 0, count: 12) + [9, 9])
         net.endpointReadable()
         #expect(driver.usedIndex == 3)
         #expect(try driver.usedElement(2) == (2, 14))
+    }
+
+    @Test func numBuffersLandsInAHeaderSplitAcrossBuffers() throws {
+        _ = try activate(features: VirtioFeature.version1 | NetFeature.mergeableReceiveBuffers)
+        try driver.setDescriptor(0, address: 0x10000, length: 11, flags: FakeDriver.write | FakeDriver.next, next: 1)
+        try driver.setDescriptor(1, address: 0x11000, length: 2048, flags: FakeDriver.write)
+        try driver.publish(0)
+        endpoint.send([UInt8](repeating: 0, count: 12) + [8, 8, 8])
+        net.endpointReadable()
+        #expect(try driver.usedElement(0) == (0, 15))
+        #expect(try driver.memory.read(UInt8.self, at: GuestAddress(0x10000 + 10)) == 1) // num_buffers, low byte
+        #expect(try driver.memory.read(UInt8.self, at: GuestAddress(0x11000)) == 0)       // its high byte
+        #expect(try driver.memory.read(count: 3, at: GuestAddress(0x11001)) == [8, 8, 8])
     }
 
     @Test func receiveStallsWithoutBuffersAndLosesNothing() throws {

@@ -57,7 +57,7 @@ public final class Net: LoopDevice {
         var mergeable: Bool
         var chain = DescriptorChain(capacity: Int(Net.queueSize))
         var vectors: [iovec] = []
-        var reserved: [(head: UInt16, capacity: Int, vectors: Int)] = []
+        var reserved: [(head: UInt16, capacity: Int)] = []
         var receiveParked = false
     }
     private let active = Mutex<Active?>(nil)
@@ -213,7 +213,7 @@ public final class Net: LoopDevice {
                         state.vectors.append(iovec(iov_base: buffer.host, iov_len: Int(buffer.length)))
                     }
                     let chainCapacity = Int(state.chain.writableLength)
-                    state.reserved.append((state.chain.head, chainCapacity, state.chain.buffers.count))
+                    state.reserved.append((state.chain.head, chainCapacity))
                     capacity += chainCapacity
                     if !state.mergeable { break }
                 }
@@ -243,38 +243,43 @@ public final class Net: LoopDevice {
                 break
             }
             guard count >= VirtioNetHeader.size,
-                  let spread = receiveSpread(length: count, capacities: state.reserved.map(\.capacity), mergeable: state.mergeable) else {
+                  let used = receiveChainCount(length: count, capacities: state.reserved.lazy.map(\.capacity),
+                                               mergeable: state.mergeable) else {
                 // A frame shorter than its header, or larger than the chains (only without MRG_RXBUF, when the
                 // driver posted buffers smaller than §5.1.6.3.1 asks): dropped, the chains go back unused.
                 counters.errorCount.add(1, ordering: .relaxed)
                 queue.rewind(UInt16(state.reserved.count))
                 continue
             }
-            setNumBuffers(UInt16(spread.count), in: state.vectors)
-            for (index, length) in spread.enumerated() {
+            setNumBuffers(UInt16(used), in: state.vectors)
+            var remaining = count
+            for index in 0..<used {
+                let length = min(state.reserved[index].capacity, remaining)
                 queue.addUsed(head: state.reserved[index].head, length: UInt32(length))
+                remaining -= length
             }
-            queue.rewind(UInt16(state.reserved.count - spread.count))
+            queue.rewind(UInt16(state.reserved.count - used))
             counters.requestCount.add(1, ordering: .relaxed)
             completed = true
         }
-        if !outcome.fatal && !queue.enableNotification() { /* nothing more posted */ }
+        // Ask for a notification when the guest posts more buffers (EVENT_IDX's avail_event).
+        if !outcome.fatal { _ = queue.enableNotification() }
         outcome.interrupt = completed && queue.needsInterrupt()
         return outcome
     }
 
     /// num_buffers (the last field of the header at the start of the first chain), wherever the header's bytes lie.
     private func setNumBuffers(_ value: UInt16, in vectors: [iovec]) {
-        var offset = VirtioNetHeader.numBuffersOffset
-        var bytes = [UInt8(value & 0xff), UInt8(value >> 8)][...]
-        for vector in vectors where !bytes.isEmpty {
-            if offset >= vector.iov_len { offset -= vector.iov_len; continue }
-            while offset < vector.iov_len, let byte = bytes.first {
-                vector.iov_base.storeBytes(of: byte, toByteOffset: offset, as: UInt8.self)
-                bytes = bytes.dropFirst()
-                offset += 1
+        var position = 0 // of the first byte of the current vector within the frame
+        for vector in vectors {
+            for byteIndex in 0..<2 {
+                let offset = VirtioNetHeader.numBuffersOffset + byteIndex - position
+                if offset >= 0 && offset < vector.iov_len {
+                    vector.iov_base.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * byteIndex)), toByteOffset: offset, as: UInt8.self)
+                }
             }
-            offset = 0
+            position += vector.iov_len
+            if position >= VirtioNetHeader.size { return }
         }
     }
 

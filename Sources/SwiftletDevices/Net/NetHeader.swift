@@ -62,18 +62,17 @@ public struct VirtioNetHeader: Equatable, Sendable {
     }
 }
 
-/// How a received frame of `length` bytes (header included) spreads over receive chains of the given capacities,
-/// in order: the bytes each chain gets, as written to the used ring. Chains beyond the frame get nothing and are not
-/// listed. nil when the chains cannot hold it. With MRG_RXBUF a frame may take several chains (num_buffers);
-/// without it, exactly one.
-public func receiveSpread(length: Int, capacities: [Int], mergeable: Bool) -> [Int]? {
+/// How many receive chains, of the given capacities in order, a received frame of `length` bytes (header
+/// included) fills; the last of them gets what is left, the others their whole capacity. nil when the chains cannot
+/// hold it. With MRG_RXBUF a frame may take several chains (num_buffers); without it, exactly one.
+public func receiveChainCount(length: Int, capacities: some Sequence<Int>, mergeable: Bool) -> Int? {
+    guard length > 0 else { return nil }
     var remaining = length
-    var spread: [Int] = []
-    for capacity in capacities where remaining > 0 {
-        let take = min(capacity, remaining)
-        spread.append(take)
-        remaining -= take
-        if !mergeable { break }
+    var count = 0
+    for capacity in capacities {
+        count += 1
+        remaining -= min(capacity, remaining)
+        if remaining == 0 || !mergeable { break }
     }
-    return remaining == 0 && !spread.isEmpty ? spread : nil
+    return remaining == 0 ? count : nil
 }
