@@ -61,3 +61,34 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// The driver wrote 0 to Status: forget the queues and all negotiated state.
     func reset()
 }
+
+/// What connects a device to its transport once both exist: the interrupt it raises when it used buffers, and what
+/// it calls when the driver broke a queue beyond use (the transport then sets DEVICE_NEEDS_RESET).
+public final class DeviceLink: Sendable {
+    private let interrupt = Mutex<VirtioInterrupt?>(nil)
+    private let onFatalError = Mutex<(@Sendable () -> Void)?>(nil)
+
+    public init() {}
+
+    public func attach(interrupt: VirtioInterrupt, onFatalError: @escaping @Sendable () -> Void) {
+        self.interrupt.withLock { $0 = interrupt }
+        self.onFatalError.withLock { $0 = onFatalError }
+    }
+
+    public func signalUsedBuffers() { interrupt.withLock { $0 }?.signal(VirtioInterrupt.usedBuffer) }
+    public func reportFatalError() { onFatalError.withLock { $0 }?() }
+}
+
+/// Device configuration space as bytes: reads copy from it, and bytes past its end read as zero (§4.2.2.2 lets the
+/// driver read any width at any offset).
+public struct ConfigurationSpace: Sendable {
+    public let bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    public func read(offset: Int, into data: UnsafeMutableRawBufferPointer) {
+        for index in data.indices {
+            let position = offset + index
+            data[index] = position >= 0 && position < bytes.count ? bytes[position] : 0
+        }
+    }
+}

@@ -64,10 +64,9 @@ public final class Block: VirtioDevice {
     public var deviceType: UInt32 { 2 }
     public var queueMaximumSizes: [UInt16] { [Self.queueSize] }
     private let file: OwnedFileDescriptor
-    private let configurationSpace: [UInt8]
+    private let configurationSpace: ConfigurationSpace
     private let serial: [UInt8]
-    private let interrupt = Mutex<VirtioInterrupt?>(nil)
-    private let onFatalError = Mutex<(@Sendable () -> Void)?>(nil)
+    private let link = DeviceLink()
 
     /// The active queue and the scratch space its requests reuse: touched only by the event loop (and by reset).
     /// @unchecked Sendable: the iovecs point into guest memory and are only used under `active`'s lock.
@@ -113,7 +112,7 @@ public final class Block: VirtioDevice {
         if configuration.eventIndex { features |= VirtioFeature.eventIndex }
         if configuration.readOnly { features |= Feature.readOnly }
         offeredFeatures = features
-        configurationSpace = Self.configurationSpace(capacitySectors: capacityBytes / Self.sectorSize)
+        configurationSpace = ConfigurationSpace(Self.configurationSpace(capacitySectors: capacityBytes / Self.sectorSize))
     }
 
     /// struct virtio_blk_config (§5.2.4), the fields up to write_zeroes_may_unmap.
@@ -137,15 +136,11 @@ public final class Block: VirtioDevice {
 
     /// Connects the device to its interrupt and to what it does when the driver broke its queue.
     public func attach(interrupt: VirtioInterrupt, onFatalError: @escaping @Sendable () -> Void) {
-        self.interrupt.withLock { $0 = interrupt }
-        self.onFatalError.withLock { $0 = onFatalError }
+        link.attach(interrupt: interrupt, onFatalError: onFatalError)
     }
 
     public func readConfiguration(offset: Int, into data: UnsafeMutableRawBufferPointer) {
-        for index in data.indices {
-            let position = offset + index
-            data[index] = position >= 0 && position < configurationSpace.count ? configurationSpace[position] : 0
-        }
+        configurationSpace.read(offset: offset, into: data)
     }
 
     public func writeConfiguration(offset: Int, from data: UnsafeRawBufferPointer) {
@@ -175,10 +170,10 @@ public final class Block: VirtioDevice {
             guard state != nil else { return (false, false) }
             return processQueue(&state!)
         }
-        if raise { interrupt.withLock { $0 }?.signal(VirtioInterrupt.usedBuffer) }
+        if raise { link.signalUsedBuffers() }
         if fatal {
             active.withLock { $0 = nil }
-            onFatalError.withLock { $0 }?()
+            link.reportFatalError()
         }
     }
 

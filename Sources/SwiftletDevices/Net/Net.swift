@@ -45,9 +45,8 @@ public final class Net: LoopDevice {
     public let offeredFeatures: UInt64
     public var deviceType: UInt32 { 1 }
     public var queueMaximumSizes: [UInt16] { [Self.queueSize, Self.queueSize] }
-    private let configurationSpace: [UInt8]
-    private let interrupt = Mutex<VirtioInterrupt?>(nil)
-    private let onFatalError = Mutex<(@Sendable () -> Void)?>(nil)
+    private let configurationSpace: ConfigurationSpace
+    private let link = DeviceLink()
     private let loop = Mutex<(EventLoop, EventLoop.Registration)?>(nil)
 
     /// @unchecked Sendable: the iovecs point into guest memory and are only used under `active`'s lock.
@@ -84,12 +83,11 @@ public final class Net: LoopDevice {
         var space = configuration.mac + [1, 0] + [1, 0]
         let mtu = configuration.mtu ?? 1500
         space += [UInt8(mtu & 0xff), UInt8(mtu >> 8)]
-        configurationSpace = space
+        configurationSpace = ConfigurationSpace(space)
     }
 
     public func attach(interrupt: VirtioInterrupt, onFatalError: @escaping @Sendable () -> Void) {
-        self.interrupt.withLock { $0 = interrupt }
-        self.onFatalError.withLock { $0 = onFatalError }
+        link.attach(interrupt: interrupt, onFatalError: onFatalError)
     }
 
     public func register(on loop: EventLoop) throws(SwiftletError) {
@@ -100,10 +98,7 @@ public final class Net: LoopDevice {
     }
 
     public func readConfiguration(offset: Int, into data: UnsafeMutableRawBufferPointer) {
-        for index in data.indices {
-            let position = offset + index
-            data[index] = position >= 0 && position < configurationSpace.count ? configurationSpace[position] : 0
-        }
+        configurationSpace.read(offset: offset, into: data)
     }
 
     public func writeConfiguration(offset: Int, from data: UnsafeRawBufferPointer) {
@@ -171,11 +166,11 @@ public final class Net: LoopDevice {
 
     private func conclude(_ outcome: Outcome) {
         if let park = outcome.park { setReceiveParked(park) }
-        if outcome.interrupt { interrupt.withLock { $0 }?.signal(VirtioInterrupt.usedBuffer) }
+        if outcome.interrupt { link.signalUsedBuffers() }
         if outcome.fatal {
             active.withLock { $0 = nil }
             setReceiveParked(true)
-            onFatalError.withLock { $0 }?()
+            link.reportFatalError()
         }
     }
 
