@@ -30,14 +30,16 @@ build: deps
 
 # The kernel build is cached under $${SWIFTLET_CACHE:-~/.cache/swiftlet}, keyed by its config and source version.
 # Two initramfs images: initramfs.cpio is the tiny guest (busybox and our init) that make run, the boot tests and the
-# boot benchmark use; initramfs-full.cpio adds mkfs.ext4 and e2fsck (Debian's, with their libraries) and a static fio
-# (guest/build-fio.sh, cached too) for the device tests and benchmarks.
+# boot benchmark use; initramfs-full.cpio adds mkfs.ext4 and e2fsck (Debian's, with their libraries), a static fio
+# (guest/build-fio.sh, cached too) and Debian's iperf3 (with libiperf, libcrypto, libsctp, libm) for the device and
+# network tests and benchmarks.
 guest: deps
 	@guest/build-kernel.sh $(GUEST_OUT)
 	@guest/build-fio.sh $(GUEST_OUT)
 	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs.cpio
 	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs-full.cpio $(GUEST_OUT)/fio:/usr/bin/fio \
-		/usr/sbin/mke2fs:/usr/sbin/mkfs.ext4 /usr/sbin/e2fsck:/usr/sbin/e2fsck /etc/mke2fs.conf:/etc/mke2fs.conf
+		/usr/sbin/mke2fs:/usr/sbin/mkfs.ext4 /usr/sbin/e2fsck:/usr/sbin/e2fsck /etc/mke2fs.conf:/etc/mke2fs.conf \
+		/usr/bin/iperf3:/usr/bin/iperf3
 
 probe: deps
 	@$(HARNESS) probe || true

@@ -121,14 +121,15 @@ def integration_tools():
 def native_env():
     env = dict(os.environ)
     tools = integration_tools()
-    env.update(SWIFTLET=SWIFTLET, GUEST=GUEST, VMMBENCH=tools["vmmbench"], RUNAS=tools["runas"])
+    env.update(SWIFTLET=SWIFTLET, GUEST=GUEST, VMMBENCH=tools["vmmbench"], RUNAS=tools["runas"],
+               TCPPEER=tools["tcppeer"])
     env.setdefault("QEMU", "qemu-system-x86_64")
     env.setdefault("QEMU_FIRMWARE", "/usr/share/qemu")
     return env
 
 
 LAB_ENV = "SWIFTLET=/job/bin/swiftlet GUEST=/job/guest VMMBENCH=/job/bin/vmmbench RUNAS=/job/bin/runas " \
-          "QEMU=qemu-system-x86_64 " \
+          "TCPPEER=/job/bin/tcppeer QEMU=qemu-system-x86_64 " \
           "QEMU_FIRMWARE=/usr/share/qemu"
 
 
@@ -320,9 +321,17 @@ BENCHES = {
             "blk_notifications_per_request_no_event_idx": ("ratio", "lower"),
             "blk_interrupts_per_request": ("ratio", "lower"),
             "blk_interrupts_per_request_no_event_idx": ("ratio", "lower")},
+    # iperf3 between the guest and a TAP in the same machine (bench/net.sh). qemu: virtio-net-device with vhost=off;
+    # the *_vhost metrics are qemu with vhost=on (no swiftlet figure: the kernel's backend, for reference).
+    # net_offload_gain and net_exits_per_mib are swiftlet's only (its --stats); the latency is a ping round trip.
+    "net": {"net_tcp_g2h_gbps": ("Gbit/s", "higher"), "net_tcp_h2g_gbps": ("Gbit/s", "higher"),
+            "net_tcp_g2h_gbps_vhost": ("Gbit/s", "higher"), "net_tcp_h2g_gbps_vhost": ("Gbit/s", "higher"),
+            "net_offload_gain": ("ratio", "higher"), "net_exits_per_mib": ("per_MiB", "lower"),
+            "net_rr_latency_us": ("us", "lower")},
 }
-# Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab.
-DEFAULT_RUNS = {"boot": 10, "blk": 3}
+# Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab; a net round is
+# four boots with up to 2 x 10 s of iperf3 each (about 2 minutes).
+DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3}
 
 
 def start_to_first_run(runs):
@@ -429,7 +438,7 @@ def main():
     p.add_argument("--only", metavar="PATTERN", help="only integration tests whose name contains PATTERN")
     p = sub.add_parser("bench")
     p.add_argument("--bench", metavar="NAME")
-    p.add_argument("--runs", type=int, default=None, help="rounds (default: 10 for boot, 3 for blk)")
+    p.add_argument("--runs", type=int, default=None, help="rounds (default: 10 for boot, 3 for blk and net)")
     p = sub.add_parser("lab")
     p.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("run")

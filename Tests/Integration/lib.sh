@@ -7,6 +7,7 @@
 #   QEMU       qemu-system-x86_64           QEMU_FIRMWARE  directory for qemu -L (bios-microvm.bin)
 #   WORK       a scratch directory for this test, removed afterwards
 #   VMMBENCH   Tests/Integration/tools/vmmbench     RUNAS   Tests/Integration/tools/runas
+#   TCPPEER    Tests/Integration/tools/tcppeer (the host's end of the network tests' bulk transfers)
 #
 # Output protocol, one line each, read by the harness on the machine that started the run:
 #   TEST-RESULT NAME ok

@@ -102,3 +102,127 @@ require_block_device() {
         finish
     fi
 }
+
+# --- Networking (the net-* and iperf scenarios) -----------------------------------------------------------------------
+
+# net_up CHECK IFACE CIDR [MTU] [MAC]: brings IFACE up with the address CIDR (and MTU when given), waits up to 5 s for
+# its carrier, and checks its MAC when MAC is given (CHECK-mac). Ends the scenario when IFACE does not exist.
+net_up() {
+    if [ ! -d "/sys/class/net/$2" ]; then
+        fail "$1" "no $2 (interfaces: $(ls /sys/class/net 2>/dev/null | tr '\n' ' '))"
+        finish
+    fi
+    ip link set lo up 2>/dev/null
+    [ -z "$5" ] || check_eq "$1-mac" "$(cat "/sys/class/net/$2/address")" "$5"
+    if [ -n "$4" ]; then
+        check "$1-set-mtu" ip link set "$2" mtu "$4"
+        check_eq "$1-mtu" "$(cat "/sys/class/net/$2/mtu")" "$4"
+    fi
+    if ! _nu_out=$(ip addr add "$3" dev "$2" 2>&1 && ip link set "$2" up 2>&1); then
+        fail "$1" "ip: $_nu_out"
+        finish
+    fi
+    _nu_i=0
+    while [ "$(cat "/sys/class/net/$2/carrier" 2>/dev/null)" != 1 ] && [ $_nu_i -lt 50 ]; do
+        sleep 0.1
+        _nu_i=$((_nu_i + 1))
+    done
+    check_eq "$1" "$(cat "/sys/class/net/$2/carrier" 2>/dev/null)" 1
+    report "$2_features" "$(cat "/sys/class/net/$2/device/features" 2>/dev/null)"
+}
+
+# net_ping CHECK HOST [COUNT] [ping options...]: COUNT (default 3) pings of HOST must all come back.
+net_ping() {
+    _np_check=$1 _np_host=$2 _np_count=${3:-3}
+    shift 2
+    [ $# -eq 0 ] || shift
+    if _np_out=$(ping -c "$_np_count" -W 5 "$@" "$_np_host" 2>&1) &&
+        echo "$_np_out" | grep -q " $_np_count packets received"; then
+        pass "$_np_check"
+    else
+        fail "$_np_check" "$(echo "$_np_out" | tail -n 3)"
+    fi
+}
+
+# net_hold: fd 3 becomes a FIFO that is open for reading and writing, so it never reports end of file. busybox nc
+# shuts down its sending half when its stdin ends and exits when the peer's half ends: an nc that only receives
+# reads its stdin from fd 3 (<&3), or it would tell the peer it is done before it started.
+net_hold() {
+    [ -p /tmp/net-hold ] || mkfifo /tmp/net-hold
+    exec 3<>/tmp/net-hold
+}
+
+# net_uptime_cs: /proc/uptime in centiseconds (busybox date has no sub-second clock).
+net_uptime_cs() {
+    read -r _nc_up _ </proc/uptime
+    echo "${_nc_up%.*}${_nc_up#*.}" | sed 's/^0*//;s/^$/0/'
+}
+
+# net_progress PID WHAT: prints "net: WHAT Ns" every 2 s while PID runs (the lab's watchdog wants console output).
+net_progress() {
+    _pp_t=0
+    while kill -0 "$1" 2>/dev/null; do
+        sleep 1
+        _pp_t=$((_pp_t + 1))
+        [ $((_pp_t % 2)) -ne 0 ] || echo "net: $2 ${_pp_t}s"
+    done
+}
+
+# net_send CHECK HOST PORT MIB: sends MIB MiB of /dev/urandom to HOST:PORT (the host listens and checksums what
+# it gets) and reports CHECK_sha256 (what was sent) and CHECK_mbps (Mbit/s, rough: nc in the guest).
+net_send() {
+    net_hold
+    rm -f /tmp/net-send.fifo
+    mkfifo /tmp/net-send.fifo
+    sha256sum </tmp/net-send.fifo | cut -d' ' -f1 >/tmp/net-send.sum &
+    _ns_sum=$!
+    _ns_t0=$(net_uptime_cs)
+    { dd if=/dev/urandom bs=1M count="$4" 2>/dev/null | tee /tmp/net-send.fifo |
+        timeout 300 nc "$2" "$3" >/dev/null; echo $? >/tmp/net-send.rc; } &
+    _ns_pid=$!
+    net_progress $_ns_pid "$1: sending $4 MiB to $2:$3"
+    wait $_ns_pid
+    wait $_ns_sum
+    _ns_t1=$(net_uptime_cs)
+    check_eq "$1" "$(cat /tmp/net-send.rc)" 0
+    report "$1_sha256" "$(cat /tmp/net-send.sum)"
+    report "$1_mbps" "$(awk -v m="$4" -v cs=$((_ns_t1 - _ns_t0)) 'BEGIN { printf "%.0f", (cs > 0 ? m * 8 * 1.048576 * 100 / cs : 0) }')"
+}
+
+# net_receive CHECK HOST PORT MIB SHA256: receives from HOST:PORT until it closes; MIB MiB with SHA256 (when given)
+# must arrive. Reports CHECK_sha256 and CHECK_mbps.
+net_receive() {
+    net_hold
+    _nr_t0=$(net_uptime_cs)
+    rm -f /tmp/net-receive.sum
+    { timeout 300 nc "$2" "$3" <&3 | sha256sum >/tmp/net-receive.sum; } &
+    _nr_pid=$!
+    net_progress $_nr_pid "$1: receiving $4 MiB from $2:$3"
+    wait $_nr_pid
+    _nr_t1=$(net_uptime_cs)
+    _nr_got=$(cut -d' ' -f1 /tmp/net-receive.sum)
+    report "$1_sha256" "$_nr_got"
+    if [ -n "$5" ]; then check_eq "$1" "$_nr_got" "$5"; else pass "$1"; fi
+    report "$1_mbps" "$(awk -v m="$4" -v cs=$((_nr_t1 - _nr_t0)) 'BEGIN { printf "%.0f", (cs > 0 ? m * 8 * 1.048576 * 100 / cs : 0) }')"
+}
+
+# net_wait_host PORT: tells the host (a console line) that the guest waits, then waits up to 60 s for the host to
+# connect to PORT and close (what the host does in between, pinging the guest, is the host's to check).
+net_wait_host() {
+    net_hold
+    echo "net: waiting for the host on port $1"
+    if timeout 60 nc -l -p "$1" <&3 >/dev/null; then pass host-done; else fail host-done "the host never connected to port $1"; fi
+}
+
+# net_offloads CHECK: with swiftlet.net.offloads=off on the command line (next to virtio_net.csum=0
+# virtio_net.gso=0), checks that the driver took those parameters; reports them either way.
+net_offloads() {
+    _no_csum=$(cat /sys/module/virtio_net/parameters/csum 2>/dev/null)
+    _no_gso=$(cat /sys/module/virtio_net/parameters/gso 2>/dev/null)
+    report virtio_net_csum "${_no_csum:-none}"
+    report virtio_net_gso "${_no_gso:-none}"
+    if [ "$(param swiftlet.net.offloads)" = off ]; then
+        check_eq "$1-csum-off" "$_no_csum" N
+        check_eq "$1-gso-off" "$_no_gso" N
+    fi
+}

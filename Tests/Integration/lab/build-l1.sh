@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build (or find in the cache) the Swiftlet lab's L1 image: Debian's cloud kernel plus a
 # busybox initramfs holding the KVM/vhost/net modules, qemu-system-x86_64 with its libraries
-# and firmware, and the L1 init. See README.md in this directory.
+# and firmware, iperf3 with its libraries (the host end of the network benchmark), and the L1
+# init. See README.md in this directory.
 #
 # Usage: build-l1.sh [--force] [--quiet]
 #   --force   rebuild even if the cache holds this image
@@ -115,6 +116,7 @@ KVER=${KPKG#linux-image-}
 pkgver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
 QEMU_VERSION="$(pkgver qemu-system-x86) $("$QEMU_BIN" --version | sed -n 1p)"
 BUSYBOX_VERSION="$(pkgver busybox-static) $("$BUSYBOX" | sed -n 1p)"
+IPERF3_VERSION=$(pkgver iperf3)   # "unknown" when it is not installed (then L1 has none)
 
 # The key covers everything that goes into the image: this script, the L1 files, the tools,
 # the kernel package version, the host's QEMU and busybox, and the compression.
@@ -124,6 +126,7 @@ KEY=$( {
     echo "$KPKG $KPKG_VERSION"
     echo "$QEMU_VERSION"
     echo "$BUSYBOX_VERSION"
+    echo "iperf3 $IPERF3_VERSION"
     echo "compress=$COMPRESS"
 } | sha256sum | cut -c1-12)
 OUT=$LAB_CACHE/$KVER-$KEY
@@ -280,6 +283,14 @@ for m in "${QEMU_MODULES[@]}"; do
         log "note: $QEMU_MODDIR/$m not found (QEMU built without modules?): skipped"
     fi
 done
+# iperf3: the L1 end of the network benchmark (Tests/Integration/bench/net.sh). Optional: without it that
+# benchmark says so and the rest of the lab works.
+if command -v iperf3 >/dev/null 2>&1; then
+    log "staging $(command -v iperf3)"
+    copy_with_libs "$(command -v iperf3)" /usr/bin/iperf3
+else
+    log "note: iperf3 not found (apt-get install iperf3): the network benchmark cannot run in this image"
+fi
 for fw in "${QEMU_FIRMWARE[@]}"; do
     found=""
     for d in $QEMU_FIRMWARE_PATH; do
@@ -316,6 +327,7 @@ KERNEL_PACKAGE=$KPKG
 KERNEL_PACKAGE_VERSION=$KPKG_VERSION
 QEMU_VERSION="$QEMU_VERSION"
 BUSYBOX_VERSION="$BUSYBOX_VERSION"
+IPERF3_VERSION="$IPERF3_VERSION"
 COMPRESS=$COMPRESS
 MODULES="$(tr '\n' ' ' <"$ROOT/etc/lab/modules.order" | sed -E 's#[^ ]*/##g; s/\.ko//g; s/ $//')"
 BUILT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
