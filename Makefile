@@ -37,7 +37,8 @@ guest: deps
 	@guest/build-kernel.sh $(GUEST_OUT)
 	@guest/build-fio.sh $(GUEST_OUT)
 	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs.cpio
-	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs-full.cpio $(GUEST_OUT)/fio:/usr/bin/fio \
+	@gcc -static -O2 -Wall -Wextra -o $(GUEST_OUT)/tcppeer Tests/Integration/tools/tcppeer.c
+	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs-full.cpio $(GUEST_OUT)/fio:/usr/bin/fio $(GUEST_OUT)/tcppeer:/usr/bin/tcppeer \
 		/usr/sbin/mke2fs:/usr/sbin/mkfs.ext4 /usr/sbin/e2fsck:/usr/sbin/e2fsck /etc/mke2fs.conf:/etc/mke2fs.conf \
 		/usr/bin/iperf3:/usr/bin/iperf3
 
