@@ -11,3 +11,36 @@ esac
 outdir=${1:-}
 command -v sha256sum >/dev/null 2>&1 || die "sha256sum not found (apt-get install coreutils)"
 cache_root=${SWIFTLET_CACHE:-${HOME:?HOME is not set and SWIFTLET_CACHE is not given}/.cache/swiftlet}
+
+# Build requirements: `need COMMAND PACKAGE` and `need_file PATH WHAT PACKAGE` collect what is missing;
+# `require_all` then names all of it with the Debian package to install, and stops.
+missing=
+need() { command -v "$1" >/dev/null 2>&1 || missing="$missing $1 (apt-get install $2)
+"; }
+need_file() { [ -e "$1" ] || missing="$missing $2 (apt-get install $3)
+"; }
+require_all() {
+    [ -z "$missing" ] && return 0
+    printf '%s: error: missing build requirements:\n%s' "$prog" "$missing" >&2
+    exit 1
+}
+
+# lock_cache DIR: one build at a time per cache directory (builds are CPU- and disk-heavy); holds fd 9.
+lock_cache() {
+    mkdir -p "$1" || die "cannot create cache directory $1"
+    exec 9>"$1/.lock"
+    if ! flock -n 9; then
+        info "another $what build holds $1/.lock; waiting"
+        flock 9
+    fi
+}
+
+# run_logged STEP COMMAND...: COMMAND's output goes to $log; on failure its last 40 lines go to stderr and the build
+# stops, naming $log when the caller keeps it (log_kept=1).
+run_logged() {
+    step=$1; shift
+    if ! "$@" >>"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        die "$step failed${log_kept:+ (full log: $log)}"
+    fi
+}

@@ -55,35 +55,17 @@ if [ -s "$dest/fio" ]; then
     exit 0
 fi
 
-missing=
-need() { # need COMMAND DEBIAN-PACKAGE
-    command -v "$1" >/dev/null 2>&1 || missing="$missing $1 (apt-get install $2)
-"
-}
 need apt-get apt
 need dpkg-source dpkg-dev
 need make make
 need gcc gcc
 need strip binutils
 need flock util-linux
-[ -e /usr/lib/x86_64-linux-gnu/libaio.a ] || missing="$missing libaio.a (apt-get install libaio-dev)
-"
-[ -e /usr/lib/x86_64-linux-gnu/libz.a ] || missing="$missing libz.a (apt-get install zlib1g-dev)
-"
-[ -r /usr/share/keyrings/debian-archive-keyring.gpg ] ||
-    missing="$missing Debian's archive keyring (apt-get install debian-archive-keyring)
-"
-if [ -n "$missing" ]; then
-    printf '%s: error: missing build requirements:\n%s' "$prog" "$missing" >&2
-    exit 1
-fi
-
-mkdir -p "$froot" || die "cannot create cache directory $froot"
-exec 9>"$froot/.lock"
-if ! flock -n 9; then
-    info "another fio build holds $froot/.lock; waiting"
-    flock 9
-fi
+need_file /usr/lib/x86_64-linux-gnu/libaio.a libaio.a libaio-dev
+need_file /usr/lib/x86_64-linux-gnu/libz.a libz.a zlib1g-dev
+need_file /usr/share/keyrings/debian-archive-keyring.gpg "Debian's archive keyring" debian-archive-keyring
+require_all
+lock_cache "$froot"
 if [ -s "$dest/fio" ]; then
     info "cached (key $key, fio $fio_version) in $dest"
     export_to_outdir
@@ -100,13 +82,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 log=$tmp/build.log
 : >"$log"
-run_logged() { # run_logged WHAT COMMAND...: output to the log, its tail on failure
-    step=$1; shift
-    if ! "$@" >>"$log" 2>&1; then
-        tail -n 30 "$log" >&2
-        die "$step failed"
-    fi
-}
 
 t0=$(date +%s)
 info "building fio $fio_version (key $key)"

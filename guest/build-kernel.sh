@@ -74,11 +74,6 @@ if is_cached; then
 fi
 
 # --- Not cached: check the tools before doing anything expensive. ----------------
-missing=
-need() { # need COMMAND DEBIAN-PACKAGE
-    command -v "$1" >/dev/null 2>&1 || missing="$missing $1 (apt-get install $2)
-"
-}
 need make make
 need gcc gcc
 need ld binutils
@@ -91,23 +86,10 @@ need perl perl
 need xz xz-utils
 need tar tar
 need flock util-linux
-[ -e /usr/include/libelf.h ] || missing="$missing libelf.h (apt-get install libelf-dev)
-"
-[ -e /usr/include/openssl/opensslv.h ] || missing="$missing openssl headers (apt-get install libssl-dev)
-"
-if [ -n "$missing" ]; then
-    printf '%s: error: missing build requirements:\n%s' "$prog" "$missing" >&2
-    exit 1
-fi
-
-mkdir -p "$kroot" || die "cannot create cache directory $kroot"
-
-# One kernel build at a time (per cache): they are CPU- and disk-heavy.
-exec 9>"$kroot/.lock"
-if ! flock -n 9; then
-    info "another kernel build holds $kroot/.lock; waiting"
-    flock 9
-fi
+need_file /usr/include/libelf.h libelf.h libelf-dev
+need_file /usr/include/openssl/opensslv.h "openssl headers" libssl-dev
+require_all
+lock_cache "$kroot"
 # Someone may have built it while we waited.
 if is_cached; then
     info "cached (key $key) in $dest"
@@ -135,13 +117,7 @@ kmake() {
         KBUILD_BUILD_USER="$build_user" KBUILD_BUILD_HOST="$build_host" \
         KBUILD_BUILD_TIMESTAMP="$build_timestamp" "$@"
 }
-run_logged() { # run_logged WHAT COMMAND...: output to the log, its tail on failure
-    step=$1; shift
-    if ! "$@" >>"$log" 2>&1; then
-        tail -n 40 "$log" >&2
-        die "$step failed (full log: $log)"
-    fi
-}
+log_kept=1
 
 t0=$(date +%s)
 info "building (key $key, $src_pkg $src_version, make -j$jobs); log: $log"
