@@ -5,6 +5,7 @@
 
 int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
 int CSwiftlet_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+int CSwiftlet_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
 
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }
 int CSwiftlet_ioctl_value(int fd, unsigned long request, unsigned long argument) { return ioctl(fd, request, argument); }

@@ -8,6 +8,13 @@ public protocol LoopDevice: VirtioDevice {
     var counters: DeviceCounters { get }
     /// Connects the device to its interrupt and to what it does when the driver broke a queue beyond use.
     func attach(interrupt: VirtioInterrupt, onFatalError: @escaping @Sendable () -> Void)
+    /// The machine is going away and its loop has stopped: remove what the device made on the host (socket files),
+    /// close its connections.
+    func shutDown()
+}
+
+extension LoopDevice {
+    public func shutDown() {}
 }
 
 extension Block: LoopDevice {

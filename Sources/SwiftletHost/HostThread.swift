@@ -35,6 +35,12 @@ public final class HostThread: Sendable {
         pthread_kill(thread, signal)
     }
 
+    /// Lets the thread end on its own, without a `join`: for one-shot workers. The corresponding C function is
+    /// `pthread_detach`.
+    public func detach() {
+        pthread_detach(thread)
+    }
+
     /// Waits for the thread to finish. The corresponding C function is `pthread_join`.
     public func join() {
         pthread_join(thread, nil)

@@ -6,6 +6,8 @@ public struct SwiftletError: Error, CustomStringConvertible, Sendable {
         case kvmUnavailable, kvmUnsupported, kvmCannotRunGuests
         case invalidConfiguration, invalidKernel, invalidInitrd
         case outOfMemory, guestMemory, systemCall, guestFault, io
+        /// The guest agent (exec) is not reachable, refused, or could not start the command.
+        case agentUnavailable, connectionRefused, execFailed, timedOut
     }
 
     public var code: Code

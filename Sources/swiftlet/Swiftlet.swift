@@ -8,87 +8,8 @@ struct SwiftletCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftlet",
         abstract: "A minimal KVM microVM monitor.",
-        discussion: "Run `swiftlet run --help` for booting a Linux guest.",
-        subcommands: [Run.self])
-}
-
-/// Parses sizes such as 256M, 3.5G, 512MiB, 1GiB; a bare number is MiB.
-struct MemorySize: ExpressibleByArgument, CustomStringConvertible {
-    var bytes: UInt64
-
-    var description: String { bytes % (1 << 30) == 0 ? "\(bytes >> 30)G" : "\(bytes >> 20)M" }
-
-    init?(argument: String) {
-        let text = argument.trimmingCharacters(in: " ").lowercased()
-        let units: [(String, Double)] = [("tib", 1_099_511_627_776), ("t", 1_099_511_627_776), ("gib", 1_073_741_824), ("mib", 1_048_576), ("kib", 1024), ("g", 1_073_741_824), ("m", 1_048_576), ("k", 1024)]
-        var scale: Double = 1_048_576
-        var number = Substring(text)
-        for (suffix, value) in units where text.hasSuffix(suffix) {
-            scale = value
-            number = text.dropLast(suffix.count)
-            break
-        }
-        guard let value = Double(number), value > 0, value * scale < Double(UInt64.max) else { return nil }
-        bytes = UInt64(value * scale)
-    }
-
-    static var defaultCompletionKind: CompletionKind { .default }
-}
-
-/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]`.
-struct NetOption: ExpressibleByArgument {
-    var configuration = NetworkConfiguration(tap: "", mac: [])
-
-    init?(argument: String) {
-        for option in argument.split(separator: ",") {
-            let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
-            guard pair.count == 2 else { return nil }
-            switch pair[0] {
-            case "tap": configuration.tap = pair[1]
-            case "mac":
-                let bytes = pair[1].split(separator: ":").compactMap { UInt8($0, radix: 16) }
-                guard bytes.count == 6, pair[1].split(separator: ":").count == 6 else { return nil }
-                configuration.mac = bytes
-            case "mtu":
-                guard let mtu = UInt16(pair[1]) else { return nil }
-                configuration.mtu = mtu
-            default: return nil
-            }
-        }
-        guard !configuration.tap.isEmpty else { return nil }
-    }
-}
-
-/// `--disk PATH[,readonly=on|off][,id=SERIAL][,event-idx=on|off]`.
-struct DiskOption: ExpressibleByArgument {
-    var configuration: DiskConfiguration
-
-    init?(argument: String) {
-        let parts = argument.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-        guard let path = parts.first, !path.isEmpty else { return nil }
-        configuration = DiskConfiguration(path: path)
-        for option in parts.dropFirst() {
-            let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
-            guard pair.count == 2 else { return nil }
-            switch (pair[0], pair[1]) {
-            case ("readonly", "on"): configuration.readOnly = true
-            case ("readonly", "off"): configuration.readOnly = false
-            case ("id", let serial) where serial.utf8.count <= 20: configuration.serial = serial
-            case ("event-idx", "on"): configuration.eventIndex = true
-            case ("event-idx", "off"): configuration.eventIndex = false
-            default: return nil
-            }
-        }
-    }
-}
-
-extension String {
-    func trimmingCharacters(in set: Character) -> String {
-        var result = Substring(self)
-        while result.first == set { result = result.dropFirst() }
-        while result.last == set { result = result.dropLast() }
-        return String(result)
-    }
+        discussion: "Run `swiftlet run --help` for booting a Linux guest, `swiftlet exec --help` for running one command in a fresh VM.",
+        subcommands: [Run.self, Exec.self])
 }
 
 struct Run: AsyncParsableCommand {
@@ -101,39 +22,14 @@ struct Run: AsyncParsableCommand {
             stop the guest.
             """)
 
-    @Option(name: .long, help: ArgumentHelp("The guest kernel: a bzImage (boot protocol 2.10+) or an ELF vmlinux.", valueName: "path"))
-    var kernel: String
+    @OptionGroup(title: "Machine")
+    var machine: MachineOptions
 
-    @Option(name: .long, help: ArgumentHelp("An initramfs (cpio archive, optionally compressed) for the guest.", valueName: "path"))
-    var initrd: String?
-
-    @Option(name: .long, help: ArgumentHelp("The kernel command line.", valueName: "string"))
-    var cmdline: String = MachineConfiguration.defaultCommandLine
-
-    @Option(name: .long, help: "Number of vCPUs (1 to \(MachineConfiguration.maximumCPUs)).")
-    var cpus: Int = 1
-
-    @Option(name: .long, help: ArgumentHelp("Guest memory: a size such as 256M, 3.5G or 512MiB; a bare number is MiB. At least 64M.", valueName: "size"))
-    var memory: MemorySize = MemorySize(argument: "256M")!
-
-    @Option(name: .long, help: ArgumentHelp("Where the guest console goes: stdio, none, or a file path.", valueName: "stdio|none|file"))
-    var console: String = "stdio"
-
-    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
-        "A virtio-blk disk: a raw image file; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off.",
-        valueName: "path[,readonly=on][,id=serial]"))
-    var disk: [DiskOption] = []
-
-    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
-        "A virtio-net NIC on a TAP; repeat for more (eth0, eth1, ... in the guest). Attaches to the TAP if it exists, otherwise creates it and removes it at exit. mac= defaults to 52:54:00:00:00:NN, mtu= to 1500.",
-        valueName: "tap=name[,mac=xx:xx:xx:xx:xx:xx][,mtu=n]"))
-    var net: [NetOption] = []
+    @Flag(name: .long, help: "Start the guest agent (adds swiftlet.agent=\(GuestAgent.defaultPort) to the command line; needs --vsock). Then `swiftlet exec --attach SOCKET -- CMD` runs commands in this VM.")
+    var agent = false
 
     @Flag(name: .long, help: "Print, on stderr at exit, per-device counts of notifications, interrupts and requests.")
     var stats = false
-
-    @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
-    var kvm: String = "/dev/kvm"
 
     @Flag(name: .long, help: "Print, on stderr, how long the guest took from this process's start to its init (the boot-timer port).")
     var printBootTime = false
@@ -143,18 +39,10 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let start = monotonicNanoseconds()
-        let consoleSetting: MachineConfiguration.Console = switch console {
-        case "stdio": .stdio
-        case "none": .none
-        default: .file(console)
-        }
-        var configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, cpus: cpus,
-                                                 memorySize: memory.bytes, console: consoleSetting, kvmPath: kvm)
-        configuration.disks = disk.map(\.configuration)
-        configuration.networks = net.enumerated().map { index, option in
-            var network = option.configuration
-            if network.mac.isEmpty { network.mac = [0x52, 0x54, 0, 0, 0, UInt8(truncatingIfNeeded: index + 1)] }
-            return network
+        var configuration = try machine.configuration(console: "stdio", commandLine: MachineConfiguration.defaultCommandLine)
+        if agent {
+            guard configuration.vsock != nil else { throw ValidationError("--agent needs --vsock socket=PATH (the socket `swiftlet exec --attach` connects to)") }
+            configuration.commandLine += " swiftlet.agent=\(GuestAgent.defaultPort)"
         }
         if traceStartup {
             configuration.onFirstRun = { now in

@@ -8,6 +8,9 @@
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <linux/falloc.h>
 #include <linux/if_tun.h>
 
@@ -21,6 +24,9 @@ int CSwiftlet_set_thread_name(const char *name);
 
 // fallocate(2), a GNU extension hidden from Swift's Glibc module. The corresponding C function is `fallocate`.
 int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length);
+
+// accept4(2) without the peer address, a GNU extension hidden from Swift's Glibc module.
+int CSwiftlet_accept4(int fd, int flags);
 
 // TAP devices
 extern const unsigned long CSwiftlet_TUNSETIFF;

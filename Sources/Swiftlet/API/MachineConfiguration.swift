@@ -6,6 +6,10 @@ public typealias DiskConfiguration = BlockConfiguration
 /// A virtio-net NIC on a TAP: attached by name, or created (and gone at exit) when no such interface exists.
 public typealias NetworkConfiguration = NetConfiguration
 
+/// A virtio-vsock device bridged to a Unix socket (Firecracker's hybrid vsock), which `MicroVM.exec` talks to the
+/// guest agent through.
+public typealias SocketConfiguration = VsockConfiguration
+
 /// Everything a microVM is made from. Sizes are in bytes.
 public struct MachineConfiguration: Sendable {
     public enum Console: Sendable, Equatable {
@@ -28,12 +32,17 @@ public struct MachineConfiguration: Sendable {
     public var disks: [DiskConfiguration] = []
     /// virtio-net NICs, in the order the guest sees them (eth0, eth1, ...).
     public var networks: [NetworkConfiguration] = []
+    /// The vsock device, if any.
+    public var vsock: SocketConfiguration?
     /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds.
     public var onFirstRun: (@Sendable (UInt64) -> Void)?
 
     public static let defaultCommandLine = "console=ttyS0 reboot=k panic=1"
     public static let minimumMemory: UInt64 = 64 << 20
     public static let maximumCPUs = 64
+
+    /// How many virtio-mmio devices the machine has, in slot order: disks, NICs, then vsock.
+    public var virtioDeviceCount: Int { disks.count + networks.count + (vsock == nil ? 0 : 1) }
 
     public init(kernelPath: String, initrdPath: String? = nil, commandLine: String = MachineConfiguration.defaultCommandLine,
                 cpus: Int = 1, memorySize: UInt64 = 256 << 20, console: Console = .stdio, kvmPath: String = "/dev/kvm") {

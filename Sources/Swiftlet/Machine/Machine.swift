@@ -105,6 +105,9 @@ final class Machine: Sendable {
         for (index, network) in configuration.networks.enumerated() {
             devices.append(("net\(index)", try Net(network, endpoint: try Tap(name: network.tap))))
         }
+        if let vsock = configuration.vsock {
+            devices.append(("vsock0", try Vsock(vsock, clock: monotonicNanoseconds)))
+        }
         for (index, (name, device)) in devices.enumerated() {
             let slot = try VirtioSlot(name: name, index: index, device: device, vm: vm, memory: memory)
             device.attach(interrupt: slot.transport.interrupt) { [transport = slot.transport] in transport.markNeedsReset() }
@@ -153,7 +156,7 @@ final class Machine: Sendable {
     /// is how a kernel without ACPI finds virtio-mmio devices (drivers/virtio/virtio_mmio.c).
     static func commandLine(_ configuration: MachineConfiguration) -> String {
         var line = configuration.commandLine
-        for slot in 0..<(configuration.disks.count + configuration.networks.count) {
+        for slot in 0..<configuration.virtioDeviceCount {
             let (base, irq) = VirtioSlot.placement(slot)
             line += " virtio_mmio.device=4K@0x\(String(base.rawValue, radix: 16)):\(irq)"
         }
@@ -161,7 +164,7 @@ final class Machine: Sendable {
     }
 
     private static func validate(_ configuration: MachineConfiguration) throws(SwiftletError) {
-        let deviceCount = configuration.disks.count + configuration.networks.count
+        let deviceCount = configuration.virtioDeviceCount
         guard deviceCount <= X86Layout.virtioMaximumDevices else {
             throw SwiftletError(.invalidConfiguration, "\(deviceCount) virtio devices are more than the \(X86Layout.virtioMaximumDevices) interrupt lines Swiftlet has for them")
         }
@@ -311,6 +314,7 @@ final class Machine: Sendable {
             }
             input?.shutdown()
             eventLoop?.stop()
+            for slot in virtioDevices { slot.device.shutDown() }
             // A vCPU may be between its finished check and KVM_RUN; immediate_exit covers that, the kick the rest.
             for thread in threads { thread.join() }
         }

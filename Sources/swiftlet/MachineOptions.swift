@@ -1,0 +1,162 @@
+import ArgumentParser
+import Glibc
+import Swiftlet
+
+/// The options that describe a machine, shared by `run` and `exec`.
+struct MachineOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The guest kernel: a bzImage (boot protocol 2.10+) or an ELF vmlinux.", valueName: "path"))
+    var kernel: String?
+
+    @Option(name: .long, help: ArgumentHelp("An initramfs (cpio archive, optionally compressed) for the guest.", valueName: "path"))
+    var initrd: String?
+
+    @Option(name: .long, help: ArgumentHelp("The kernel command line.", valueName: "string"))
+    var cmdline: String?
+
+    @Option(name: .long, help: "Number of vCPUs (1 to \(MachineConfiguration.maximumCPUs)).")
+    var cpus: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Guest memory: a size such as 256M, 3.5G or 512MiB; a bare number is MiB. At least 64M.", valueName: "size"))
+    var memory: MemorySize = MemorySize(argument: "256M")!
+
+    @Option(name: .long, help: ArgumentHelp("Where the guest console goes: stdio, none, or a file path (default: stdio for run, none for exec).", valueName: "stdio|none|file"))
+    var console: String?
+
+    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
+        "A virtio-blk disk: a raw image file; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off.",
+        valueName: "path[,readonly=on][,id=serial]"))
+    var disk: [DiskOption] = []
+
+    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
+        "A virtio-net NIC on a TAP; repeat for more (eth0, eth1, ... in the guest). Attaches to the TAP if it exists, otherwise creates it and removes it at exit. mac= defaults to 52:54:00:00:00:NN, mtu= to 1500.",
+        valueName: "tap=name[,mac=xx:xx:xx:xx:xx:xx][,mtu=n]"))
+    var net: [NetOption] = []
+
+    @Option(name: .long, help: ArgumentHelp(
+        "A virtio-vsock device. The host end is a Unix socket (Firecracker's hybrid vsock): connect to it and send `CONNECT <port>\\n` to reach a guest port; a guest connection to host port P reaches a listener at SOCKET_P. cid= defaults to 3.",
+        valueName: "socket=path[,cid=n]"))
+    var vsock: VsockOption?
+
+    @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
+    var kvm: String = "/dev/kvm"
+
+    /// The machine these options describe; `console` and `commandLine` are the command's defaults.
+    func configuration(console defaultConsole: String, commandLine defaultCommandLine: String) throws -> MachineConfiguration {
+        guard let kernel else { throw ValidationError("--kernel is required: the guest kernel (bzImage or vmlinux) to boot") }
+        let consoleSetting: MachineConfiguration.Console = switch console ?? defaultConsole {
+        case "stdio": .stdio
+        case "none": .none
+        case let path: .file(path)
+        }
+        var configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline ?? defaultCommandLine,
+                                                 cpus: cpus, memorySize: memory.bytes, console: consoleSetting, kvmPath: kvm)
+        configuration.disks = disk.map(\.configuration)
+        configuration.networks = net.enumerated().map { index, option in
+            var network = option.configuration
+            if network.mac.isEmpty { network.mac = [0x52, 0x54, 0, 0, 0, UInt8(truncatingIfNeeded: index + 1)] }
+            return network
+        }
+        configuration.vsock = vsock?.configuration
+        return configuration
+    }
+}
+
+/// `--vsock socket=PATH[,cid=N]`.
+struct VsockOption: ExpressibleByArgument {
+    var configuration = SocketConfiguration(socketPath: "")
+
+    init?(argument: String) {
+        for option in argument.split(separator: ",") {
+            let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+            guard pair.count == 2 else { return nil }
+            switch pair[0] {
+            case "socket": configuration.socketPath = pair[1]
+            case "cid":
+                guard let cid = UInt64(pair[1]), cid >= 3, cid < UInt64(UInt32.max) else { return nil }
+                configuration.guestCID = cid
+            default: return nil
+            }
+        }
+        guard !configuration.socketPath.isEmpty else { return nil }
+    }
+}
+
+/// Parses sizes such as 256M, 3.5G, 512MiB, 1GiB; a bare number is MiB.
+struct MemorySize: ExpressibleByArgument, CustomStringConvertible {
+    var bytes: UInt64
+
+    var description: String { bytes % (1 << 30) == 0 ? "\(bytes >> 30)G" : "\(bytes >> 20)M" }
+
+    init?(argument: String) {
+        let text = argument.trimmingCharacters(in: " ").lowercased()
+        let units: [(String, Double)] = [("tib", 1_099_511_627_776), ("t", 1_099_511_627_776), ("gib", 1_073_741_824), ("mib", 1_048_576), ("kib", 1024), ("g", 1_073_741_824), ("m", 1_048_576), ("k", 1024)]
+        var scale: Double = 1_048_576
+        var number = Substring(text)
+        for (suffix, value) in units where text.hasSuffix(suffix) {
+            scale = value
+            number = text.dropLast(suffix.count)
+            break
+        }
+        guard let value = Double(number), value > 0, value * scale < Double(UInt64.max) else { return nil }
+        bytes = UInt64(value * scale)
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]`.
+struct NetOption: ExpressibleByArgument {
+    var configuration = NetworkConfiguration(tap: "", mac: [])
+
+    init?(argument: String) {
+        for option in argument.split(separator: ",") {
+            let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+            guard pair.count == 2 else { return nil }
+            switch pair[0] {
+            case "tap": configuration.tap = pair[1]
+            case "mac":
+                let bytes = pair[1].split(separator: ":").compactMap { UInt8($0, radix: 16) }
+                guard bytes.count == 6, pair[1].split(separator: ":").count == 6 else { return nil }
+                configuration.mac = bytes
+            case "mtu":
+                guard let mtu = UInt16(pair[1]) else { return nil }
+                configuration.mtu = mtu
+            default: return nil
+            }
+        }
+        guard !configuration.tap.isEmpty else { return nil }
+    }
+}
+
+/// `--disk PATH[,readonly=on|off][,id=SERIAL][,event-idx=on|off]`.
+struct DiskOption: ExpressibleByArgument {
+    var configuration: DiskConfiguration
+
+    init?(argument: String) {
+        let parts = argument.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let path = parts.first, !path.isEmpty else { return nil }
+        configuration = DiskConfiguration(path: path)
+        for option in parts.dropFirst() {
+            let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+            guard pair.count == 2 else { return nil }
+            switch (pair[0], pair[1]) {
+            case ("readonly", "on"): configuration.readOnly = true
+            case ("readonly", "off"): configuration.readOnly = false
+            case ("id", let serial) where serial.utf8.count <= 20: configuration.serial = serial
+            case ("event-idx", "on"): configuration.eventIndex = true
+            case ("event-idx", "off"): configuration.eventIndex = false
+            default: return nil
+            }
+        }
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String {
+        var result = Substring(self)
+        while result.first == set { result = result.dropFirst() }
+        while result.last == set { result = result.dropLast() }
+        return String(result)
+    }
+}
+
