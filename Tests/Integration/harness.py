@@ -328,10 +328,16 @@ BENCHES = {
             "net_tcp_g2h_gbps_vhost": ("Gbit/s", "higher"), "net_tcp_h2g_gbps_vhost": ("Gbit/s", "higher"),
             "net_offload_gain": ("ratio", "higher"), "net_exits_per_mib": ("per_MiB", "lower"),
             "net_rr_latency_us": ("us", "lower")},
+    # vsockpeer streams and agent execs (bench/vsock.sh). qemu: vhost-vsock-device (the kernel's backend);
+    # exec_cli_ms is swiftlet's only; sandbox_cold_ms is `swiftlet exec -- true` against QEMU booting to init and
+    # powering off.
+    "vsock": {"vsock_g2h_mbps": ("Mbit/s", "higher"), "vsock_h2g_mbps": ("Mbit/s", "higher"),
+              "exec_roundtrip_ms": ("ms", "lower"), "exec_cli_ms": ("ms", "lower"),
+              "sandbox_cold_ms": ("ms", "lower")},
 }
 # Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab; a net round is
 # four boots with up to 2 x 10 s of iperf3 each (about 2 minutes).
-DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3}
+DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3}
 
 
 def start_to_first_run(runs):

@@ -11,6 +11,10 @@
  *   send BYTES   write BYTES of a fixed pseudo-random stream (suffixes K, M, G), then close
  *   recv         read until end of stream
  *   echo         write back what is read, until end of stream
+ *   exec [-n N] -- CMD ARGS...   run CMD through the Swiftlet guest agent listening at ADDRESS
+ *                (guest/agent/PROTOCOL.md): its stdout and stderr are copied here and vsockpeer exits with its
+ *                status (128 + N for signal N). With -n N it runs CMD N times, one connection each, output
+ *                discarded, and prints "vsockpeer: exec runs=N median_ms=M min_ms=M" (the agent round trip).
  * Both send and recv print one line on stdout:
  *   vsockpeer: bytes=N fnv=HEX ns=ELAPSED mbps=RATE
  * fnv is FNV-1a 64 of the bytes, so the two ends can be compared; ns runs from the connection to the end.
@@ -172,13 +176,109 @@ static void report(uint64_t bytes, uint64_t hash, uint64_t started)
     fflush(stdout);
 }
 
+static void put32(unsigned char *p, uint32_t v) { p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24; }
+static uint32_t get32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+
+static void write_all(int fd, const void *data, size_t length)
+{
+    const unsigned char *p = data;
+    while (length > 0) {
+        ssize_t n = write(fd, p, length);
+        if (n < 0) { if (errno == EINTR) continue; die("write"); }
+        p += n;
+        length -= n;
+    }
+}
+
+static int read_exactly(int fd, unsigned char *data, size_t length)
+{
+    while (length > 0) {
+        ssize_t n = read(fd, data, length);
+        if (n < 0) { if (errno == EINTR) continue; return -1; }
+        if (n == 0) return -1;
+        data += n;
+        length -= n;
+    }
+    return 0;
+}
+
+/* One command on the agent: EXEC, then frames until EXIT. The shell-style status, or -1 when the agent failed. */
+static int agent_exec(int fd, char **command, int count, int quiet)
+{
+    static unsigned char frame[(1 << 20) + 8];
+    size_t length = 8;
+    put32(frame + length, count); length += 4;
+    for (int i = 0; i < count; i++) {
+        size_t n = strlen(command[i]);
+        if (length + n + 64 > sizeof(frame)) { fprintf(stderr, "vsockpeer: command too long\n"); exit(2); }
+        put32(frame + length, n); length += 4;
+        memcpy(frame + length, command[i], n); length += n;
+    }
+    put32(frame + length, 0); length += 4; /* no environment */
+    put32(frame + length, 0); length += 4; /* working directory: the default */
+    put32(frame + length, 0); length += 4; /* flags: stdin is /dev/null */
+    put32(frame, 1);
+    put32(frame + 4, length - 8);
+    write_all(fd, frame, length);
+    for (;;) {
+        unsigned char header[8];
+        if (read_exactly(fd, header, 8) < 0) { fprintf(stderr, "vsockpeer: the agent closed the connection\n"); return -1; }
+        uint32_t type = get32(header), size = get32(header + 4);
+        if (size > 1 << 20) { fprintf(stderr, "vsockpeer: oversize frame\n"); return -1; }
+        if (read_exactly(fd, frame, size) < 0) { fprintf(stderr, "vsockpeer: truncated frame\n"); return -1; }
+        switch (type) {
+        case 0x81: break;
+        case 0x82: if (!quiet) write_all(1, frame, size); break;
+        case 0x83: if (!quiet) write_all(2, frame, size); break;
+        case 0x84: if (size != 8) return -1; return get32(frame) == 0 ? (int)get32(frame + 4) : 128 + (int)get32(frame + 4);
+        case 0x85: fprintf(stderr, "vsockpeer: agent error %u: %.*s\n", size >= 4 ? get32(frame) : 0,
+                           size >= 4 ? (int)size - 4 : 0, (char *)frame + 4); return -1;
+        default: fprintf(stderr, "vsockpeer: unknown frame 0x%x\n", type); return -1;
+        }
+    }
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int exec_main(int argc, char **argv)
+{
+    /* argv: connect ADDRESS exec [-n N] -- CMD... */
+    int i = 4, repeat = 0;
+    if (i + 1 < argc && strcmp(argv[i], "-n") == 0) { repeat = atoi(argv[i + 1]); i += 2; }
+    if (i < argc && strcmp(argv[i], "--") == 0) i++;
+    if (i >= argc) { fprintf(stderr, "vsockpeer: exec needs a command\n"); return 2; }
+    if (repeat <= 0) {
+        int fd = open_connection(0, argv[2]);
+        int status = agent_exec(fd, argv + i, argc - i, 0);
+        close(fd);
+        return status < 0 ? 125 : status;
+    }
+    uint64_t *times = calloc(repeat, sizeof(*times));
+    for (int run = 0; run < repeat; run++) {
+        uint64_t started = now_ns();
+        int fd = open_connection(0, argv[2]);
+        int status = agent_exec(fd, argv + i, argc - i, 1);
+        close(fd);
+        times[run] = now_ns() - started;
+        if (status != 0) { fprintf(stderr, "vsockpeer: run %d: status %d\n", run, status); return 1; }
+    }
+    qsort(times, repeat, sizeof(*times), compare_u64);
+    printf("vsockpeer: exec runs=%d median_ms=%.3f min_ms=%.3f\n", repeat, times[repeat / 2] / 1e6, times[0] / 1e6);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4 || (strcmp(argv[1], "connect") && strcmp(argv[1], "listen"))) {
-        fprintf(stderr, "usage: vsockpeer connect|listen ADDRESS send BYTES|recv|echo\n");
+        fprintf(stderr, "usage: vsockpeer connect|listen ADDRESS send BYTES|recv|echo, or vsockpeer connect ADDRESS exec [-n N] -- CMD...\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    if (strcmp(argv[3], "exec") == 0) return exec_main(argc, argv);
     int fd = open_connection(strcmp(argv[1], "listen") == 0, argv[2]);
     if (unix_listener_path) { unlink(unix_listener_path); unix_listener_path = NULL; }
     static unsigned char buffer[1 << 16];
