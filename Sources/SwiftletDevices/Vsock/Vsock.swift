@@ -543,6 +543,8 @@ public final class Vsock: LoopDevice {
                 return
             }
             connection.credit.update(peerBufferAllocation: header.bufferAllocation, peerForwardCount: header.forwardCount)
+            // Any packet may carry new credit: a connection that stopped for the lack of it goes on.
+            if connection.hostReadable && connection.credit.peerFree > 0 { enqueueData(connection) }
             switch operation! {
             case .response:
                 guard connection.phase == .connecting else {

@@ -13,12 +13,41 @@ check() { if [ "$2" = "$3" ]; then test_pass "$t.$1"; else test_fail "$t.$1" "go
 x() { "$SWIFTLET" exec --attach "$S" "$@" 2>"$WORK/err"; }
 now_ms() { echo $(($(cut -d' ' -f1 /proc/uptime | tr -d .) * 10)); }
 
+echo "step: streams without the agent (guest/scenarios/vsock-streams.sh)"
+R=$WORK/raw.sock
+"$VSOCKPEER" listen "unix:${R}_5000" recv >"$WORK/raw-g2h" 2>&1 &
+peer=$!
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
+    --cmdline "$SWIFTLET_CMDLINE_BASE swiftlet.test=vsock-streams" --console "$WORK/raw.console" --vsock "socket=$R" \
+    2>"$WORK/raw.console.err" &
+rawvm=$!
+i=0
+while ! grep -q "vsock: listening" "$WORK/raw.console" 2>/dev/null && kill -0 "$rawvm" 2>/dev/null && [ $i -lt 300 ]; do
+    sleep 0.2; i=$((i + 1))
+done
+i=0
+while :; do
+    "$VSOCKPEER" connect "hybrid:$R:6000" send 3M >"$WORK/raw-h2g" 2>"$WORK/raw-h2g.err" && break
+    i=$((i + 1))
+    [ $i -lt 50 ] && grep -q refused "$WORK/raw-h2g.err" || break
+    sleep 0.2
+done
+wait "$rawvm"; check raw-vmm-exit $? 0
+kill "$peer" 2>/dev/null; wait "$peer"
+guest_results "$t.raw" "$WORK/raw.console"
+check raw-g2h "$(guest_value "$WORK/raw.console" g2h)" "$(sed 's/ ns=.*//; s/^vsockpeer: //; s/ /,/g' "$WORK/raw-g2h")"
+check raw-h2g "$(guest_value "$WORK/raw.console" h2g)" "$(sed 's/ ns=.*//; s/^vsockpeer: //; s/ /,/g' "$WORK/raw-h2g")"
+[ -e "$R" ] && test_fail "$t.raw-no-socket-left" "$R is still there" || test_pass "$t.raw-no-socket-left"
+
 echo "step: boot a VM with vsock and its agent"
 "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
     --cmdline "$SWIFTLET_CMDLINE_BASE" --console "$WORK/console" --vsock "socket=$S" --agent 2>"$WORK/vm.err" &
 vm=$!
 
-# The first exec waits for the agent (exec retries while the guest refuses, up to 30 s).
+# The socket appears once the VMM has built the machine; then the first exec waits for the agent (exec retries
+# while the guest refuses, up to 30 s).
+i=0
+while [ ! -S "$S" ] && kill -0 "$vm" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 out=$(x -- echo hello); rc=$?
 if [ "$rc" != 0 ]; then
     test_fail "$t.echo" "exit $rc: $(cat "$WORK/err") console: $(tail -c 400 "$WORK/console") vmm: $(cat "$WORK/vm.err")"
