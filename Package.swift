@@ -15,16 +15,18 @@ let package = Package(
     ],
     targets: [
         .target(name: "CSwiftlet", cSettings: [.define("_GNU_SOURCE")]),
+        // libfdt builds the device tree an aarch64 guest is described by (Debian's libfdt-dev has no .pc file).
+        .systemLibrary(name: "CLibFDT", providers: [.apt(["libfdt-dev"])]),
         .target(name: "SwiftletHost", dependencies: ["CSwiftlet", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "SwiftletMemory", dependencies: ["SwiftletHost"]),
         .target(name: "SwiftletKVM", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
-        .target(name: "SwiftletBoot", dependencies: ["SwiftletMemory"]),
+        .target(name: "SwiftletBoot", dependencies: ["SwiftletMemory", "CLibFDT"]),
         .target(name: "SwiftletVirtio", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletDevices", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
         .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletVirtio", "SwiftletKVM", "SwiftletMemory", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(name: "swiftlet", dependencies: ["Swiftlet", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "SwiftletMemoryTests", dependencies: ["SwiftletMemory"]),
-        .testTarget(name: "SwiftletBootTests", dependencies: ["SwiftletBoot", "SwiftletMemory"]),
+        .testTarget(name: "SwiftletBootTests", dependencies: ["SwiftletBoot", "SwiftletMemory", "SwiftletHost", "CLibFDT"]),
         // Fake guest memory with a driver-side view of a virtqueue, shared by the device and virtio tests.
         .target(name: "SwiftletTestSupport", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"],
                 path: "Tests/SwiftletTestSupport"),
