@@ -38,3 +38,12 @@ const unsigned long CSwiftlet_KVM_SET_LAPIC = KVM_SET_LAPIC;
 const unsigned long CSwiftlet_TUNSETIFF = TUNSETIFF;
 const unsigned long CSwiftlet_TUNSETOFFLOAD = TUNSETOFFLOAD;
 const unsigned long CSwiftlet_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+
+// aarch64 (CSwiftletAArch64.h): built from the arm64 encoding, so that they exist on every host.
+const unsigned long CSwiftlet_KVM_ARM_VCPU_INIT = _IOW(KVMIO, 0xae, struct CSwiftlet_kvm_vcpu_init);
+const unsigned long CSwiftlet_KVM_ARM_PREFERRED_TARGET = _IOR(KVMIO, 0xaf, struct CSwiftlet_kvm_vcpu_init);
+const unsigned long CSwiftlet_KVM_GET_ONE_REG = KVM_GET_ONE_REG;
+const unsigned long CSwiftlet_KVM_SET_ONE_REG = KVM_SET_ONE_REG;
+const unsigned long CSwiftlet_KVM_CREATE_DEVICE = KVM_CREATE_DEVICE;
+const unsigned long CSwiftlet_KVM_SET_DEVICE_ATTR = KVM_SET_DEVICE_ATTR;
+const unsigned long CSwiftlet_KVM_HAS_DEVICE_ATTR = KVM_HAS_DEVICE_ATTR;

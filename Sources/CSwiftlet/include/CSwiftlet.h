@@ -13,6 +13,7 @@
 #include <sys/un.h>
 #include <linux/falloc.h>
 #include <linux/if_tun.h>
+#include "CSwiftletAArch64.h"
 
 // ioctl(2) with a pointer or an integer argument. The corresponding C function is `ioctl`.
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument);
