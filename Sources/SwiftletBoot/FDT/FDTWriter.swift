@@ -38,7 +38,7 @@ public struct FDTError: Error, Equatable, CustomStringConvertible, Sendable {
     }
 
     public var description: String {
-        "libfdt \(operation) failed: \(name) (\(String(cString: fdt_strerror(-code))))"
+        "libfdt \(operation) failed: \(name)"
     }
 }
 
