@@ -14,6 +14,8 @@ packages=(
     iperf3                        # network benchmark: in the guest's full initramfs and in the lab's L1
     python3                       # the test harness and lab runner
     strace                        # diagnosing start-up in benchmarks
+    libfdt-dev                    # the device tree an aarch64 guest boots with (CLibFDT)
+    device-tree-compiler python3-venv   # device-tree tests: dtc, and a venv for dtschema's dt-validate
 )
 
 missing=()
@@ -35,3 +37,7 @@ if ! command -v swift >/dev/null 2>&1; then
     echo "deps: swift is not on PATH; install the Swift 6 toolchain for Linux (https://www.swift.org/install/linux/)" >&2
     exit 1
 fi
+
+# dtschema (pinned, in a venv), the processed upstream bindings and a Debian arm64 kernel Image for the device-tree
+# tests, cached outside the clone; a failure there only skips those tests, with the reason.
+"$(dirname "$0")/setup-devicetree-tools.sh"

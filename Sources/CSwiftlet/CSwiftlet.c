@@ -2,8 +2,10 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 
 int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
+long CSwiftlet_getrandom(void *buffer, size_t length, unsigned int flags) { return getrandom(buffer, length, flags); }
 int CSwiftlet_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 int CSwiftlet_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
 

@@ -122,3 +122,8 @@ public struct MachineDescription: Sendable, Equatable {
         return entries
     }
 }
+
+extension GuestArchitecture {
+    /// The architecture of this host, which is the one its KVM runs guests of; nil on any other host.
+    public static var host: GuestArchitecture? { GuestArchitecture(rawValue: hostMachineName()) }
+}

@@ -9,7 +9,7 @@ struct SwiftletCommand: AsyncParsableCommand {
         commandName: "swiftlet",
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest, `swiftlet exec --help` for running one command in a fresh VM.",
-        subcommands: [Run.self, Exec.self])
+        subcommands: [Run.self, Exec.self, Describe.self])
 }
 
 struct Run: AsyncParsableCommand {

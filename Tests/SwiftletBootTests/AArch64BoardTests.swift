@@ -36,7 +36,7 @@ enum Boards {
         #expect(tree.string("/psci", "compatible") == "arm,psci-0.2")
         #expect(tree.string("/psci", "method") == "hvc")
         // The redistributor region holds one 128 KiB frame pair per vCPU.
-        #expect(tree.u64s("/intc@8000000", "reg") == [0x800_0000, 0x1_0000, 0x80a_0000, 0x2_0000 * UInt64(cpus)])
+        #expect(tree.u64s("/interrupt-controller@8000000", "reg") == [0x800_0000, 0x1_0000, 0x80a_0000, 0x2_0000 * UInt64(cpus)])
     }
 
     @Test func mpidrsFollowKVMsAffinityLayout() {
@@ -49,10 +49,10 @@ enum Boards {
 
     @Test func everyNodeTheGuestNeeds() throws {
         let tree = FDTReader(blob: try Boards.tree(cpus: 2, devices: 3, initrd: true))
-        #expect(tree.children("/") == ["chosen", "memory@80000000", "cpus", "psci", "intc@8000000", "timer", "serial@9000000",
+        #expect(tree.children("/") == ["chosen", "memory@80000000", "cpus", "psci", "interrupt-controller@8000000", "timer", "serial@9000000",
                                        "virtio_mmio@a000000", "virtio_mmio@a001000", "virtio_mmio@a002000"])
         #expect(tree.string("/", "compatible") == "linux,dummy-virt")
-        #expect(tree.cells("/", "interrupt-parent") == tree.cells("/intc@8000000", "phandle"))
+        #expect(tree.cells("/", "interrupt-parent") == tree.cells("/interrupt-controller@8000000", "phandle"))
         #expect(tree.u64s("/memory@80000000", "reg") == [0x8000_0000, 512 << 20])
         #expect(tree.string("/chosen", "bootargs") == "console=ttyS0 earlycon")
         #expect(tree.string("/chosen", "stdout-path") == "/serial@9000000")
@@ -60,9 +60,9 @@ enum Boards {
         #expect(tree.u64s("/chosen", "linux,initrd-end") == [0x9000_0000 + 0x12_3456])
         #expect(tree.property("/chosen", "rng-seed") == Boards.seed)
         #expect(tree.u64s("/chosen", "kaslr-seed") == [0x1122_3344_5566_7788])
-        #expect(tree.string("/intc@8000000", "compatible") == "arm,gic-v3")
-        #expect(tree.property("/intc@8000000", "interrupt-controller") == [])
-        #expect(tree.cells("/intc@8000000", "#interrupt-cells") == [3])
+        #expect(tree.string("/interrupt-controller@8000000", "compatible") == "arm,gic-v3")
+        #expect(tree.property("/interrupt-controller@8000000", "interrupt-controller") == [])
+        #expect(tree.cells("/interrupt-controller@8000000", "#interrupt-cells") == [3])
         #expect(tree.cells("/timer", "interrupts") == [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4])
         #expect(tree.cells("/serial@9000000", "interrupts") == [0, 1, 4])
         for (index, address) in [0xa00_0000, 0xa00_1000, 0xa00_2000].enumerated() {
@@ -83,8 +83,8 @@ enum Boards {
 
     @Test func gicV2FallbackHasACpuInterfaceAndPPICpuMasks() throws {
         let tree = FDTReader(blob: try Boards.tree(cpus: 4, devices: 1, gic: .gicV2))
-        #expect(tree.string("/intc@8000000", "compatible") == "arm,cortex-a15-gic")
-        #expect(tree.u64s("/intc@8000000", "reg") == [0x800_0000, 0x1_0000, 0x801_0000, 0x2000])
+        #expect(tree.string("/interrupt-controller@8000000", "compatible") == "arm,cortex-a15-gic")
+        #expect(tree.u64s("/interrupt-controller@8000000", "reg") == [0x800_0000, 0x1000, 0x801_0000, 0x2000])
         #expect(tree.cells("/timer", "interrupts")?.prefix(3) == [1, 13, 0xf04])
         let error = #expect(throws: SwiftletError.self) { try Boards.tree(cpus: 9, devices: 0, gic: .gicV2) }
         #expect(error?.message.contains("GICv2") == true)

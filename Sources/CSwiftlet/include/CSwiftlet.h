@@ -29,6 +29,10 @@ int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length);
 // accept4(2) without the peer address, a GNU extension hidden from Swift's Glibc module.
 int CSwiftlet_accept4(int fd, int flags);
 
+// getrandom(2), declared in <sys/random.h>, which Swift's Glibc module does not import. The corresponding C function
+// is `getrandom`.
+long CSwiftlet_getrandom(void *buffer, size_t length, unsigned int flags);
+
 // TAP devices
 extern const unsigned long CSwiftlet_TUNSETIFF;
 extern const unsigned long CSwiftlet_TUNSETOFFLOAD;

@@ -120,7 +120,7 @@ public struct AArch64Board: Sendable {
         try fdt.property("method", string: "hvc")
         try fdt.endNode()
 
-        try fdt.beginNode("intc@\(AArch64Board.hex(AArch64Layout.gicDistributor.rawValue))")
+        try fdt.beginNode("interrupt-controller@\(AArch64Board.hex(AArch64Layout.gicDistributor.rawValue))")
         switch interruptController {
         case .gicV3:
             try fdt.property("compatible", string: "arm,gic-v3")
@@ -131,11 +131,14 @@ public struct AArch64Board: Sendable {
         case .gicV2:
             try fdt.property("compatible", string: "arm,cortex-a15-gic")
             try fdt.property("reg", u64Cells: [
-                AArch64Layout.gicDistributor.rawValue, AArch64Layout.gicDistributorSize,
+                AArch64Layout.gicDistributor.rawValue, AArch64Layout.gicV2DistributorSize,
                 AArch64Layout.gicCpuInterface.rawValue, AArch64Layout.gicCpuInterfaceSize,
             ])
         }
         try fdt.property("#interrupt-cells", u32: 3)
+        // An interrupt-map parent needs #address-cells (dtc's interrupt_provider check); the GIC has no children and
+        // takes no address in a specifier.
+        try fdt.property("#address-cells", u32: 0)
         try fdt.empty("interrupt-controller")
         try fdt.property("interrupts", cells: [AArch64Board.gicPPI, AArch64Layout.gicMaintenancePPI, ppiFlags])
         try fdt.phandle(AArch64Board.gicPhandle)

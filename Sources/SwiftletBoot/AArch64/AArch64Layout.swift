@@ -3,9 +3,10 @@ import SwiftletMemory
 /// Where Swiftlet puts things in an aarch64 guest's physical address space, in the shape of QEMU's and kvmtool's
 /// "virt" boards that Linux's arm64 guests expect: devices below 2 GiB, RAM from 2 GiB. Every fixed address lives here.
 public enum AArch64Layout {
-    /// GIC distributor (64 KiB, both GIC versions).
+    /// GIC distributor: 64 KiB on a GICv3 (KVM_VGIC_V3_DIST_SIZE), 4 KiB on a GICv2 (KVM_VGIC_V2_DIST_SIZE).
     public static let gicDistributor = GuestAddress(0x0800_0000)
     public static let gicDistributorSize: UInt64 = 0x1_0000
+    public static let gicV2DistributorSize: UInt64 = 0x1000
     /// GICv2 CPU interface (KVM_VGIC_V2_CPU_SIZE).
     public static let gicCpuInterface = GuestAddress(0x0801_0000)
     public static let gicCpuInterfaceSize: UInt64 = 0x2000
