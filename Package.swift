@@ -32,7 +32,7 @@ let package = Package(
                 path: "Tests/SwiftletTestSupport"),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices", "SwiftletTestSupport", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletTestSupport", "SwiftletMemory", "SwiftletHost"]),
-        .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet"]),
+        .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet", "SwiftletHost", "SwiftletMemory"]),
         .testTarget(name: "SwiftletTests", dependencies: ["Swiftlet"]),
     ]
 )

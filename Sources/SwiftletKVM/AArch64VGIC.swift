@@ -13,24 +13,29 @@ public final class AArch64VGIC: Sendable {
     /// Where the guest finds the GIC's frames.
     public struct Placement: Sendable {
         public var distributor: GuestAddress
-        /// GICv3: the first redistributor (one 128 KiB frame pair per vCPU follows). GICv2: the CPU interface.
-        public var redistributorsOrCpuInterface: GuestAddress
+        /// GICv3: the first redistributor (one 128 KiB frame pair per vCPU follows).
+        public var redistributors: GuestAddress
+        /// GICv2: the CPU interface.
+        public var cpuInterface: GuestAddress
         /// Interrupt IDs to support: 32 private plus the SPIs, a multiple of 32.
         public var interruptCount: UInt32
 
-        public init(distributor: GuestAddress, redistributorsOrCpuInterface: GuestAddress, interruptCount: UInt32) {
+        public init(distributor: GuestAddress, redistributors: GuestAddress, cpuInterface: GuestAddress, interruptCount: UInt32) {
             self.distributor = distributor
-            self.redistributorsOrCpuInterface = redistributorsOrCpuInterface
+            self.redistributors = redistributors
+            self.cpuInterface = cpuInterface
             self.interruptCount = interruptCount
         }
     }
 
     /// Creates the VGIC, preferring `preferred` and falling back to the other version, and places its frames. Call
     /// `initialize()` once every vCPU exists.
-    public init(vm: VirtualMachine, placement: Placement, preferred: Version = .v3) throws(SwiftletError) {
+    /// A GICv2 addresses at most 8 CPUs, so with more vCPUs only a GICv3 will do.
+    public init(vm: VirtualMachine, placement: Placement, cpus: Int, preferred: Version = .v3) throws(SwiftletError) {
         var made: (Version, OwnedFileDescriptor)?
         var lastError: SwiftletError?
-        for version in preferred == .v3 ? [Version.v3, .v2] : [.v2, .v3] {
+        let candidates: [Version] = preferred == .v3 ? [.v3, .v2] : [.v2, .v3]
+        for version in candidates where version == .v3 || cpus <= 8 {
             let type = version == .v3 ? KVM_DEV_TYPE_ARM_VGIC_V3 : KVM_DEV_TYPE_ARM_VGIC_V2
             do {
                 made = (version, try vm.createDevice(type: type.rawValue, name: version == .v3 ? "VGICv3" : "VGICv2"))
@@ -38,17 +43,17 @@ public final class AArch64VGIC: Sendable {
             } catch { lastError = error }
         }
         guard let (version, descriptor) = made else {
-            throw SwiftletError(.kvmUnsupported, "this host's KVM offers neither a GICv3 nor a GICv2 VGIC", cause: lastError?.cause)
+            throw SwiftletError(.kvmUnsupported, "this host's KVM offers no VGIC for \(cpus) vCPUs (a GICv3, or a GICv2 for up to 8): it cannot run an aarch64 guest", cause: lastError?.cause)
         }
         self.version = version
         self.descriptor = descriptor
         switch version {
         case .v3:
             try setAddress(UInt64(CSWIFTLET_KVM_VGIC_V3_ADDR_TYPE_DIST), placement.distributor, "distributor")
-            try setAddress(UInt64(CSWIFTLET_KVM_VGIC_V3_ADDR_TYPE_REDIST), placement.redistributorsOrCpuInterface, "redistributors")
+            try setAddress(UInt64(CSWIFTLET_KVM_VGIC_V3_ADDR_TYPE_REDIST), placement.redistributors, "redistributors")
         case .v2:
             try setAddress(UInt64(CSWIFTLET_KVM_VGIC_V2_ADDR_TYPE_DIST), placement.distributor, "distributor")
-            try setAddress(UInt64(CSWIFTLET_KVM_VGIC_V2_ADDR_TYPE_CPU), placement.redistributorsOrCpuInterface, "CPU interface")
+            try setAddress(UInt64(CSWIFTLET_KVM_VGIC_V2_ADDR_TYPE_CPU), placement.cpuInterface, "CPU interface")
         }
         var count = placement.interruptCount
         try withUnsafeMutablePointer(to: &count) { (pointer) throws(SwiftletError) in
