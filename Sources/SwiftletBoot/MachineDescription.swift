@@ -109,18 +109,7 @@ public struct MachineDescription: Sendable, Equatable {
     }
 
     /// The x86_64 e820 map: low RAM below the EBDA, the EBDA reserved, then every RAM region from 1 MiB up.
-    public var e820: [E820Entry] {
-        var entries: [E820Entry] = [
-            E820Entry(start: GuestAddress(0), size: X86Layout.ebda.rawValue, kind: .ram),
-            E820Entry(start: X86Layout.ebda, size: X86Layout.ebdaEnd.rawValue - X86Layout.ebda.rawValue, kind: .reserved),
-        ]
-        for region in memory {
-            let start = max(region.start, X86Layout.highMemory)
-            guard region.end > start else { continue }
-            entries.append(E820Entry(start: start, size: region.end.rawValue - start.rawValue, kind: .ram))
-        }
-        return entries
-    }
+    public var e820: [E820Entry] { E820Entry.map(ram: memory.map { ($0.start, $0.end) }) }
 }
 
 extension GuestArchitecture {

@@ -43,15 +43,20 @@ final class Machine: Sendable {
     static let serialIRQ: UInt32 = 4
 
     init(_ configuration: MachineConfiguration) throws(SwiftletError) {
+        if let host = GuestArchitecture.host, host != .x86_64 {
+            throw SwiftletError(.kvmUnsupported, "this host is \(host.rawValue): Swiftlet's \(host.rawValue) board (device tree, VGIC, Image loader, vCPU start-up) is built but not yet wired into a running machine; `swiftlet describe --arch \(host.rawValue)` shows what it would boot")
+        }
         try Machine.validate(configuration)
         self.configuration = configuration
+        // One description of the machine; guest RAM, the command line's virtio-mmio entries, the e820 map, the MP
+        // table and the device slots below all come from it.
+        let description = try configuration.machineDescription(for: .x86_64)
         // Guest RAM first, so that loading the kernel and initrd into it (file reads, page faults) overlaps with
         // KVM's own set-up of the VM, irqchip, PIT and vCPUs on this thread.
-        memory = try GuestMemory(layout: X86Layout.ramRegions(size: configuration.memorySize))
+        memory = try GuestMemory(layout: description.memory.map { ($0.start, $0.size) })
         let memory = self.memory
-        let commandLine = Machine.commandLine(configuration)
         let loading = try BackgroundWork(name: "boot-loader") { () throws(SwiftletError) in
-            try Machine.loadGuest(configuration, commandLine: commandLine, into: memory)
+            try Machine.loadGuest(configuration, description: description, into: memory)
         }
         // Whatever fails below, the loader thread is joined before the error leaves.
         func collectLoader() -> (kernel: LoadedKernel, boot: X86BootState)? { try? loading.result() }
@@ -108,8 +113,11 @@ final class Machine: Sendable {
         if let vsock = configuration.vsock {
             devices.append(("vsock0", try Vsock(vsock, clock: monotonicNanoseconds)))
         }
+        guard devices.map(\.name) == description.virtioDevices.map(\.name) else {
+            throw SwiftletError(.invalidConfiguration, "the virtio devices \(devices.map(\.name)) differ from the machine description's \(description.virtioDevices.map(\.name))")
+        }
         for (index, (name, device)) in devices.enumerated() {
-            let slot = try VirtioSlot(name: name, index: index, device: device, vm: vm, memory: memory)
+            let slot = try VirtioSlot(name: name, placement: description.virtioDevices[index], device: device, vm: vm, memory: memory)
             device.attach(interrupt: slot.transport.interrupt) { [transport = slot.transport] in transport.markNeedsReset() }
             do { try mmioBus.insert(slot.transport, base: slot.base.rawValue, size: MmioTransport.size) } catch {
                 throw SwiftletError(.invalidConfiguration, "virtio device \(index) overlaps another device: \(error)")
@@ -140,27 +148,16 @@ final class Machine: Sendable {
 
     /// Loads the kernel and initrd and writes the zero page, MP table, page tables and GDT: everything the guest
     /// finds in its memory at boot.
-    private static func loadGuest(_ configuration: MachineConfiguration, commandLine: String, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
+    private static func loadGuest(_ configuration: MachineConfiguration, description: MachineDescription, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
         let kernel = try KernelLoader.load(FileBootSource(path: configuration.kernelPath, what: "kernel"), into: memory)
         var initrd: (address: GuestAddress, size: Int)?
         if let path = configuration.initrdPath {
             initrd = try KernelLoader.loadInitrd(FileBootSource(path: path, what: "initrd"), into: memory, kernel: kernel)
         }
-        try ZeroPage.write(into: memory, kernel: kernel, commandLine: commandLine, initrd: initrd,
-                           e820: E820Entry.map(for: memory))
-        try MPTable.write(into: memory, cpus: configuration.cpus)
+        try ZeroPage.write(into: memory, kernel: kernel, commandLine: description.x86CommandLine, initrd: initrd,
+                           e820: description.e820)
+        try MPTable.write(into: memory, cpus: description.cpus)
         return (kernel, try LongMode.prepare(memory: memory, entry: kernel.entry))
-    }
-
-    /// The guest's command line: the configured one, plus one `virtio_mmio.device=4K@ADDRESS:IRQ` per device, which
-    /// is how a kernel without ACPI finds virtio-mmio devices (drivers/virtio/virtio_mmio.c).
-    static func commandLine(_ configuration: MachineConfiguration) -> String {
-        var line = configuration.commandLine
-        for slot in 0..<configuration.virtioDeviceCount {
-            let (base, irq) = VirtioSlot.placement(slot)
-            line += " virtio_mmio.device=4K@0x\(String(base.rawValue, radix: 16)):\(irq)"
-        }
-        return line
     }
 
     private static func validate(_ configuration: MachineConfiguration) throws(SwiftletError) {
@@ -330,15 +327,10 @@ struct VirtioSlot: Sendable {
     let transport: MmioTransport
     let interruptLine: EventFd
 
-    static func placement(_ index: Int) -> (base: GuestAddress, irq: UInt32) {
-        (GuestAddress(X86Layout.virtioMmioBase.rawValue + UInt64(index) * X86Layout.virtioMmioSlotSize),
-         X86Layout.virtioFirstIRQ + UInt32(index))
-    }
-
-    /// Wires `device` at slot `index`: an irqfd on its GSI, and one ioeventfd per queue on QueueNotify, matching the
-    /// queue index the driver writes there.
-    init(name: String, index: Int, device: any LoopDevice, vm: SwiftletKVM.VirtualMachine, memory: GuestMemory) throws(SwiftletError) {
-        (base, irq) = VirtioSlot.placement(index)
+    /// Wires `device` where the machine description places it: an irqfd on its GSI, and one ioeventfd per queue on
+    /// QueueNotify, matching the queue index the driver writes there.
+    init(name: String, placement: MachineDescription.VirtioDevice, device: any LoopDevice, vm: SwiftletKVM.VirtualMachine, memory: GuestMemory) throws(SwiftletError) {
+        (base, irq) = (placement.window.start, placement.interrupt)
         self.name = name
         self.device = device
         do { interruptLine = try EventFd() } catch {

@@ -16,11 +16,16 @@ public struct E820Entry: Equatable, Sendable {
     /// The e820 map for guest RAM laid out by `X86Layout.ramRegions`: low RAM below the EBDA, the EBDA reserved,
     /// RAM from 1 MiB to the MMIO hole, and RAM above 4 GiB.
     public static func map(for memory: GuestMemory) -> [E820Entry] {
+        map(ram: memory.regions.map { ($0.start, $0.end) })
+    }
+
+    /// The e820 map for RAM regions given as [start, end) ranges (`MachineDescription.e820` describes its RAM so).
+    public static func map(ram: [(start: GuestAddress, end: GuestAddress)]) -> [E820Entry] {
         var entries: [E820Entry] = [
             E820Entry(start: GuestAddress(0), size: X86Layout.ebda.rawValue, kind: .ram),
             E820Entry(start: X86Layout.ebda, size: X86Layout.ebdaEnd.rawValue - X86Layout.ebda.rawValue, kind: .reserved),
         ]
-        for region in memory.regions {
+        for region in ram {
             let start = max(region.start, X86Layout.highMemory)
             guard region.end > start else { continue }
             entries.append(E820Entry(start: start, size: region.end.rawValue - start.rawValue, kind: .ram))
