@@ -16,6 +16,7 @@ Standard library only.
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -288,6 +289,52 @@ def host_console_tests():
     return passed, failed
 
 
+def host_describe_tests():
+    """`swiftlet describe`, end to end: the aarch64 device tree it writes for a real Debian arm64 Image passes dtc
+    without warnings and dt-validate (pinned dtschema, Linux 6.1 bindings; tools/setup-devicetree-tools.sh) without
+    errors; the x86_64 report carries the command line the guest gets. Returns (passed, failed, skipped)."""
+    import tempfile
+    passed = failed = skipped = 0
+
+    def report(name, ok, detail=""):
+        nonlocal passed, failed
+        print(f"TEST-RESULT {name} {'ok' if ok else 'fail'}{' ' + detail if detail and not ok else ''}", flush=True)
+        if not ok:
+            say(f"FAILED {name}: {detail}")
+        passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
+
+    cache = os.environ.get("SWIFTLET_CACHE", os.path.expanduser("~/.cache/swiftlet"))
+    image = os.path.join(cache, "arm64", "Image")
+    schemas = sorted(glob.glob(os.path.join(cache, "dtschema", "2023.1", "linux-*-schema.json")))
+    validate = os.path.join(cache, "dtschema", "2023.1", "venv", "bin", "dt-validate")
+    r = subprocess.run([SWIFTLET, "describe", "--arch", "x86_64", "--cpus", "2", "--disk", "/nonexistent.img"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    report("host-describe.x86_64", r.returncode == 0 and "virtio_mmio.device=4K@0xd0000000:5" in r.stdout
+           and "mptable cpu apic-id 1 enabled" in r.stdout, r.stderr.strip()[:300])
+    if not (os.path.exists(image) and shutil.which("dtc") and schemas and os.access(validate, os.X_OK)):
+        say("skipped host-describe.aarch64: needs the Debian arm64 Image, dtc and dtschema (tools/setup-devicetree-tools.sh)")
+        return passed, failed, skipped + 1
+    with tempfile.TemporaryDirectory() as work:
+        initrd = os.path.join(work, "initrd")
+        with open(initrd, "wb") as f:
+            f.write(os.urandom(3 << 20))
+        dtb = os.path.join(work, "guest.dtb")
+        r = subprocess.run([SWIFTLET, "describe", "--arch", "aarch64", "--kernel", image, "--initrd", initrd, "--cpus", "4",
+                            "--memory", "1G", "--disk", "/a.img", "--disk", "/b.img", "--net", "tap=t0", "--dtb", dtb],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        report("host-describe.aarch64.writes-dtb", r.returncode == 0 and os.path.getsize(dtb) > 0 and "entry pc=0x80000000" in r.stdout,
+               r.stderr.strip()[:300])
+        if r.returncode != 0:
+            return passed, failed, skipped
+        d = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", dtb], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        report("host-describe.aarch64.dtc", d.returncode == 0 and not d.stderr and d.stdout.count("virtio,mmio") == 3
+               and "linux,initrd-start" in d.stdout, d.stderr.strip()[:300])
+        v = subprocess.run([validate, "-s", schemas[-1], dtb], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        report("host-describe.aarch64.dt-validate", v.returncode == 0 and not v.stdout.strip() and not v.stderr.strip(),
+               (v.stdout + v.stderr).strip()[:300])
+    return passed, failed, skipped
+
+
 def cmd_test(args):
     started = time.monotonic()
     passed, failed = unit_tests() if not args.only else (0, 0)
@@ -295,6 +342,9 @@ def cmd_test(args):
     native = where(args)
     p, f, s = integration_tests(native, args.only)
     passed, failed, skipped = passed + p, failed + f, skipped + s
+    if not args.only:
+        p, f, s = host_describe_tests()
+        passed, failed, skipped = passed + p, failed + f, skipped + s
     if not args.only and os.path.exists("/dev/kvm"):
         p, f = host_console_tests()
         passed, failed = passed + p, failed + f
