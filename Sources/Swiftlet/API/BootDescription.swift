@@ -32,9 +32,19 @@ public struct BootDescription: Sendable {
         switch architecture {
         case .x86_64:
             deviceTree = nil
-            lines += BootDescription.x86Report(machine, initrdSize: try configuration.initrdPath.map { path throws(SwiftletError) in
+            // Without a kernel the initrd's place is unknown (it depends on the kernel's initrd_addr_max).
+            let unplacedInitrd = configuration.kernelPath.isEmpty ? configuration.initrdPath : nil
+            lines += BootDescription.x86Report(machine, initrdSize: try unplacedInitrd.map { path throws(SwiftletError) in
                 try FileBootSource(path: path, what: "initrd").size
             })
+            if !configuration.kernelPath.isEmpty {
+                // The boot structures as `run` writes them, into guest memory of this process (reserved, not
+                // committed: only what the kernel and initrd occupy is touched), then read back.
+                let memory = try GuestMemory(layout: machine.memory.map { ($0.start, $0.size) })
+                let (kernel, _) = try Machine.loadGuest(configuration, description: machine, into: memory)
+                lines.append("kernel \(kernel.format.rawValue) \(BootDescription.hex(kernel.start))-\(BootDescription.hex(kernel.end.rawValue - 1)) entry \(BootDescription.hex(kernel.entry))")
+                lines += try ZeroPage.describe(in: memory)
+            }
         case .aarch64:
             var plan: AArch64BootPlan?
             let ram = machine.memory[0]

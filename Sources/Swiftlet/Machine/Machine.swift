@@ -148,7 +148,7 @@ final class Machine: Sendable {
 
     /// Loads the kernel and initrd and writes the zero page, MP table, page tables and GDT: everything the guest
     /// finds in its memory at boot.
-    private static func loadGuest(_ configuration: MachineConfiguration, description: MachineDescription, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
+    static func loadGuest(_ configuration: MachineConfiguration, description: MachineDescription, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
         let kernel = try KernelLoader.load(FileBootSource(path: configuration.kernelPath, what: "kernel"), into: memory)
         var initrd: (address: GuestAddress, size: Int)?
         if let path = configuration.initrdPath {
