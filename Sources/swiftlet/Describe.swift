@@ -29,7 +29,7 @@ struct Describe: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("aarch64: derive rng-seed and kaslr-seed from this number instead of the kernel's random source, for a reproducible tree.", valueName: "n"))
     var seed: UInt64?
 
-    @OptionGroup(title: "Machine (as for run; the kernel and initrd are read only for their header and size, nothing else is opened)")
+    @OptionGroup(title: "Machine (as for run; no disk, TAP, socket or /dev/kvm is opened)")
     var machine: MachineOptions
 
     func run() throws {
