@@ -22,3 +22,7 @@ extension Block: LoopDevice {
         try loop.register(queueEvents[0].rawValue) { [self] _ in handleQueueEvent() }
     }
 }
+
+extension Balloon: LoopDevice {
+    public func register(on loop: EventLoop) throws(SwiftletError) { try registerSources(on: loop) }
+}

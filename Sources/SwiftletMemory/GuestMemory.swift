@@ -125,6 +125,40 @@ public final class GuestMemory: Sendable {
         return Array(source)
     }
 
+    /// Gives the host memory behind `count` bytes at `address` back to the host kernel (balloon inflation, free page
+    /// reporting): the pages are freed now, and the guest reads zeroes there when it next touches them. The range
+    /// must start and end on host page boundaries and lie wholly in guest RAM (it may span touching regions).
+    ///
+    /// Guest RAM is backed by transparent huge pages where the host gives them: discarding part of a 2 MiB huge
+    /// page splits its mapping, and the process's RSS drops at once by what was discarded, but the kernel frees the
+    /// huge page's memory only when all of it is discarded, or when it splits the page under memory pressure
+    /// (the deferred split queue). The corresponding C function is `madvise(MADV_DONTNEED)`.
+    public func discard(_ address: GuestAddress, count: UInt64) throws(SwiftletError) {
+        guard count > 0 else { return }
+        guard address.rawValue % hostPageSize == 0, count % hostPageSize == 0 else {
+            throw SwiftletError(.guestMemory, "cannot discard \(count) bytes at \(address): not aligned to the host's \(hostPageSize)-byte pages")
+        }
+        guard let end = address.adding(count) else {
+            throw SwiftletError(.guestMemory, "cannot discard \(count) bytes at \(address): the range wraps around")
+        }
+        // Check every piece first, so a range that is partly outside guest RAM discards nothing.
+        var pieces: [(UnsafeMutableRawPointer, Int)] = []
+        var next = address
+        while next < end {
+            guard let region = regions.first(where: { next >= $0.start && next < $0.end }) else {
+                throw SwiftletError(.guestMemory, "cannot discard \(count) bytes at \(address): \(next) is outside guest memory")
+            }
+            let pieceEnd = min(end.rawValue, region.end.rawValue)
+            pieces.append((region.host + Int(next.rawValue - region.start.rawValue), Int(pieceEnd - next.rawValue)))
+            next = GuestAddress(pieceEnd)
+        }
+        for (pointer, length) in pieces {
+            do { try discardAnonymousPages(pointer, count: length) } catch {
+                throw SwiftletError(.systemCall, "cannot discard \(length) bytes of guest memory", cause: error)
+            }
+        }
+    }
+
     /// Zeroes `count` bytes at `address`.
     public func zero(_ address: GuestAddress, count: UInt64) throws(SwiftletError) {
         guard count > 0 else { return }

@@ -228,6 +228,13 @@ public final class MmioTransport: Sendable {
         }
     }
 
+    /// Tells the driver that the device changed its configuration space (a new balloon target, say): a new
+    /// ConfigGeneration, so a driver reading across the change retries (§2.5.1), and a configuration change interrupt.
+    public func notifyConfigurationChange() {
+        state.withLock { $0.configurationGeneration &+= 1 }
+        interrupt.signal(VirtioInterrupt.configChange)
+    }
+
     /// Tells the driver the device needs a reset (after a fatal queue error, say).
     public func markNeedsReset() {
         state.withLock { $0.status |= Status.deviceNeedsReset }

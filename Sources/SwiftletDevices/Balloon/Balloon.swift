@@ -1,0 +1,374 @@
+import Synchronization
+import SwiftletHost
+import SwiftletMemory
+import SwiftletVirtio
+
+/// How the memory balloon is set up.
+public struct BalloonConfiguration: Sendable, Equatable {
+    /// The balloon size the guest is asked for at boot, in bytes (rounded down to 4 KiB pages).
+    public var targetSize: UInt64
+    /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: the guest takes pages back out of the balloon rather than kill a
+    /// process when it runs out of memory.
+    public var deflateOnOOM: Bool
+    /// Offer VIRTIO_BALLOON_F_FREE_PAGE_REPORTING: the guest reports free blocks (2 MiB and up), which are released.
+    public var freePageReporting: Bool
+    /// Seconds between memory statistics requests; 0 does not offer the statistics queue.
+    public var statisticsInterval: UInt32
+
+    public init(targetSize: UInt64 = 0, deflateOnOOM: Bool = false, freePageReporting: Bool = false, statisticsInterval: UInt32 = 0) {
+        self.targetSize = targetSize
+        self.deflateOnOOM = deflateOnOOM
+        self.freePageReporting = freePageReporting
+        self.statisticsInterval = statisticsInterval
+    }
+}
+
+/// Where the balloon stands, and what it did.
+public struct BalloonStatus: Sendable, Equatable {
+    /// The balloon size the host asks for, and the size the guest says it has reached, in 4 KiB pages.
+    public var targetPages: UInt32
+    public var actualPages: UInt32
+    /// The guest's latest memory statistics, when the statistics queue is on and the guest sent some.
+    public var statistics: BalloonStatistics?
+    /// Pages the guest put into the balloon (inflate) and took back out (deflate), valid ones only.
+    public var inflatedPages: UInt64
+    public var deflatedPages: UInt64
+    /// Bytes of free memory the guest reported (free page reporting).
+    public var reportedBytes: UInt64
+    /// Bytes given back to the host (madvise(MADV_DONTNEED)), from inflation and reporting together.
+    public var releasedBytes: UInt64
+    /// Bytes that could not be released because they do not cover a whole host page (hosts with pages over 4 KiB).
+    public var unreleasedBytes: UInt64
+    /// Page frame numbers the guest sent that lie outside guest RAM: ignored and counted.
+    public var ignoredPages: UInt64
+    /// madvise calls made (one per merged range).
+    public var releaseCalls: UInt64
+
+    public var targetBytes: UInt64 { UInt64(targetPages) * Balloon.pageSize }
+    public var actualBytes: UInt64 { UInt64(actualPages) * Balloon.pageSize }
+}
+
+/// virtio-balloon (virtio 1.2 §5.5): the host asks the guest for a balloon size through `num_pages`; the guest
+/// gives pages (4 KiB page frame numbers, whatever the host's page size) through the inflate queue, which are
+/// released to the host, takes them back through the deflate queue, reports free blocks through the reporting
+/// queue (released the same way) and sends memory statistics through the statistics queue whenever the device
+/// returns its buffer, which a timer on the device loop does every `statisticsInterval` seconds.
+public final class Balloon: VirtioDevice {
+    /// Balloon page frame numbers count 4 KiB pages (VIRTIO_BALLOON_PFN_SHIFT).
+    public static let pageSize: UInt64 = 4096
+    public static let queueSize: UInt16 = 256
+    /// Frames gathered before they are merged and released: bounds the scratch space whatever a chain's length.
+    static let batchFrames = 1024
+    /// A statistics buffer longer than this is malformed (Linux sends 10 entries of 10 bytes).
+    static let statisticsMaximumBytes = 64 * BalloonStatistics.entrySize
+
+    // Feature bits (§5.5.3).
+    public enum Feature {
+        public static let statisticsQueue: UInt64 = 1 << 1   // VIRTIO_BALLOON_F_STATS_VQ
+        public static let deflateOnOOM: UInt64 = 1 << 2      // VIRTIO_BALLOON_F_DEFLATE_ON_OOM
+        public static let pageReporting: UInt64 = 1 << 5     // VIRTIO_BALLOON_F_PAGE_REPORTING
+    }
+
+    /// What a queue is for. The spec numbers them inflateq 0, deflateq 1, statsq 2, free_page_vq 3, reporting_vq 4,
+    /// each present only with its feature; Linux's virtio-mmio driver (vm_find_vqs) numbers only the present ones,
+    /// so the indices follow from the negotiated features (free page hinting is not offered).
+    enum Role { case inflate, deflate, statistics, reporting }
+
+    public let configuration: BalloonConfiguration
+    public let counters = DeviceCounters()
+    public let queueEvents: [EventFd]
+    public let offeredFeatures: UInt64
+    public var deviceType: UInt32 { 5 }
+    public var queueMaximumSizes: [UInt16] { Array(repeating: Self.queueSize, count: queueEvents.count) }
+    let guestMemorySize: UInt64
+    private let statisticsTimer: TimerFd?
+    private let link = DeviceLink()
+
+    private struct Sizes { var target: UInt32; var actual: UInt32 = 0 }
+    private let sizes: Mutex<Sizes>
+    private let latestStatistics = Mutex<BalloonStatistics?>(nil)
+    private let configurationNotifier = Mutex<(@Sendable () -> Void)?>(nil)
+    private let inflated = Atomic<UInt64>(0), deflated = Atomic<UInt64>(0), reported = Atomic<UInt64>(0)
+    private let released = Atomic<UInt64>(0), unreleased = Atomic<UInt64>(0), ignored = Atomic<UInt64>(0)
+    private let releaseCalls = Atomic<UInt64>(0)
+
+    /// The queues after DRIVER_OK and the scratch space their requests reuse; touched only by the event loop (and by
+    /// activate/reset). @unchecked Sendable: the chain's buffers point into guest memory, used only under the lock.
+    private struct Active: @unchecked Sendable {
+        var memory: GuestMemory
+        var queues: [SplitQueue?]
+        var roles: [Role?]
+        var chain = DescriptorChain(capacity: Int(Balloon.queueSize))
+        var frames: [UInt64] = []
+        var ranges: [PageRange] = []
+        /// The statistics buffer the device holds until it wants fresh statistics (§5.5.6.3).
+        var statisticsHead: UInt16?
+    }
+    private let active = Mutex<Active?>(nil)
+
+    /// `guestMemorySize` bounds the target: the balloon cannot be bigger than guest RAM.
+    public init(_ configuration: BalloonConfiguration, guestMemorySize: UInt64) throws(SwiftletError) {
+        guard configuration.targetSize <= guestMemorySize else {
+            throw SwiftletError(.invalidConfiguration, "balloon size \(configuration.targetSize >> 20) MiB is more than the guest's \(guestMemorySize >> 20) MiB of memory")
+        }
+        self.configuration = configuration
+        self.guestMemorySize = guestMemorySize
+        var features = VirtioFeature.version1
+        if configuration.statisticsInterval > 0 { features |= Feature.statisticsQueue }
+        if configuration.deflateOnOOM { features |= Feature.deflateOnOOM }
+        if configuration.freePageReporting { features |= Feature.pageReporting }
+        offeredFeatures = features
+        // inflate and deflate, then one queue for each optional one offered.
+        let queueCount = 2 + (configuration.statisticsInterval > 0 ? 1 : 0) + (configuration.freePageReporting ? 1 : 0)
+        var events: [EventFd] = []
+        do {
+            for _ in 0..<queueCount { events.append(try EventFd(nonBlocking: true)) }
+        } catch {
+            throw SwiftletError(.systemCall, "cannot create the balloon's queue eventfds", cause: error)
+        }
+        statisticsTimer = configuration.statisticsInterval > 0 ? try TimerFd() : nil
+        queueEvents = events
+        sizes = Mutex(Sizes(target: UInt32(configuration.targetSize / Self.pageSize)))
+    }
+
+    /// Connects the device to its interrupt and to what it does when the driver broke a queue beyond use.
+    public func attach(interrupt: VirtioInterrupt, onFatalError: @escaping @Sendable () -> Void) {
+        link.attach(interrupt: interrupt, onFatalError: onFatalError)
+    }
+
+    /// What the device calls when it changed `num_pages` (the transport's configuration change notice).
+    public func attachConfigurationNotifier(_ notify: @escaping @Sendable () -> Void) {
+        configurationNotifier.withLock { $0 = notify }
+    }
+
+    // MARK: Control
+
+    /// Asks the guest for a balloon of `bytes` (rounded down to 4 KiB pages). The guest gets there at its own pace:
+    /// `status().actualPages` says how far it got.
+    public func setTarget(bytes: UInt64) throws(SwiftletError) {
+        guard bytes <= guestMemorySize else {
+            throw SwiftletError(.invalidConfiguration, "balloon size \(bytes >> 20) MiB is more than the guest's \(guestMemorySize >> 20) MiB of memory")
+        }
+        sizes.withLock { $0.target = UInt32(bytes / Self.pageSize) }
+        if active.withLock({ $0 != nil }) { configurationNotifier.withLock { $0 }?() }
+    }
+
+    public func status() -> BalloonStatus {
+        let current = sizes.withLock { $0 }
+        return BalloonStatus(targetPages: current.target, actualPages: current.actual,
+                             statistics: latestStatistics.withLock { $0 },
+                             inflatedPages: inflated.load(ordering: .relaxed), deflatedPages: deflated.load(ordering: .relaxed),
+                             reportedBytes: reported.load(ordering: .relaxed), releasedBytes: released.load(ordering: .relaxed),
+                             unreleasedBytes: unreleased.load(ordering: .relaxed), ignoredPages: ignored.load(ordering: .relaxed),
+                             releaseCalls: releaseCalls.load(ordering: .relaxed))
+    }
+
+    // MARK: VirtioDevice
+
+    /// struct virtio_balloon_config (§5.5.4): num_pages, actual, free_page_hint_cmd_id, poison_val (both unused).
+    public func readConfiguration(offset: Int, into data: UnsafeMutableRawBufferPointer) {
+        let current = sizes.withLock { $0 }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        for index in 0..<4 {
+            bytes[index] = UInt8(truncatingIfNeeded: current.target >> (8 * index))
+            bytes[4 + index] = UInt8(truncatingIfNeeded: current.actual >> (8 * index))
+        }
+        ConfigurationSpace(bytes).read(offset: offset, into: data)
+    }
+
+    /// The driver writes `actual` (bytes 4..7), in any width; everything else is read-only.
+    public func writeConfiguration(offset: Int, from data: UnsafeRawBufferPointer) {
+        sizes.withLock { current in
+            for index in data.indices {
+                let position = offset + index
+                guard position >= 4 && position < 8 else { continue }
+                let shift = UInt32(8 * (position - 4))
+                current.actual = (current.actual & ~(0xff << shift)) | UInt32(data[index]) << shift
+            }
+        }
+    }
+
+    public func activate(_ activation: VirtioActivation) throws(SwiftletError) {
+        var roles: [Role?] = [.inflate, .deflate]
+        if activation.features & Feature.statisticsQueue != 0 { roles.append(.statistics) }
+        if activation.features & Feature.pageReporting != 0 { roles.append(.reporting) }
+        while roles.count < queueEvents.count { roles.append(nil) }
+        guard activation.queues.count >= 2, activation.queues[0] != nil, activation.queues[1] != nil else {
+            throw SwiftletError(.guestFault, "the driver activated virtio-balloon without its inflate and deflate queues")
+        }
+        var state = Active(memory: activation.memory, queues: Array(activation.queues.prefix(queueEvents.count)), roles: roles)
+        state.frames.reserveCapacity(Self.batchFrames)
+        active.withLock { $0 = state }
+        // Buffers the driver queued before DRIVER_OK (Linux hands over its first statistics buffer then).
+        for event in queueEvents { event.signal() }
+    }
+
+    public func reset() {
+        active.withLock { $0 = nil }
+        sizes.withLock { $0.actual = 0 }
+    }
+
+    // MARK: Event loop
+
+    /// The event-loop handler of queue `index`'s ioeventfd.
+    public func handleQueueEvent(_ index: Int) {
+        guard let count = queueEvents[index].consume() else { return }
+        counters.notificationCount.add(count, ordering: .relaxed)
+        let (raise, fatal) = active.withLock { state -> (Bool, Bool) in
+            guard state != nil, index < state!.queues.count, let queue = state!.queues[index], let role = state!.roles[index] else {
+                return (false, false)
+            }
+            return drain(queue, role: role, state: &state!)
+        }
+        if raise { link.signalUsedBuffers() }
+        if fatal {
+            active.withLock { $0 = nil }
+            link.reportFatalError()
+        }
+    }
+
+    /// The statistics timer: gives the held statistics buffer back, which asks the driver for fresh statistics.
+    public func requestStatistics() {
+        _ = statisticsTimer?.consume()
+        let raise = active.withLock { state -> Bool in
+            guard state != nil, let head = state!.statisticsHead,
+                  let index = state!.roles.firstIndex(of: .statistics), let queue = state!.queues[index] else { return false }
+            state!.statisticsHead = nil
+            queue.addUsed(head: head, length: 0)
+            return queue.needsInterrupt()
+        }
+        if raise { link.signalUsedBuffers() }
+    }
+
+    /// Drains one queue; returns whether to interrupt the driver and whether the queue is broken beyond use.
+    private func drain(_ queue: SplitQueue, role: Role, state: inout Active) -> (interrupt: Bool, fatal: Bool) {
+        var completed = false
+        repeat {
+            while true {
+                let popped: Bool
+                do {
+                    popped = try queue.pop(into: &state.chain)
+                } catch .invalidChain(let head, _) {
+                    // Includes buffers outside guest RAM: nothing in them is acted on.
+                    counters.errorCount.add(1, ordering: .relaxed)
+                    queue.addUsed(head: head, length: 0)
+                    completed = true
+                    continue
+                } catch {
+                    counters.errorCount.add(1, ordering: .relaxed)
+                    return (completed && queue.needsInterrupt(), true)
+                }
+                guard popped else { break }
+                counters.requestCount.add(1, ordering: .relaxed)
+                switch role {
+                case .inflate, .deflate:
+                    handleFrames(state: &state, inflate: role == .inflate)
+                case .reporting:
+                    handleReport(state: &state)
+                case .statistics:
+                    handleStatistics(state: &state)
+                    if let previous = state.statisticsHead, previous != state.chain.head {
+                        queue.addUsed(head: previous, length: 0) // the driver sent another: the older one goes back
+                        completed = true
+                    }
+                    state.statisticsHead = state.chain.head
+                    continue // held, not returned
+                }
+                queue.addUsed(head: state.chain.head, length: 0)
+                completed = true
+            }
+        } while queue.enableNotification()
+        return (completed && queue.needsInterrupt(), false)
+    }
+
+    /// An inflate or deflate request: an array of le32 page frame numbers in the device-readable buffers.
+    private func handleFrames(state: inout Active, inflate: Bool) {
+        state.frames.removeAll(keepingCapacity: true)
+        var value: UInt64 = 0
+        var filled = 0
+        for buffer in state.chain.readable {
+            for offset in 0..<Int(buffer.length) {
+                value |= UInt64(buffer.host.load(fromByteOffset: offset, as: UInt8.self)) << (8 * filled)
+                filled += 1
+                guard filled == 4 else { continue }
+                let address = value << 12
+                if state.memory.contains(GuestAddress(address), count: Self.pageSize) {
+                    state.frames.append(value)
+                    if state.frames.count == Self.batchFrames { flushFrames(state: &state, inflate: inflate) }
+                } else {
+                    ignored.add(1, ordering: .relaxed)
+                }
+                value = 0
+                filled = 0
+            }
+        }
+        if filled != 0 { counters.errorCount.add(1, ordering: .relaxed) } // a trailing partial frame number
+        flushFrames(state: &state, inflate: inflate)
+    }
+
+    private func flushFrames(state: inout Active, inflate: Bool) {
+        guard !state.frames.isEmpty else { return }
+        state.ranges.removeAll(keepingCapacity: true)
+        PageRanges.merge(&state.frames, into: &state.ranges)
+        state.frames.removeAll(keepingCapacity: true)
+        var pages: UInt64 = 0
+        for range in state.ranges {
+            pages += range.count
+            // Deflating needs nothing from the host: a released page faults back in as zeroes when the guest uses it.
+            if inflate { release(state.memory, start: range.first * Self.pageSize, length: range.count * Self.pageSize) }
+        }
+        if inflate { inflated.add(pages, ordering: .relaxed) } else { deflated.add(pages, ordering: .relaxed) }
+    }
+
+    /// A free page report: each buffer is a free block of guest memory (already checked to lie in guest RAM).
+    private func handleReport(state: inout Active) {
+        for buffer in state.chain.buffers {
+            reported.add(UInt64(buffer.length), ordering: .relaxed)
+            release(state.memory, start: buffer.address.rawValue, length: UInt64(buffer.length))
+        }
+    }
+
+    /// Releases the whole host pages inside [start, start + length) and counts what could not be.
+    private func release(_ memory: GuestMemory, start: UInt64, length: UInt64) {
+        guard let pages = PageRanges.wholePages(start: start, length: length, pageSize: hostPageSize) else {
+            unreleased.add(length, ordering: .relaxed)
+            return
+        }
+        do {
+            try memory.discard(GuestAddress(pages.start), count: pages.length)
+            released.add(pages.length, ordering: .relaxed)
+            unreleased.add(length - pages.length, ordering: .relaxed)
+            releaseCalls.add(1, ordering: .relaxed)
+        } catch {
+            unreleased.add(length, ordering: .relaxed)
+            counters.errorCount.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// A statistics buffer: tag/value entries in the device-readable buffers.
+    private func handleStatistics(state: inout Active) {
+        var bytes: [UInt8] = []
+        for buffer in state.chain.readable where bytes.count <= Self.statisticsMaximumBytes {
+            let take = min(Int(buffer.length), Self.statisticsMaximumBytes + 1 - bytes.count)
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: buffer.host, count: take))
+        }
+        guard bytes.count <= Self.statisticsMaximumBytes, var statistics = BalloonStatistics(parsing: bytes) else {
+            counters.errorCount.add(1, ordering: .relaxed)
+            return
+        }
+        statistics.receivedAt = monotonicNanoseconds()
+        latestStatistics.withLock { $0 = statistics }
+    }
+
+    /// Registers the queue eventfds and the statistics timer.
+    func registerSources(on loop: EventLoop) throws(SwiftletError) {
+        for (index, event) in queueEvents.enumerated() {
+            try loop.register(event.rawValue) { [self] _ in handleQueueEvent(index) }
+        }
+        if let statisticsTimer {
+            let interval = UInt64(configuration.statisticsInterval) * 1_000_000_000
+            statisticsTimer.arm(initial: interval, interval: interval)
+            try loop.register(statisticsTimer.rawValue) { [self] _ in requestStatistics() }
+        }
+    }
+}
