@@ -37,6 +37,11 @@ struct MachineOptions: ParsableArguments {
         valueName: "socket=path[,cid=n]"))
     var vsock: VsockOption?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "A virtio-balloon device. size= is the balloon at boot in MiB (default 0); deflate-on-oom=on lets the guest take memory back under pressure; free-page-reporting=on gives the guest's free memory back to the host; stats=SECONDS polls the guest's memory statistics. `--balloon on` for the defaults.",
+        valueName: "[size=MiB][,deflate-on-oom=on][,free-page-reporting=on][,stats=SECONDS]"))
+    var balloon: BalloonOption?
+
     @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
     var kvm: String = "/dev/kvm"
 
@@ -57,6 +62,7 @@ struct MachineOptions: ParsableArguments {
             return network
         }
         configuration.vsock = vsock?.configuration
+        configuration.balloon = balloon?.configuration
         return configuration
     }
 }

@@ -9,7 +9,7 @@ struct SwiftletCommand: AsyncParsableCommand {
         commandName: "swiftlet",
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest, `swiftlet exec --help` for running one command in a fresh VM.",
-        subcommands: [Run.self, Exec.self, Describe.self])
+        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self])
 }
 
 struct Run: AsyncParsableCommand {
@@ -28,6 +28,11 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .long, help: "Start the guest agent (adds swiftlet.agent=\(GuestAgent.defaultPort) to the command line; needs --vsock). Then `swiftlet exec --attach SOCKET -- CMD` runs commands in this VM.")
     var agent = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "A Unix socket for changing the balloon while the VM runs (`swiftlet balloon SOCKET set MIB|get|stats`); removed at exit. Needs --balloon.",
+        valueName: "path"))
+    var balloonSocket: String?
+
     @Flag(name: .long, help: "Print, on stderr at exit, per-device counts of notifications, interrupts and requests.")
     var stats = false
 
@@ -44,6 +49,7 @@ struct Run: AsyncParsableCommand {
             guard configuration.vsock != nil else { throw ValidationError("--agent needs --vsock socket=PATH (the socket `swiftlet exec --attach` connects to)") }
             configuration.commandLine += " swiftlet.agent=\(GuestAgent.defaultPort)"
         }
+        if balloonSocket != nil && configuration.balloon == nil { fail("--balloon-socket needs --balloon") }
         if traceStartup {
             configuration.onFirstRun = { now in
                 Run.report("first-kvm-run monotonic_ns=\(now) after_main_ns=\(now - start)")
@@ -57,11 +63,22 @@ struct Run: AsyncParsableCommand {
         } catch {
             fail(error.description)
         }
+        var control: UnixLineServer?
+        if let balloonSocket {
+            do { control = try BalloonControl.serve(at: balloonSocket, vm: vm) } catch {
+                await vm.stop()
+                fail(error.description)
+            }
+        }
         let exit = await vm.wait()
+        control?.stop()
         if stats {
             for device in vm.statistics() {
                 Run.report("stats device=\(device.name) notifications=\(device.notifications) interrupts=\(device.interrupts) "
                     + "requests=\(device.requests) guest_errors=\(device.guestErrors)")
+            }
+            if vm.balloonStatus() != nil {
+                Run.report("stats device=balloon0 " + BalloonControl.answer("get", vm: vm).dropFirst(3))
             }
         }
         if printBootTime {

@@ -143,9 +143,10 @@ public struct BootDescription: Sendable {
 }
 
 extension MachineConfiguration {
-    /// The virtio devices in the order they take MMIO slots: disks, NICs, then vsock.
+    /// The virtio devices in the order they take MMIO slots: disks, NICs, vsock, then the balloon.
     var virtioDeviceNames: [String] {
         disks.indices.map { "blk\($0)" } + networks.indices.map { "net\($0)" } + (vsock == nil ? [] : ["vsock0"])
+            + (balloon == nil ? [] : ["balloon0"])
     }
 
     /// The machine this configuration makes on `architecture`, every boot structure's single source.

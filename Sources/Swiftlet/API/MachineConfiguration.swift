@@ -10,6 +10,9 @@ public typealias NetworkConfiguration = NetConfiguration
 /// guest agent through.
 public typealias SocketConfiguration = VsockConfiguration
 
+/// A virtio-balloon device: its starting size, deflate-on-OOM, free page reporting and statistics interval.
+public typealias MemoryBalloonConfiguration = BalloonConfiguration
+
 /// Everything a microVM is made from. Sizes are in bytes.
 public struct MachineConfiguration: Sendable {
     public enum Console: Sendable, Equatable {
@@ -34,6 +37,8 @@ public struct MachineConfiguration: Sendable {
     public var networks: [NetworkConfiguration] = []
     /// The vsock device, if any.
     public var vsock: SocketConfiguration?
+    /// A memory balloon (after the disks, NICs and vsock on the virtio-mmio bus); nil for none.
+    public var balloon: MemoryBalloonConfiguration?
     /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds.
     public var onFirstRun: (@Sendable (UInt64) -> Void)?
 
@@ -42,7 +47,7 @@ public struct MachineConfiguration: Sendable {
     public static let maximumCPUs = 64
 
     /// How many virtio-mmio devices the machine has, in slot order: disks, NICs, then vsock.
-    public var virtioDeviceCount: Int { disks.count + networks.count + (vsock == nil ? 0 : 1) }
+    public var virtioDeviceCount: Int { disks.count + networks.count + (vsock == nil ? 0 : 1) + (balloon == nil ? 0 : 1) }
 
     public init(kernelPath: String, initrdPath: String? = nil, commandLine: String = MachineConfiguration.defaultCommandLine,
                 cpus: Int = 1, memorySize: UInt64 = 256 << 20, console: Console = .stdio, kvmPath: String = "/dev/kvm") {

@@ -61,6 +61,22 @@ public final class MicroVM: Sendable {
         }
     }
 
+    /// Asks the guest for a memory balloon of `bytes` (rounded down to 4 KiB pages): inflating it gives that much
+    /// of the guest's memory back to the host, deflating gives it back to the guest. The guest gets there at its own
+    /// pace; `balloonStatus()` says how far it got. Needs `MachineConfiguration.balloon` and a started VM.
+    public func setBalloonTarget(bytes: UInt64) throws(SwiftletError) {
+        guard let balloon = machine.withLock({ $0?.balloon }) else {
+            throw SwiftletError(.invalidConfiguration, "this VM has no balloon (set MachineConfiguration.balloon, or --balloon) or is not started")
+        }
+        try balloon.setTarget(bytes: bytes)
+    }
+
+    /// The balloon's target and actual size, the guest's latest memory statistics and what the device released;
+    /// nil without a balloon or before `start()`.
+    public func balloonStatus() -> BalloonStatus? {
+        machine.withLock { $0?.balloon }?.status()
+    }
+
     /// CLOCK_MONOTONIC nanoseconds of the first KVM_RUN of vCPU 0.
     public var firstRunAt: UInt64? { machine.withLock { $0?.firstRunAt } }
 

@@ -25,6 +25,7 @@ final class Machine: Sendable {
     let console: ConsoleSink
     let kernel: LoadedKernel
     let virtioDevices: [VirtioSlot]
+    let balloon: Balloon?
     let eventLoop: EventLoop?
 
     private struct RunState {
@@ -113,11 +114,18 @@ final class Machine: Sendable {
         if let vsock = configuration.vsock {
             devices.append(("vsock0", try Vsock(vsock, clock: monotonicNanoseconds)))
         }
+        var balloon: Balloon?
+        if let configuration = configuration.balloon {
+            balloon = try Balloon(configuration, guestMemorySize: memory.totalSize)
+            devices.append(("balloon0", balloon!))
+        }
+        self.balloon = balloon
         guard devices.map(\.name) == description.virtioDevices.map(\.name) else {
             throw SwiftletError(.invalidConfiguration, "the virtio devices \(devices.map(\.name)) differ from the machine description's \(description.virtioDevices.map(\.name))")
         }
         for (index, (name, device)) in devices.enumerated() {
             let slot = try VirtioSlot(name: name, placement: description.virtioDevices[index], device: device, vm: vm, memory: memory)
+            (device as? Balloon)?.attachConfigurationNotifier { [transport = slot.transport] in transport.notifyConfigurationChange() }
             device.attach(interrupt: slot.transport.interrupt) { [transport = slot.transport] in transport.markNeedsReset() }
             do { try mmioBus.insert(slot.transport, base: slot.base.rawValue, size: MmioTransport.size) } catch {
                 throw SwiftletError(.invalidConfiguration, "virtio device \(index) overlaps another device: \(error)")

@@ -1,0 +1,103 @@
+import ArgumentParser
+import Glibc
+import Swiftlet
+import SwiftletHost
+
+/// `--balloon [size=MiB][,deflate-on-oom=on][,free-page-reporting=on][,stats=SECONDS]`; `--balloon on` for the
+/// defaults (no balloon at boot, no options).
+struct BalloonOption: ExpressibleByArgument {
+    var configuration = MemoryBalloonConfiguration()
+
+    init?(argument: String) {
+        guard argument != "on" else { return }
+        for option in argument.split(separator: ",") {
+            let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+            guard pair.count == 2 else { return nil }
+            switch (pair[0], pair[1]) {
+            case ("size", let text):
+                guard let mib = UInt64(text), mib < 1 << 40 else { return nil }
+                configuration.targetSize = mib << 20
+            case ("deflate-on-oom", "on"): configuration.deflateOnOOM = true
+            case ("deflate-on-oom", "off"): configuration.deflateOnOOM = false
+            case ("free-page-reporting", "on"): configuration.freePageReporting = true
+            case ("free-page-reporting", "off"): configuration.freePageReporting = false
+            case ("stats", let text):
+                guard let seconds = UInt32(text), seconds <= 86_400 else { return nil }
+                configuration.statisticsInterval = seconds
+            default: return nil
+            }
+        }
+    }
+}
+
+/// The balloon control protocol, on the Unix socket `--balloon-socket` names: one command per line, one answer
+/// line each, starting with `ok` or `error`.
+///
+///     set MIB   ask the guest for a balloon of MIB MiB           -> ok target_mib=MIB
+///     get       sizes and counters                               -> ok target_mib=T actual_mib=A ...
+///     stats     the guest's latest memory statistics (bytes)     -> ok age_ms=N total_memory=... free_memory=...
+enum BalloonControl {
+    static let usage = "commands: set MIB, get, stats"
+
+    static func answer(_ line: String, vm: MicroVM) -> String {
+        let words = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        switch words.first {
+        case "set":
+            guard words.count == 2, let mib = UInt64(words[1]), mib < 1 << 40 else { return "error usage: set MIB (a whole number of MiB)" }
+            do { try vm.setBalloonTarget(bytes: mib << 20) } catch { return "error \(error.message)" }
+            return "ok target_mib=\(mib)"
+        case "get":
+            guard let status = vm.balloonStatus() else { return "error the VM has no balloon" }
+            return "ok target_mib=\(status.targetBytes >> 20) actual_mib=\(status.actualBytes >> 20)"
+                + " target_pages=\(status.targetPages) actual_pages=\(status.actualPages)"
+                + " inflated_pages=\(status.inflatedPages) deflated_pages=\(status.deflatedPages)"
+                + " reported_kib=\(status.reportedBytes >> 10) released_kib=\(status.releasedBytes >> 10)"
+                + " unreleased_kib=\(status.unreleasedBytes >> 10) ignored_pages=\(status.ignoredPages)"
+                + " release_calls=\(status.releaseCalls)"
+        case "stats":
+            guard let status = vm.balloonStatus() else { return "error the VM has no balloon" }
+            guard let statistics = status.statistics else {
+                return "error no statistics yet (start with --balloon stats=SECONDS, and give the guest's driver time to send them)"
+            }
+            let age = (monotonicNanoseconds() - statistics.receivedAt) / 1_000_000
+            return "ok age_ms=\(age) " + statistics.fields.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
+        default:
+            return "error unknown command \"\(line.prefix(40))\" (\(usage))"
+        }
+    }
+
+    /// Serves the protocol at `path` for `vm` until `stop()`; the socket file goes with it.
+    static func serve(at path: String, vm: MicroVM) throws(SwiftletError) -> UnixLineServer {
+        try UnixLineServer(path: path) { line in answer(line, vm: vm) }
+    }
+}
+
+/// `swiftlet balloon SOCKET COMMAND...`: one command to a running VM's balloon control socket.
+struct BalloonCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "balloon",
+        abstract: "Change or read a running VM's memory balloon through its control socket.",
+        discussion: """
+            SOCKET is what the VM was started with (swiftlet run --balloon ... --balloon-socket SOCKET). Commands: \
+            `set MIB` asks the guest for a balloon of MIB MiB (memory given back to the host; 0 gives it all back \
+            to the guest); `get` prints the target and actual sizes and what the device released; `stats` prints \
+            the guest's latest memory statistics (with --balloon stats=SECONDS). Prints the answer line; exits 1 \
+            when it starts with "error".
+            """)
+
+    @Argument(help: ArgumentHelp("The VM's control socket.", valueName: "socket"))
+    var socket: String
+
+    @Argument(help: ArgumentHelp("set MIB | get | stats", valueName: "command"))
+    var command: [String]
+
+    func run() throws {
+        let stream = try LineStream(connectingTo: socket)
+        do { try stream.send(command.joined(separator: " ")) } catch {
+            throw SwiftletError(.io, "cannot send to \(socket)", cause: error)
+        }
+        guard let answer = stream.receiveLine() else { throw SwiftletError(.io, "\(socket) closed without an answer") }
+        print(answer)
+        if answer.hasPrefix("error") { throw ExitCode(1) }
+    }
+}
