@@ -53,3 +53,27 @@ import Testing
         #expect(GuestAddress(UInt64.max - 1).alignedUp(to: 0x1000) == nil)
     }
 }
+
+@Suite struct GuestMemoryDiscardTests {
+    @Test func discardedPagesReadZeroAndTheRestStays() throws {
+        let memory = try GuestMemory(layout: [(GuestAddress(0), 1 << 20), (GuestAddress(1 << 20), 1 << 20)])
+        try memory.write([UInt8](repeating: 7, count: 1 << 20), at: GuestAddress(0))
+        try memory.write([UInt8](repeating: 7, count: 1 << 20), at: GuestAddress(1 << 20))
+        // Spans the two touching regions.
+        try memory.discard(GuestAddress(0xff000), count: 0x2000)
+        #expect(try memory.read(UInt8.self, at: GuestAddress(0xff000)) == 0)
+        #expect(try memory.read(UInt8.self, at: GuestAddress(0x100fff)) == 0)
+        #expect(try memory.read(UInt8.self, at: GuestAddress(0xfefff)) == 7)
+        #expect(try memory.read(UInt8.self, at: GuestAddress(0x101000)) == 7)
+    }
+
+    @Test func misalignedOrOutsideRangesAreRefusedWhole() throws {
+        let memory = try GuestMemory(layout: [(GuestAddress(0), 1 << 20)])
+        try memory.write([UInt8](repeating: 7, count: 1 << 20), at: GuestAddress(0))
+        #expect(throws: SwiftletError.self) { try memory.discard(GuestAddress(0x800), count: 0x1000) }
+        #expect(throws: SwiftletError.self) { try memory.discard(GuestAddress(0), count: 0x800) }
+        #expect(throws: SwiftletError.self) { try memory.discard(GuestAddress(0xff000), count: 0x2000) }
+        #expect(throws: SwiftletError.self) { try memory.discard(GuestAddress(UInt64.max & ~0xfff), count: 0x2000) }
+        #expect(try memory.read(UInt8.self, at: GuestAddress(0xff000)) == 7) // the part inside was not discarded
+    }
+}

@@ -193,9 +193,7 @@ public final class Balloon: VirtioDevice {
         if activation.features & Feature.statisticsQueue != 0 { roles.append(.statistics) }
         if activation.features & Feature.pageReporting != 0 { roles.append(.reporting) }
         while roles.count < queueEvents.count { roles.append(nil) }
-        guard activation.queues.count >= 2, activation.queues[0] != nil, activation.queues[1] != nil else {
-            throw SwiftletError(.guestFault, "the driver activated virtio-balloon without its inflate and deflate queues")
-        }
+        // A queue the driver left unused stays nil: its notifications are ignored.
         var state = Active(memory: activation.memory, queues: Array(activation.queues.prefix(queueEvents.count)), roles: roles)
         state.frames.reserveCapacity(Self.batchFrames)
         active.withLock { $0 = state }

@@ -1,0 +1,224 @@
+import SwiftletDevices
+import SwiftletHost
+import SwiftletMemory
+import SwiftletTestSupport
+import SwiftletVirtio
+import Synchronization
+import Testing
+
+@Suite struct PageRangeTests {
+    @Test func framesMergeIntoSortedRunsWithoutDuplicates() {
+        var frames: [UInt64] = [5, 3, 4, 10, 11, 4, 20, 12, 3]
+        var ranges: [PageRange] = []
+        PageRanges.merge(&frames, into: &ranges)
+        #expect(ranges == [PageRange(first: 3, count: 3), PageRange(first: 10, count: 3), PageRange(first: 20, count: 1)])
+    }
+
+    @Test func descendingRunsMergeToo() {
+        var frames: [UInt64] = Array((100..<356).reversed())
+        var ranges: [PageRange] = []
+        PageRanges.merge(&frames, into: &ranges)
+        #expect(ranges == [PageRange(first: 100, count: 256)])
+    }
+
+    @Test func onlyWholeHostPagesAreReleasable() {
+        // 4 KiB host pages: everything.
+        #expect(PageRanges.wholePages(start: 0x3000, length: 0x2000, pageSize: 4096)! == (0x3000, 0x2000))
+        // 64 KiB host pages: only the whole 64 KiB pages inside.
+        #expect(PageRanges.wholePages(start: 0x1000, length: 0x20000, pageSize: 0x10000)! == (0x10000, 0x10000))
+        #expect(PageRanges.wholePages(start: 0x1000, length: 0x1000, pageSize: 0x10000) == nil)
+    }
+}
+
+@Suite struct BalloonStatisticsTests {
+    static func entry(_ tag: UInt16, _ value: UInt64) -> [UInt8] {
+        [UInt8(tag & 0xff), UInt8(tag >> 8)] + (0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
+    }
+
+    @Test func entriesParseByTag() throws {
+        let bytes = Self.entry(4, 100 << 20) + Self.entry(5, 256 << 20) + Self.entry(6, 0x1_0000_0001) + Self.entry(99, 7) + Self.entry(2, 3)
+        let statistics = try #require(BalloonStatistics(parsing: bytes))
+        #expect(statistics.freeMemory == 100 << 20)
+        #expect(statistics.totalMemory == 256 << 20)
+        #expect(statistics.availableMemory == 0x1_0000_0001)
+        #expect(statistics.majorFaults == 3)
+        #expect(statistics.swapIn == nil)
+        #expect(statistics.unknownTags == 1)
+        #expect(statistics.fields.map(\.name) == ["major_faults", "free_memory", "total_memory", "available_memory"])
+    }
+
+    @Test func aPartialEntryIsMalformed() {
+        #expect(BalloonStatistics(parsing: Self.entry(4, 1) + [1, 2, 3]) == nil)
+        #expect(BalloonStatistics(parsing: [])?.fields.isEmpty == true)
+    }
+}
+
+@Suite struct BalloonTests {
+    let driver: FakeDriver
+    let line = CountingLine()
+    let request = GuestAddress(0x10000)
+    static let pattern: UInt8 = 0xab
+
+    init() throws { driver = try FakeDriver(size: 16) }
+
+    /// A balloon whose queue `index` is the fake driver's queue (the others unused), activated with `features`.
+    func device(_ configuration: BalloonConfiguration = BalloonConfiguration(), queue index: Int = 0,
+                features: UInt64? = nil) throws -> Balloon {
+        let balloon = try Balloon(configuration, guestMemorySize: FakeDriver.memorySize)
+        balloon.attach(interrupt: VirtioInterrupt(line: line)) {}
+        var queues: [SplitQueue?] = Array(repeating: nil, count: balloon.queueEvents.count)
+        queues[index] = try driver.queue()
+        try balloon.activate(VirtioActivation(queues: queues, features: features ?? balloon.offeredFeatures, memory: driver.memory))
+        for event in balloon.queueEvents { _ = event.consume() }
+        return balloon
+    }
+
+    func fill(frame: UInt64) throws {
+        try driver.memory.write([UInt8](repeating: Self.pattern, count: 4096), at: GuestAddress(frame << 12))
+    }
+
+    func firstByte(frame: UInt64) throws -> UInt8 { try driver.memory.read(UInt8.self, at: GuestAddress(frame << 12)) }
+
+    /// Sends `frames` as le32 page frame numbers in one readable buffer on queue `index`.
+    func send(_ balloon: Balloon, frames: [UInt32], queue index: Int) throws {
+        var bytes: [UInt8] = []
+        for frame in frames { for shift in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: frame >> (8 * shift))) } }
+        try driver.memory.write(bytes, at: request)
+        try driver.setDescriptor(0, address: request.rawValue, length: UInt32(bytes.count))
+        try driver.publish(0)
+        balloon.queueEvents[index].signal()
+        balloon.handleQueueEvent(index)
+    }
+
+    @Test func inflatingReleasesThePagesInMergedRanges() throws {
+        let balloon = try device()
+        for frame: UInt64 in [0x40, 0x41, 0x42, 0x43, 0x50] { try fill(frame: frame) }
+        try send(balloon, frames: [0x41, 0x40, 0x42, 0x50, 0x41], queue: 0)
+        #expect(try firstByte(frame: 0x40) == 0 && firstByte(frame: 0x41) == 0 && firstByte(frame: 0x42) == 0)
+        #expect(try firstByte(frame: 0x50) == 0)
+        #expect(try firstByte(frame: 0x43) == Self.pattern) // not in the balloon
+        let status = balloon.status()
+        #expect(status.inflatedPages == 4)
+        #expect(status.releasedBytes == 4 * 4096)
+        #expect(status.releaseCalls == 2)
+        #expect(driver.usedIndex == 1 && line.count == 1)
+    }
+
+    @Test func framesOutsideGuestRAMAreIgnoredAndCounted() throws {
+        let balloon = try device()
+        try fill(frame: 0xff)
+        // 0x100 is the first frame past the fake 1 MiB of RAM; 0xffffffff is far past it.
+        try send(balloon, frames: [0x100, 0xffff_ffff, 0xff], queue: 0)
+        let status = balloon.status()
+        #expect(status.ignoredPages == 2)
+        #expect(status.inflatedPages == 1)
+        #expect(try firstByte(frame: 0xff) == 0)
+        #expect(driver.usedIndex == 1)
+    }
+
+    @Test func aTrailingPartialFrameNumberIsAGuestError() throws {
+        let balloon = try device()
+        try fill(frame: 0x60)
+        try driver.memory.write([0x60, 0, 0, 0, 0x61, 0], at: request)
+        try driver.setDescriptor(0, address: request.rawValue, length: 6)
+        try driver.publish(0)
+        balloon.queueEvents[0].signal()
+        balloon.handleQueueEvent(0)
+        #expect(balloon.counters.guestErrors == 1)
+        #expect(balloon.status().inflatedPages == 1)
+        #expect(try firstByte(frame: 0x60) == 0)
+    }
+
+    @Test func deflatingCountsAndLeavesMemoryAlone() throws {
+        let balloon = try device(queue: 1)
+        try fill(frame: 0x70)
+        try send(balloon, frames: [0x70, 0x71], queue: 1)
+        #expect(balloon.status().deflatedPages == 2)
+        #expect(balloon.status().inflatedPages == 0)
+        #expect(try firstByte(frame: 0x70) == Self.pattern)
+    }
+
+    @Test func targetAndActualLiveInConfigurationSpace() throws {
+        let balloon = try Balloon(BalloonConfiguration(targetSize: 64 << 10), guestMemorySize: 1 << 20)
+        let notified = Atomic<Int>(0)
+        balloon.attachConfigurationNotifier { notified.add(1, ordering: .relaxed) }
+        func word(_ offset: Int) -> UInt32 {
+            var value: UInt32 = 0
+            withUnsafeMutableBytes(of: &value) { balloon.readConfiguration(offset: offset, into: $0) }
+            return value
+        }
+        #expect(word(0) == 16)
+        try balloon.setTarget(bytes: 128 << 10)
+        #expect(word(0) == 32)
+        #expect(notified.load(ordering: .relaxed) == 0) // not active yet: nobody to tell
+        var actual: UInt32 = 0x0102_0304
+        withUnsafeBytes(of: &actual) { balloon.writeConfiguration(offset: 4, from: $0) }
+        #expect(word(4) == 0x0102_0304)
+        var byte: UInt8 = 0xff
+        withUnsafeBytes(of: &byte) { balloon.writeConfiguration(offset: 0, from: $0) } // num_pages is read-only
+        #expect(word(0) == 32)
+        #expect(balloon.status().actualPages == 0x0102_0304)
+        #expect(throws: SwiftletError.self) { try balloon.setTarget(bytes: 2 << 20) }
+
+        try balloon.activate(VirtioActivation(queues: [nil, nil], features: VirtioFeature.version1, memory: driver.memory))
+        try balloon.setTarget(bytes: 0)
+        #expect(notified.load(ordering: .relaxed) == 1)
+        balloon.reset()
+        #expect(balloon.status().actualPages == 0)
+    }
+
+    @Test func featuresFollowTheConfiguration() throws {
+        let plain = try Balloon(BalloonConfiguration(), guestMemorySize: 1 << 20)
+        #expect(plain.offeredFeatures == VirtioFeature.version1)
+        #expect(plain.queueEvents.count == 2)
+        let full = try Balloon(BalloonConfiguration(deflateOnOOM: true, freePageReporting: true, statisticsInterval: 5), guestMemorySize: 1 << 20)
+        #expect(full.offeredFeatures == VirtioFeature.version1 | Balloon.Feature.statisticsQueue | Balloon.Feature.deflateOnOOM | Balloon.Feature.pageReporting)
+        #expect(full.queueEvents.count == 4)
+        #expect(throws: SwiftletError.self) { try Balloon(BalloonConfiguration(targetSize: 2 << 20), guestMemorySize: 1 << 20) }
+    }
+
+    @Test func statisticsAreHeldUntilTheDeviceAsksForMore() throws {
+        let balloon = try device(BalloonConfiguration(statisticsInterval: 1), queue: 2)
+        let bytes = BalloonStatisticsTests.entry(5, 256 << 20) + BalloonStatisticsTests.entry(4, 10 << 20)
+        try driver.memory.write(bytes, at: request)
+        try driver.setDescriptor(0, address: request.rawValue, length: UInt32(bytes.count))
+        try driver.publish(0)
+        balloon.queueEvents[2].signal()
+        balloon.handleQueueEvent(2)
+        let statistics = try #require(balloon.status().statistics)
+        #expect(statistics.totalMemory == 256 << 20 && statistics.freeMemory == 10 << 20)
+        #expect(driver.usedIndex == 0) // held
+        balloon.requestStatistics()
+        #expect(driver.usedIndex == 1 && line.count == 1)
+        balloon.requestStatistics() // nothing held: nothing to give back
+        #expect(driver.usedIndex == 1)
+    }
+
+    @Test func reportedFreeBlocksAreReleasedAndTheQueueFollowsTheFeatures() throws {
+        // Without the statistics queue, the reporting queue is the third (index 2).
+        let balloon = try device(BalloonConfiguration(freePageReporting: true), queue: 2)
+        for frame: UInt64 in 0x80..<0xa0 { try fill(frame: frame) }
+        try driver.setDescriptor(0, address: 0x80000, length: 0x10000, flags: FakeDriver.write | FakeDriver.next, next: 1)
+        try driver.setDescriptor(1, address: 0x98000, length: 0x8000, flags: FakeDriver.write)
+        try driver.publish(0)
+        balloon.queueEvents[2].signal()
+        balloon.handleQueueEvent(2)
+        #expect(try firstByte(frame: 0x80) == 0 && firstByte(frame: 0x8f) == 0 && firstByte(frame: 0x98) == 0)
+        #expect(try firstByte(frame: 0x90) == Self.pattern)
+        #expect(balloon.status().reportedBytes == 0x18000 && balloon.status().releasedBytes == 0x18000)
+        #expect(driver.usedIndex == 1)
+    }
+
+    @Test func aReportReachingPastGuestRAMReleasesNothing() throws {
+        let balloon = try device(BalloonConfiguration(freePageReporting: true), queue: 2)
+        try fill(frame: 0xf0)
+        try driver.setDescriptor(0, address: 0xf0000, length: 0x20000, flags: FakeDriver.write)
+        try driver.publish(0)
+        balloon.queueEvents[2].signal()
+        balloon.handleQueueEvent(2)
+        #expect(try firstByte(frame: 0xf0) == Self.pattern)
+        #expect(balloon.counters.guestErrors == 1)
+        #expect(balloon.status().releasedBytes == 0)
+        #expect(driver.usedIndex == 1) // returned, with nothing done
+    }
+}
