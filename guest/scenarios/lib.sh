@@ -233,3 +233,39 @@ net_offloads() {
         check_eq "$1-gso-off" "$_no_gso" N
     fi
 }
+
+# --- Memory balloon (the balloon-* scenarios) -------------------------------------------------------------------------
+
+# meminfo_kib FIELD: a /proc/meminfo field (MemTotal, MemFree, MemAvailable) in KiB.
+meminfo_kib() { awk -v f="$1:" '$1 == f { print $2 }' /proc/meminfo; }
+
+# balloon_tmpfs SIZE_MIB: a tmpfs at /mnt/balloon that can hold SIZE_MIB (tmpfs pages are what the scenarios
+# allocate: they stay until removed, and no swap can take them).
+balloon_tmpfs() {
+    mkdir -p /mnt/balloon
+    mountpoint -q /mnt/balloon || mount -t tmpfs -o "size=$1m" balloon /mnt/balloon
+}
+
+# balloon_fill MIB: writes MIB MiB into the tmpfs; exit status of dd.
+balloon_fill() { dd if=/dev/zero of=/mnt/balloon/fill bs=1M count="$1" 2>/tmp/balloon-dd.err; }
+
+# balloon_marker WORD: a console line the host waits for, with the guest's view of its memory.
+balloon_marker() {
+    echo "balloon: $1 memtotal_kib=$(meminfo_kib MemTotal) memfree_kib=$(meminfo_kib MemFree) memavailable_kib=$(meminfo_kib MemAvailable)"
+}
+
+# balloon_wait CHECK SECONDS TEST...: waits until `test TEST...` holds (re-evaluated every 0.5 s: TEST names the
+# shell function balloon_now, which sets $now_kib), printing a line every 2 s for the lab's watchdog.
+balloon_wait() {
+    _bw_check=$1 _bw_secs=$2
+    shift 2
+    _bw_i=0
+    while [ $_bw_i -lt $((_bw_secs * 2)) ]; do
+        if "$@"; then pass "$_bw_check"; return 0; fi
+        [ $((_bw_i % 4)) -ne 0 ] || balloon_marker "waiting-$_bw_check"
+        sleep 0.5
+        _bw_i=$((_bw_i + 1))
+    done
+    fail "$_bw_check" "not within ${_bw_secs}s: MemTotal $(meminfo_kib MemTotal) KiB MemFree $(meminfo_kib MemFree) KiB"
+    return 1
+}
