@@ -112,3 +112,57 @@ expect_error() {
     if [ "$2" = 0 ]; then test_fail "$1" "exit status 0, want an error"; return; fi
     if grep -Eq "$4" "$3"; then test_pass "$1"; else test_fail "$1" "stderr lacks /$4/: $(head -c 300 "$3")"; fi
 }
+
+# --- Memory balloon (tests/swiftlet-balloon*.sh) ----------------------------------------------------------------------
+# They set $t (the test name prefix) and INITRD; balloon_boot starts the VM with its control socket at $WORK/NAME.ctl.
+
+# check_ge NAME GOT MIN DETAIL
+check_ge() { if [ "${2:-0}" -ge "$3" ] 2>/dev/null; then test_pass "$1"; else test_fail "$1" "got ${2:-nothing}, want at least $3; $4"; fi; }
+
+# field LINE NAME: the value of NAME=VALUE in LINE.
+field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+
+# boot NAME MEMORY_MIB BALLOON_OPTIONS GUEST_PARAMETERS: starts the VM in the background with its control socket
+# at $WORK/NAME.ctl; sets $vm_pid (the heartbeat around it) and $ctl.
+balloon_boot() {
+    _log=$WORK/$1.console
+    ctl=$WORK/$1.ctl
+    HEARTBEAT_LOG=$_log heartbeat swiftlet_boot "$_log" --kernel "$GUEST/bzImage" --initrd "$INITRD" \
+        --memory "$2M" --stats --balloon "$3" --balloon-socket "$ctl" --cmdline "$SWIFTLET_CMDLINE_BASE $4" &
+    vm_pid=$!
+}
+# vmm_pid: the swiftlet process (the only one: lab tests run one at a time).
+vmm_pid() { pidof swiftlet | cut -d' ' -f1; }
+# ram_rss_kib MEMORY_MIB: Rss of the VMM's guest-RAM mapping, KiB (with AnonHugePages after a slash for the log).
+ram_rss_kib() {
+    awk -v want=$(($1 * 1024)) '/^[0-9a-f]+-[0-9a-f]+ / { cur = 0; next }
+        $1 == "Size:" { cur = ($2 == want) } cur && $1 == "Rss:" { print $2; exit }' "/proc/$(vmm_pid)/smaps" 2>/dev/null
+}
+ram_thp_kib() {
+    awk -v want=$(($1 * 1024)) '/^[0-9a-f]+-[0-9a-f]+ / { cur = 0; next }
+        $1 == "Size:" { cur = ($2 == want) } cur && $1 == "AnonHugePages:" { print $2; exit }' "/proc/$(vmm_pid)/smaps" 2>/dev/null
+}
+# balloon_ctl COMMAND...: one command to the control socket; prints the answer.
+balloon_ctl() { "$SWIFTLET" balloon "$ctl" "$@" 2>&1; }
+# wait_console NAME PATTERN [SECONDS]: up to SECONDS (default 120) for a console line with PATTERN while the VMM runs.
+balloon_console() {
+    _wc=0
+    while [ $_wc -lt $((${3:-120} * 5)) ] && kill -0 "$vm_pid" 2>/dev/null; do
+        grep -q "$2" "$WORK/$1.console" 2>/dev/null && return 0
+        sleep 0.2
+        _wc=$((_wc + 1))
+    done
+    grep -q "$2" "$WORK/$1.console" 2>/dev/null
+}
+# balloon_line NAME WORD: the guest's last "balloon: WORD ..." line.
+balloon_line() { grep "balloon: $2 " "$WORK/$1.console" | tail -n 1 | tr -d '\r'; }
+balloon_end() {
+    wait "$vm_pid"
+    expect_status "$t.$1.exit" $? 0 "stderr: $(tail -c 400 "$WORK/$1.console.err")"
+    guest_results "$t.$1" "$WORK/$1.console"
+    grep '^swiftlet: stats ' "$WORK/$1.console.err" 2>/dev/null | sed 's/^/step: /'
+    if [ -e "$ctl" ]; then test_fail "$t.$1.socket-removed" "$ctl is still there"; else test_pass "$t.$1.socket-removed"; fi
+}
+# abs_diff A B
+abs_diff() { if [ "$1" -ge "$2" ]; then echo $(($1 - $2)); else echo $(($2 - $1)); fi; }
+
