@@ -94,7 +94,7 @@ public final class UnixLineServer: Sendable {
         umask(previous)
         guard bound == 0 else {
             throw SwiftletError(.invalidConfiguration, "cannot create the control socket \(path)"
-                + (bindError == .fileExists ? " (the path exists: another VM uses it, or an old one was left behind; remove it or choose another path)" : ""),
+                + (bindError == .fileExists || bindError == .addressInUse ? " (the path exists: another VM uses it, or an old one was left behind; remove it or choose another path)" : ""),
                 cause: bindError)
         }
         guard listen(listener.rawValue, 4) == 0 else {

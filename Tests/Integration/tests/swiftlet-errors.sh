@@ -35,3 +35,17 @@ if [ "$(id -u)" = 0 ] && [ -x "${RUNAS:-}" ] && [ "$(stat -c %a /dev/kvm)" != 66
 else
     test_skip swiftlet-errors.kvm-permission "needs root (to drop to an unprivileged user), runas, and a /dev/kvm that is not world-writable"
 fi
+
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --balloon size=512 --memory 256M --console none 2>"$err"
+expect_error swiftlet-errors.balloon-too-big $? "$err" "balloon size 512 MiB is more than the guest's 256 MiB"
+
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --balloon-socket "$WORK/ctl" --console none 2>"$err"
+expect_error swiftlet-errors.balloon-socket-alone $? "$err" "--balloon-socket needs --balloon"
+
+: >"$WORK/taken"
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$initrd" --balloon on --balloon-socket "$WORK/taken" --console none 2>"$err"
+expect_error swiftlet-errors.balloon-socket-exists $? "$err" "the path exists"
+if [ -f "$WORK/taken" ]; then test_pass swiftlet-errors.balloon-socket-kept; else test_fail swiftlet-errors.balloon-socket-kept "the existing file was removed"; fi
+
+"$SWIFTLET" balloon "$WORK/no-such-socket" get 2>"$err"
+expect_error swiftlet-errors.balloon-no-vm $? "$err" "cannot connect to .*no-such-socket"
