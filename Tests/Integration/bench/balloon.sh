@@ -4,7 +4,7 @@
 # and QEMU's microvm with virtio-balloon-device (driven through QMP on a loopback TCP port) boot the same kernel,
 # initramfs and command line (256 MiB, 1 vCPU); the guest (guest/scenarios/balloon-inflate.sh) writes 180 MiB to a
 # tmpfs and frees it, so that its free memory is resident in the host, then the host asks for a 128 MiB balloon
-# and samples the VMM's resident set (/proc/PID/statm, read by the shell without forking) every 20 ms or so.
+# and Tests/Integration/tools/rsswatch samples the VMM's resident set (/proc/PID/statm) every millisecond.
 # The figure is 119 MiB over the time from the first MiB released to the 120th: the device's release path (the
 # driver's requests, the VMM's handling, madvise), without the control path's start-up (swiftlet's client process,
 # nc for QMP). RUNS rounds, the VMMs' order alternating.
@@ -21,43 +21,48 @@ trap 'rm -rf "$work"' EXIT
 WORK=$work
 INITRD=$GUEST/initramfs.cpio
 
-# now_cs: /proc/uptime in centiseconds, with shell builtins only.
-# (The uptime of a machine running guests is past 1 s: no leading zero to read as octal.)
-now_cs() { read -r _up _ </proc/uptime; echo "${_up%.*}${_up#*.}"; }
-qmp() { # JSON...: sends qmp_capabilities and the commands to QEMU's QMP; prints the replies
+RSSWATCH=$(dirname "$VMMBENCH")/rsswatch
+qmp() { # JSON...: sends qmp_capabilities and the commands to QEMU's QMP (busybox nc on loopback TCP)
     { echo '{"execute":"qmp_capabilities"}'; for _c in "$@"; do echo "$_c"; done; sleep 0.5; } |
         nc 127.0.0.1 $qmp_port 2>/dev/null
 }
+# wait_line LOG PATTERN SECONDS: waits for a console line, printing a step line every 2 s (the lab's watchdog).
+wait_line() {
+    _i=0
+    while [ $_i -lt $(($3 * 5)) ] && ! grep -q "$2" "$1" 2>/dev/null; do
+        sleep 0.2
+        _i=$((_i + 1))
+        [ $((_i % 10)) -ne 0 ] || echo "step: waiting for '$2' ($((_i / 5)) s): $(tail -n 1 "$1" 2>/dev/null | tr -d '\r' | cut -c1-80)"
+    done
+    grep -q "$2" "$1" 2>/dev/null
+}
+# stop_vm PID: ends the VM (SIGTERM: Swiftlet stops cleanly and removes its socket; QEMU exits) and waits for it.
+stop_vm() {
+    kill "$1" 2>/dev/null
+    wait "$1"
+    echo "step: VMM stopped ($?)"
+}
 
-# measure VMM PID LOG SET_COMMAND...: waits for the guest's "touched" line, runs SET_COMMAND, samples the resident
-# set; prints BENCH-SAMPLE balloon_reclaim_mib_s. Then deflates (DEFLATE_COMMAND in $deflate) so the guest ends.
+# measure VMM PID LOG SET_COMMAND...: waits for the guest's "touched" line, starts rsswatch on the VMM, runs
+# SET_COMMAND, and prints BENCH-SAMPLE balloon_reclaim_mib_s from rsswatch's times.
 measure() {
     _vmm=$1 _pid=$2 _log=$3
     shift 3
-    _i=0
-    while [ $_i -lt 600 ] && ! grep -q "balloon: touched " "$_log" 2>/dev/null; do sleep 0.2; _i=$((_i + 1)); done
-    grep -q "balloon: touched " "$_log" || { echo "balloon bench: $_vmm: the guest never touched its memory"; return 1; }
+    wait_line "$_log" "balloon: touched " 180 || { echo "balloon bench: $_vmm: the guest never touched its memory"; return 1; }
     sleep 1
-    read -r _ _res0 _ <"/proc/$_pid/statm"
+    "$RSSWATCH" "$_pid" 1024 $((120 * 1024)) 8 >"$work/watch" &
+    _watch=$!
+    while ! grep -q ready "$work/watch" 2>/dev/null; do sleep 0.05; done
     "$@" >/dev/null
-    _first= _done= _n=0
-    while [ $_n -lt 3000 ]; do
-        read -r _ _res _ <"/proc/$_pid/statm" || break
-        _freed=$(((_res0 - _res) * 4))   # KiB
-        if [ -z "$_first" ] && [ $_freed -ge 1024 ]; then _first=$(now_cs); fi
-        if [ $_freed -ge $((120 * 1024)) ]; then _done=$(now_cs); break; fi
-        [ $((_n % 100)) -ne 0 ] || echo "step: $_vmm: released $((_freed / 1024)) MiB"
-        sleep 0.02
-        _n=$((_n + 1))
-    done
-    if [ -n "$_done" ] && [ -n "$_first" ]; then
-        _cs=$((_done - _first))
-        [ $_cs -gt 0 ] || _cs=1
-        echo "step: $_vmm: 119 MiB released in $_cs cs"
-        echo "BENCH-SAMPLE metric=balloon_reclaim_mib_s vmm=$_vmm value=$(awk -v cs=$_cs 'BEGIN { printf "%.1f", 119 * 100 / cs }') unit=MiB/s"
-    else
-        echo "balloon bench: $_vmm released only $((_freed / 1024)) MiB"
-    fi
+    wait $_watch
+    _line=$(grep first_ms "$work/watch")
+    echo "step: $_vmm: $_line"
+    _first=$(echo "$_line" | sed -n 's/.*first_ms=\([0-9.-]*\).*/\1/p')
+    _done=$(echo "$_line" | sed -n 's/.*done_ms=\([0-9.-]*\).*/\1/p')
+    case $_done in
+        -1|"") echo "balloon bench: $_vmm released too little: $_line" ;;
+        *) echo "BENCH-SAMPLE metric=balloon_reclaim_mib_s vmm=$_vmm value=$(awk -v a="$_first" -v b="$_done" 'BEGIN { d = b - a; if (d < 1) d = 1; printf "%.1f", 119 * 1000 / d }') unit=MiB/s" ;;
+    esac
 }
 
 swiftlet_round() {
@@ -66,11 +71,8 @@ swiftlet_round() {
     "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$INITRD" --memory 256M --cpus 1 --console "$_log" \
         --balloon on --balloon-socket "$work/ctl" --cmdline "$cmdline" 2>"$_log.err" &
     _vm=$!
-    sleep 0.5
     measure swiftlet $_vm "$_log" "$SWIFTLET" balloon "$work/ctl" set 128
-    "$SWIFTLET" balloon "$work/ctl" set 0 >/dev/null 2>&1
-    HEARTBEAT_LOG=$_log heartbeat wait $_vm
-    echo "step: swiftlet exited $?"
+    stop_vm $_vm
 }
 
 qemu_round() {
@@ -81,12 +83,9 @@ qemu_round() {
         -qmp "tcp:127.0.0.1:$qmp_port,server=on,wait=off" \
         -kernel "$GUEST/bzImage" -initrd "$INITRD" -append "$cmdline" 2>"$_log.err" &
     _vm=$!
-    sleep 0.5
     # QEMU's "balloon" takes the guest's new logical size: 256 - 128 MiB.
     measure qemu $_vm "$_log" qmp "{\"execute\":\"balloon\",\"arguments\":{\"value\":$((128 << 20))}}"
-    qmp "{\"execute\":\"balloon\",\"arguments\":{\"value\":$((256 << 20))}}" >/dev/null
-    HEARTBEAT_LOG=$_log heartbeat wait $_vm
-    echo "step: qemu exited $?"
+    stop_vm $_vm
 }
 
 round=0
@@ -100,17 +99,16 @@ fpr_run() { # METRIC BALLOON_OPTIONS
     _log=$work/fpr.console
     rm -f "$_log"
     "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$INITRD" --memory 512M --cpus 1 --console "$_log" \
-        --balloon "$2" --cmdline "console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=balloon-free swiftlet.balloon.alloc=200 swiftlet.balloon.after=14" \
+        --balloon "$2" --cmdline "console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=balloon-free swiftlet.balloon.alloc=200 swiftlet.balloon.after=30" \
         2>"$_log.err" &
     _vm=$!
+    wait_line "$_log" "balloon: freed " 180
     _i=0
-    while [ $_i -lt 600 ] && ! grep -q "balloon: freed " "$_log" 2>/dev/null; do sleep 0.2; _i=$((_i + 1)); done
-    sleep 10
+    while [ $_i -lt 10 ]; do sleep 1; _i=$((_i + 1)); echo "step: fpr: ${_i}s after the free"; done
     _rss=$(awk -v want=$((512 * 1024)) '/^[0-9a-f]+-[0-9a-f]+ / { cur = 0; next }
         $1 == "Size:" { cur = ($2 == want) } cur && $1 == "Rss:" { print $2; exit }' "/proc/$_vm/smaps" 2>/dev/null)
     [ -z "$_rss" ] || echo "BENCH-SAMPLE metric=$1 vmm=swiftlet value=$((_rss / 1024)) unit=MiB"
-    HEARTBEAT_LOG=$_log heartbeat wait $_vm
-    echo "step: swiftlet exited $? (free page reporting ${2#free-page-reporting=})"
+    stop_vm $_vm
 }
 round=0
 while [ $round -lt "$runs" ]; do
