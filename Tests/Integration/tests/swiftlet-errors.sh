@@ -40,7 +40,7 @@ fi
 expect_error swiftlet-errors.balloon-too-big $? "$err" "balloon size 512 MiB is more than the guest's 256 MiB"
 
 "$SWIFTLET" run --kernel "$GUEST/bzImage" --balloon-socket "$WORK/ctl" --console none 2>"$err"
-expect_error swiftlet-errors.balloon-socket-alone $? "$err" "--balloon-socket needs --balloon"
+expect_error swiftlet-errors.balloon-socket-alone $? "$err" "balloon-socket needs --balloon"
 
 : >"$WORK/taken"
 "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$initrd" --balloon on --balloon-socket "$WORK/taken" --console none 2>"$err"
