@@ -46,6 +46,7 @@ struct Describe: ParsableCommand {
         configuration.disks = machine.disk.map(\.configuration)
         configuration.networks = machine.net.map(\.configuration)
         configuration.vsock = machine.vsock?.configuration
+        configuration.balloon = machine.balloon?.configuration
         let description: BootDescription
         do {
             description = try BootDescription(configuration, architecture: architecture, interruptController: gic, seed: seed)
