@@ -2,6 +2,8 @@
 # Build the Swiftlet guest initramfs: a newc cpio archive with
 #   /bin/busybox (busybox-static) and its applet links (busybox --list-full),
 #   /init          compiled from guest/init/init.c,
+#   /sbin/swiftlet-agent   the guest agent, compiled from guest/agent/agent.c
+#                  with musl (about 50 KB; glibc would add 700 KB),
 #   /scenarios/    guest/scenarios/*.sh,
 #   /dev/console   character device 5:1 (an extra archive entry, so no root
 #                  rights are needed to build it),
@@ -21,6 +23,7 @@
 #   GUEST_BUILD        where init is compiled (default: the directory of OUT)
 #   BUSYBOX            the busybox binary (default: /bin/busybox; must be static)
 #   CC                 C compiler for init (default: gcc)
+#   AGENT_CC           C compiler for the agent (default: musl-gcc)
 #   SOURCE_DATE_EPOCH  mtime of every archive member (default: 0)
 set -eu
 set -o pipefail
@@ -52,6 +55,8 @@ case "$(cpio --help 2>&1)" in *--reproducible*) ;; *) false ;; esac ||
     die "cpio does not support --reproducible (GNU cpio 2.13 or later needed)"
 cc=${CC:-gcc}
 command -v "$cc" >/dev/null 2>&1 || die "$cc not found (apt-get install gcc libc6-dev)"
+agent_cc=${AGENT_CC:-musl-gcc}
+command -v "$agent_cc" >/dev/null 2>&1 || die "$agent_cc not found (apt-get install musl-tools)"
 [ "$gzip_it" = 0 ] || command -v gzip >/dev/null 2>&1 || die "gzip not found (apt-get install gzip)"
 command -v readelf >/dev/null 2>&1 || die "readelf not found (apt-get install binutils)"
 
@@ -86,6 +91,9 @@ stage=$tmp/root
 "$cc" -static -Os -Wall -Wextra -s -o "$tmp/init" "$here/init/init.c" ||
     die "compiling $here/init/init.c failed (a static glibc is in libc6-dev)"
 mv -f "$tmp/init" "$build/init"
+"$agent_cc" -static -Os -Wall -Wextra -s -o "$tmp/swiftlet-agent" "$here/agent/agent.c" ||
+    die "compiling $here/agent/agent.c failed"
+mv -f "$tmp/swiftlet-agent" "$build/swiftlet-agent"
 
 # --- layout ----------------------------------------------------------------------
 for d in bin sbin usr/bin usr/sbin dev proc sys tmp run root etc scenarios; do
@@ -95,6 +103,8 @@ chmod 1777 "$stage/tmp"
 chmod 0700 "$stage/root"
 cp "$build/init" "$stage/init"
 chmod 0755 "$stage/init"
+cp "$build/swiftlet-agent" "$stage/sbin/swiftlet-agent"
+chmod 0755 "$stage/sbin/swiftlet-agent"
 
 cp "$busybox" "$stage/bin/busybox"
 chmod 0755 "$stage/bin/busybox"
@@ -211,5 +221,5 @@ if ! { cp "$tmp/out" "$part" && chmod 0644 "$part" && mv -f "$part" "$out"; }; t
     rm -f "$part"
     die "cannot write $out"
 fi
-printf 'initramfs: %s (%s bytes%s, init from %s)\n' "$out" "$(stat -c %s "$out")" \
-    "$([ "$gzip_it" = 1 ] && echo ', gzip')" "$build/init"
+printf 'initramfs: %s (%s bytes%s, init and swiftlet-agent from %s)\n' "$out" "$(stat -c %s "$out")" \
+    "$([ "$gzip_it" = 1 ] && echo ', gzip')" "$build"

@@ -242,6 +242,40 @@ def host_kvm_diagnosis():
     return (1, 0) if ok else (0, 1)
 
 
+def host_agent_tests():
+    """The guest agent (guest/agent) on this host, over a Unix socket: the protocol, exec errors, hostile frames,
+    concurrency, a dropped connection. Needs no KVM. Runs the binary the initramfs holds (`make guest` builds it
+    into .build/guest). Returns (passed, failed, skipped)."""
+    agent = os.path.join(GUEST, "swiftlet-agent")
+    if not os.path.exists(agent):
+        say(f"FAILED host-agent: {agent} is missing: run `make guest` first")
+        return 0, 1, 0
+    say("host test: the guest agent over a Unix socket (guest/agent/test_agent.py)")
+    passed = failed = skipped = 0
+    try:
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "guest", "agent", "test_agent.py"), agent],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        output, status = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as e:  # its stdout comes back as bytes even with text=True
+        output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        status = 124
+    for line in output.splitlines():
+        print(line, flush=True)
+        m = RESULT_RE.match(line)
+        if m:
+            if m.group(2) == "ok":
+                passed += 1
+            else:
+                failed += 1
+                say(f"FAILED {m.group(1)}: {m.group(3) or ''}")
+        elif SKIP_RE.match(line):
+            skipped += 1
+    if status != 0 and failed == 0:
+        failed += 1
+        say(f"FAILED host-agent: test_agent.py exited {status} without a failing result")
+    return passed, failed, skipped
+
+
 def host_console_tests():
     """The interactive console on a real terminal (a pty): raw mode while the guest runs, Ctrl-A x stops the VM, and
     the terminal settings come back on that exit path and on SIGTERM. Needs a /dev/kvm that at least starts guests
@@ -350,6 +384,9 @@ def cmd_test(args):
     passed, failed, skipped = passed + p, failed + f, skipped + s
     if not args.only:
         p, f, s = host_describe_tests()
+        passed, failed, skipped = passed + p, failed + f, skipped + s
+    if not args.only or "agent" in args.only:
+        p, f, s = host_agent_tests()
         passed, failed, skipped = passed + p, failed + f, skipped + s
     if not args.only and os.path.exists("/dev/kvm"):
         p, f = host_console_tests()

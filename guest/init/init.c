@@ -7,22 +7,32 @@
  *     reached"), harmless where nothing listens there;
  *   - mounts /proc, /sys, /dev (devtmpfs), /dev/pts, /dev/shm, /tmp, /run;
  *   - puts stdin/stdout/stderr on /dev/console and prints SWIFTLET-READY;
+ *   - with swiftlet.agent, starts the guest agent (/sbin/swiftlet-agent,
+ *     guest/agent) listening on that vsock port; the agent itself prints
+ *     SWIFTLET-AGENT port=N once it listens;
  *   - runs the scenario named by swiftlet.test=NAME (/scenarios/NAME.sh under
  *     busybox sh) and prints SWIFTLET-DONE test=NAME status=N, or, without
- *     swiftlet.test, an interactive shell on the console;
+ *     swiftlet.test, an interactive shell on the console (not by default
+ *     when the agent runs);
  *   - reaps every child, then sync()s and reboot()s (RB_AUTOBOOT, or
- *     RB_POWER_OFF with swiftlet.poweroff=1). PID 1 never exits.
+ *     RB_POWER_OFF with swiftlet.poweroff=1). With the agent and no
+ *     swiftlet.test it never reboots by itself: it reaps children forever and
+ *     the host stops the VM. PID 1 never exits.
  *
  * Kernel command line:
  *   swiftlet.test=NAME    run /scenarios/NAME.sh (NAME: [A-Za-z0-9_.-]+)
- *   swiftlet.shell=0|1    interactive shell; default 1 without swiftlet.test,
- *                         0 with it (1 then gives a shell after the scenario)
+ *   swiftlet.shell=0|1    interactive shell; default 1 without swiftlet.test
+ *                         and without swiftlet.agent, else 0 (1 then gives a
+ *                         shell after the scenario, or beside the agent)
  *   swiftlet.poweroff=1   power off instead of reboot at the end
+ *   swiftlet.agent=PORT   start the guest agent on vsock port PORT
+ *                         (2..4294967294); 1 means the default port 1024,
+ *                         0 means no agent (the default)
  *
  * Not PID 1 (a test run on a host): no port write, no mounts, no console
- * set-up, no reboot; the command line comes from $SWIFTLET_CMDLINE if set and
- * the scenario directory from $SWIFTLET_SCENARIOS; it exits with the
- * scenario's status.
+ * set-up, no agent, no reboot; the command line comes from $SWIFTLET_CMDLINE
+ * if set and the scenario directory from $SWIFTLET_SCENARIOS; it exits with
+ * the scenario's status.
  *
  * Build: gcc -static -Os -Wall -Wextra -o init init.c
  */
@@ -49,10 +59,10 @@
 #define BOOT_TIMER_VALUE 123
 #define SCENARIO_DIR "/scenarios"
 #define SHELL "/bin/sh"
+#define AGENT "/sbin/swiftlet-agent"
+#define AGENT_DEFAULT_PORT 1024
 
 static int is_pid1;
-static const char *scenario_dir = SCENARIO_DIR;
-
 /* One write(2) per line, so lines from init never interleave mid-line. */
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...)
@@ -205,6 +215,22 @@ static int valid_name(const char *s)
 
 /* ---- children ------------------------------------------------------------- */
 
+static pid_t agent_pid = -1;
+
+/* A child was reaped: say so if it was the agent (it should never end). */
+static void reaped(pid_t pid, int st)
+{
+    if (pid != agent_pid || pid < 0)
+        return;
+    agent_pid = -1;
+    if (WIFSIGNALED(st))
+        say("SWIFTLET-AGENT-EXIT signal=%d", WTERMSIG(st));
+    else
+        say("SWIFTLET-AGENT-EXIT status=%d", WEXITSTATUS(st));
+}
+static const char *scenario_dir = SCENARIO_DIR;
+
+
 /* Wait for `child`, reaping any other child (orphans re-parented to PID 1)
  * on the way. Returns its exit code, 128+N when killed by signal N. */
 static int wait_for(pid_t child)
@@ -217,8 +243,10 @@ static int wait_for(pid_t child)
                 continue;
             return 127; /* ECHILD: nothing left to wait for */
         }
-        if (pid != child)
+        if (pid != child) {
+            reaped(pid, st);
             continue;
+        }
         if (WIFEXITED(st))
             return WEXITSTATUS(st);
         if (WIFSIGNALED(st))
@@ -317,11 +345,62 @@ static int run_shell(void)
     return wait_for(pid);
 }
 
+/* swiftlet.agent: 0 when absent or 0, the port otherwise (1 -> 1024);
+ * -1 when the value is not a port (reported on the console). */
+static long long agent_port(void)
+{
+    char value[32];
+    if (!param("swiftlet.agent", value, sizeof value))
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long port = strtoull(value, &end, 10);
+    /* 0xffffffff is VMADDR_PORT_ANY (include/uapi/linux/vm_sockets.h). */
+    if (!value[0] || *end || errno || port > 0xfffffffeULL || value[0] == '-') {
+        say("SWIFTLET-AGENT-ERROR swiftlet.agent=%s is not a vsock port (use 1 for the default %d, or 2..4294967294)",
+            value, AGENT_DEFAULT_PORT);
+        return -1;
+    }
+    return port == 1 ? AGENT_DEFAULT_PORT : (long long)port;
+}
+
+/* Start the agent; it prints SWIFTLET-AGENT port=N itself once it listens.
+ * PID 1 reaps it like any child; it is not restarted (a failed bind would
+ * only fail again). */
+static pid_t start_agent(long long port)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        say("SWIFTLET-AGENT-ERROR fork: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        child_defaults();
+        setsid();
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0) {
+            dup2(null, STDIN_FILENO);
+            if (null != STDIN_FILENO)
+                close(null);
+        }
+        char listen[32];
+        snprintf(listen, sizeof listen, "vsock:%lld", port);
+        execl(AGENT, "swiftlet-agent", "--listen", listen, (char *)NULL);
+        say("SWIFTLET-AGENT-ERROR exec %s: %s", AGENT, strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
 /* PID 1 must never exit: reap forever. */
 static void __attribute__((noreturn)) idle_forever(void)
 {
     for (;;) {
-        if (waitpid(-1, NULL, 0) < 0 && errno == ECHILD)
+        int st;
+        pid_t pid = waitpid(-1, &st, 0);
+        if (pid > 0)
+            reaped(pid, st);
+        else if (errno == ECHILD)
             pause();
     }
 }
@@ -351,8 +430,12 @@ int main(void)
     char test[256], shell[16], poweroff[16];
     const char *name = param("swiftlet.test", test, sizeof test);
     const char *sh = param("swiftlet.shell", shell, sizeof shell);
-    int want_shell = sh ? strcmp(sh, "0") != 0 : name == NULL;
+    long long port = agent_port();
+    int want_shell = sh ? strcmp(sh, "0") != 0 : name == NULL && port == 0;
     int status = 0;
+
+    if (port > 0 && is_pid1)
+        agent_pid = start_agent(port);
 
     if (name) {
         if (valid_name(name)) {
@@ -371,6 +454,8 @@ int main(void)
 
     if (!is_pid1)
         return status;
+    if (port > 0 && !name)
+        idle_forever(); /* the agent serves; the host stops the VM */
 
     sync();
     const char *po = param("swiftlet.poweroff", poweroff, sizeof poweroff);
