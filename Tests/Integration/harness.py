@@ -123,14 +123,14 @@ def native_env():
     env = dict(os.environ)
     tools = integration_tools()
     env.update(SWIFTLET=SWIFTLET, GUEST=GUEST, VMMBENCH=tools["vmmbench"], RUNAS=tools["runas"],
-               TCPPEER=tools["tcppeer"], VSOCKPEER=tools["vsockpeer"])
+               TCPPEER=tools["tcppeer"], VSOCKPEER=tools["vsockpeer"], AGENTEXEC=tools["agentexec"])
     env.setdefault("QEMU", "qemu-system-x86_64")
     env.setdefault("QEMU_FIRMWARE", "/usr/share/qemu")
     return env
 
 
 LAB_ENV = "SWIFTLET=/job/bin/swiftlet GUEST=/job/guest VMMBENCH=/job/bin/vmmbench RUNAS=/job/bin/runas " \
-          "TCPPEER=/job/bin/tcppeer VSOCKPEER=/job/bin/vsockpeer QEMU=qemu-system-x86_64 " \
+          "TCPPEER=/job/bin/tcppeer VSOCKPEER=/job/bin/vsockpeer AGENTEXEC=/job/bin/agentexec QEMU=qemu-system-x86_64 " \
           "QEMU_FIRMWARE=/usr/share/qemu"
 
 

@@ -9,6 +9,7 @@
 #   VMMBENCH   Tests/Integration/tools/vmmbench     RUNAS   Tests/Integration/tools/runas
 #   TCPPEER    Tests/Integration/tools/tcppeer (the host's end of the network tests' bulk transfers)
 #   VSOCKPEER  Tests/Integration/tools/vsockpeer (the host's end of vsock streams; also in initramfs-full.cpio)
+#   AGENTEXEC  Tests/Integration/tools/agentexec (runs a command through the guest agent: vsock:CID:PORT)
 #
 # Output protocol, one line each, read by the harness on the machine that started the run:
 #   TEST-RESULT NAME ok
