@@ -516,6 +516,8 @@ def main(argv):
         t = Suite(argv[2], local=False)
         run_suite(t)
     elif len(argv) == 2 and not argv[1].startswith("-"):
+        # Stopped from outside (a harness timeout): still stop the agent and remove its directory (finally below).
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         agent = os.path.abspath(argv[1])
         d = tempfile.mkdtemp(prefix="swiftlet-agent.")
         path = os.path.join(d, "agent.sock")
