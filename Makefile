@@ -29,10 +29,10 @@ build: deps
 		{ grep -v -e "statically linked applications requires at runtime" -e "mktemp' is dangerous" || true; }
 
 # The kernel build is cached under $${SWIFTLET_CACHE:-~/.cache/swiftlet}, keyed by its config and source version.
-# Two initramfs images: initramfs.cpio is the tiny guest (busybox and our init) that make run, the boot tests and the
-# boot benchmark use; initramfs-full.cpio adds mkfs.ext4 and e2fsck (Debian's, with their libraries), a static fio
-# (guest/build-fio.sh, cached too) and Debian's iperf3 (with libiperf, libcrypto, libsctp, libm) for the device and
-# network tests and benchmarks.
+# Two initramfs images: initramfs.cpio is the tiny guest (busybox, our init and the guest agent) that make run, the
+# boot tests and the boot benchmark use; initramfs-full.cpio adds mkfs.ext4 and e2fsck (Debian's, with their
+# libraries), a static fio (guest/build-fio.sh, cached too) and Debian's iperf3 (with libiperf, libcrypto, libsctp,
+# libm) for the device and network tests and benchmarks.
 guest: deps
 	@guest/build-kernel.sh $(GUEST_OUT)
 	@guest/build-fio.sh $(GUEST_OUT)
