@@ -51,7 +51,7 @@ case "$rc $out" in
 esac
 
 # 16 MiB of output, intact: the guest prints the sha256 of what it sent on stderr.
-"$AGENTEXEC" "$T" -- sh -c 'exec 3>&1; head -c 16777216 /dev/urandom | tee /dev/fd/3 | sha256sum >&2' \
+"$AGENTEXEC" "$T" -- sh -c 'exec 3>&1; head -c 16777216 /dev/urandom | tee /proc/self/fd/3 | sha256sum >&2' \
     >"$WORK/big" 2>"$WORK/big.sum"
 rc=$?
 want=$(cut -d' ' -f1 "$WORK/big.sum")
