@@ -13,7 +13,8 @@ func openGuestStream(socketPath: String, port: UInt32, deadline: UInt64) throws(
     do {
         try socket.writeAll(Array("CONNECT \(port)\n".utf8))
     } catch {
-        throw SwiftletError(.agentUnavailable, "the VM's vsock socket \(socketPath) closed", cause: error)
+        // The device closes host connections at once while the guest's driver is not ready yet: a refusal.
+        throw SwiftletError(.connectionRefused, "the VM's vsock socket \(socketPath) closed the connection (the guest's vsock driver is not ready)", cause: error)
     }
     var line: [UInt8] = []
     var byte: [UInt8] = [0]

@@ -439,6 +439,9 @@ public final class Vsock: LoopDevice {
         /// to hear that it has room again.
         mutating func afterForwarding(_ device: Vsock, _ connection: Connection) {
             guard connections[connection.id] != nil, connection.pendingCount == 0 else { return }
+            if connection.guestShutdown == VsockHeader.shutdownReceive | VsockHeader.shutdownSend {
+                return reset(device, connection)
+            }
             if connection.guestShutdown & VsockHeader.shutdownSend != 0 {
                 connection.socket.shutdown(reading: false, writing: true)
             }
@@ -565,14 +568,9 @@ public final class Vsock: LoopDevice {
                 remove(device, connection)
             case .shutdown:
                 connection.guestShutdown |= header.flags & (VsockHeader.shutdownReceive | VsockHeader.shutdownSend)
-                if connection.guestShutdown == VsockHeader.shutdownReceive | VsockHeader.shutdownSend {
-                    // The guest closed: what the host socket can still take goes, then the host end closes and the
-                    // guest's close completes with RST.
-                    if connection.pendingCount > 0 { flushPending(device, connection) }
-                    if connections[connection.id] != nil { reset(device, connection) }
-                } else {
-                    afterForwarding(device, connection)
-                }
+                // The guest closed (both flags): once the bytes still waiting for the host socket are out, the host
+                // end closes and the guest's close completes with RST (afterForwarding).
+                afterForwarding(device, connection)
             case .readWrite:
                 guard connection.phase == .connected, connection.guestShutdown & VsockHeader.shutdownSend == 0 else {
                     device.counters.errorCount.add(1, ordering: .relaxed)

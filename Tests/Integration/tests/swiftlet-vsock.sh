@@ -11,6 +11,9 @@ S=$WORK/v.sock
 check() { if [ "$2" = "$3" ]; then test_pass "$t.$1"; else test_fail "$t.$1" "got '$2', want '$3'; $(tail -c 300 "$WORK/err" 2>/dev/null)"; fi; }
 # x ARGS...: swiftlet exec --attach S ARGS, stderr to $WORK/err
 x() { "$SWIFTLET" exec --attach "$S" "$@" 2>"$WORK/err"; }
+# x_to FILE ARGS...: x with stdout to FILE (for heartbeat: long steps must print something every few seconds, or
+# the lab's watchdog takes the quiet for a hang)
+x_to() { _xo=$1; shift; x "$@" >"$_xo"; }
 now_ms() { echo $(($(cut -d' ' -f1 /proc/uptime | tr -d .) * 10)); }
 
 echo "step: streams without the agent (guest/scenarios/vsock-streams.sh)"
@@ -68,14 +71,17 @@ grep -q "No such file" "$WORK/err" && test_pass "$t.not-found-message" || test_f
 x --workdir /no/such/dir -- true; check bad-workdir $? 127
 
 echo "step: 16 MiB of output"
-want=$(x -- sh -c 'head -c 16777216 /dev/urandom >/tmp/big && sha256sum /tmp/big' | cut -d' ' -f1)
-x -- cat /tmp/big >"$WORK/big"; rc=$?
+heartbeat x_to "$WORK/big.sum" -- sh -c 'head -c 16777216 /dev/urandom >/tmp/big && sha256sum /tmp/big'
+want=$(cut -d' ' -f1 "$WORK/big.sum")
+heartbeat x_to "$WORK/big" -- cat /tmp/big; rc=$?
 check output-16m "$rc $(wc -c <"$WORK/big" | tr -d ' ') $(sha256sum "$WORK/big" | cut -d' ' -f1)" "0 16777216 $want"
 rm -f "$WORK/big"
 
 echo "step: stdin"
 head -c 1048576 /dev/urandom >"$WORK/in"
-got=$(x -- sha256sum <"$WORK/in" | cut -d' ' -f1)
+stdin_sum() { x -- sha256sum <"$WORK/in" >"$WORK/in.sum"; }
+heartbeat stdin_sum
+got=$(cut -d' ' -f1 "$WORK/in.sum")
 check stdin-1m "$got" "$(sha256sum "$WORK/in" | cut -d' ' -f1)"
 out=$(echo "piped line" | x -- cat); check stdin-pipe "$out" "piped line"
 out=$(x --no-stdin -- cat <"$WORK/in" | wc -c | tr -d ' '); check no-stdin "$out" 0
@@ -84,8 +90,9 @@ echo "step: 100 execs in a row"
 start=$(now_ms); failed=0
 i=0
 while [ $i -lt 100 ]; do
-    out=$(x -- echo "$i") && [ "$out" = "$i" ] || failed=$((failed + 1))
+    out=$(x -- echo "$i") && [ "$out" = "$i" ] || { failed=$((failed + 1)); echo "step: exec $i: '$out' $(cat "$WORK/err")"; }
     i=$((i + 1))
+    [ $((i % 10)) != 0 ] || echo "step: $i execs"
 done
 echo "step: 100 execs took $(($(now_ms) - start)) ms"
 check sequential-100 "$failed" 0
@@ -97,7 +104,12 @@ while [ $i -lt 8 ]; do
     "$SWIFTLET" exec --attach "$S" -- sh -c "sleep 2; echo $i" >"$WORK/c$i" 2>&1 &
     i=$((i + 1))
 done
-# `wait` for the eight (not the VM): their pids are the last background jobs
+# Wait for the eight (not the VM), saying so every few seconds.
+i=0
+while [ "$(ls "$WORK"/c[0-7] | while read -r f; do [ -s "$f" ] && echo x; done | wc -l)" -lt 8 ] && [ $i -lt 300 ]; do
+    sleep 0.2; i=$((i + 1))
+    [ $((i % 15)) != 0 ] || echo "step: waiting for the 8 execs ($((i / 5)) s)"
+done
 for job in $(jobs -p); do [ "$job" = "$vm" ] || wait "$job"; done
 bad=0
 i=0
@@ -122,17 +134,19 @@ echo "step: guest to host stream"
 "$VSOCKPEER" listen "unix:${S}_5000" recv >"$WORK/g2h.host" 2>&1 &
 peer=$!
 sleep 0.5
-guest=$(x -- vsockpeer connect vsock:2:5000 send 8M)
+heartbeat x_to "$WORK/g2h.guest" -- vsockpeer connect vsock:2:5000 send 8M
+guest=$(cat "$WORK/g2h.guest")
 wait "$peer"
 check guest-to-host "$(echo "$guest" | sed 's/ ns=.*//')" "$(sed 's/ ns=.*//' "$WORK/g2h.host")"
 case "$guest" in *bytes=8388608*) test_pass "$t.guest-to-host-size" ;; *) test_fail "$t.guest-to-host-size" "$guest" ;; esac
 
 echo "step: host to guest stream"
+h2g_send() { "$VSOCKPEER" connect "hybrid:$S:6000" send 8M >"$WORK/h2g.host" 2>"$WORK/h2g.err"; }
 x -- vsockpeer listen vsock:6000 recv >"$WORK/h2g.guest" &
 listener=$!
 tries=0
 while :; do
-    "$VSOCKPEER" connect "hybrid:$S:6000" send 8M >"$WORK/h2g.host" 2>"$WORK/h2g.err" && break
+    heartbeat h2g_send && break
     tries=$((tries + 1))
     [ $tries -lt 50 ] && grep -q refused "$WORK/h2g.err" || break
     sleep 0.2
