@@ -1,7 +1,8 @@
 # Network benchmark, run where guests boot (the lab's L1 or a KVM host). The guest (guest/scenarios/iperf.sh, the full
 # initramfs, 256 MiB, 1 vCPU) runs iperf3 against an `iperf3 -s` on the host's end of a TAP (10.0.2.1 on tap0; in the
 # lab that is L1, whose image has iperf3: lab/build-l1.sh), NET_TIME seconds (default 10) guest->host, then as long
-# host->guest (-R), then 50 pings (busybox ping -A) for the round trip. Per round, alternating the order:
+# host->guest (-R), then NET_RR (default 2000) TCP request/response round trips of 1 byte against a `tcppeer echo` on
+# the host (guest: tcppeer rr), then 50 pings (busybox ping -A). Per round, alternating the order:
 #   swiftlet       --net tap=tap0 (offloads on)
 #   qemu           virtio-net-device, -netdev tap,vhost=off (a userspace backend, like Swiftlet's)
 #   qemu vhost=on  the kernel's vhost-net backend, reported as vmm=qemu under the *_vhost metric names
@@ -10,16 +11,25 @@
 #   net_tcp_g2h_gbps, net_tcp_h2g_gbps               iperf3's receiver figure, Gbit/s (swiftlet; qemu vhost=off)
 #   net_tcp_g2h_gbps_vhost, net_tcp_h2g_gbps_vhost   the same for qemu vhost=on (vmm=qemu; no swiftlet figure)
 #   net_offload_gain      swiftlet's guest->host throughput with offloads on / with them off, same round
-#   net_exits_per_mib     swiftlet's --stats notifications + interrupts of net0 per MiB through eth0 (rx + tx bytes
-#                         the guest counted; the pings included); QEMU has no such counter: no qemu figure
-#   net_rr_latency_us     median ICMP echo round trip guest->host, microseconds (busybox ping -A: a first version of
-#                         a small request/response figure; it is not TCP)
+#   net_exits_per_mib     guest notifications plus interrupts per MiB through eth0 during the two transfers, counted
+#                         the same way for both VMMs by the host kernel's KVM tracepoints (tracefs): kvm_mmio writes
+#                         to the NIC's QueueNotify register (its virtio-mmio base + 0x50: each is a guest exit,
+#                         whether an ioeventfd or the VMM takes it) and kvm_set_irq raising the NIC's GSI (0 -> 1:
+#                         Swiftlet's irqfd, QEMU's KVM_IRQ_LINE). The guest marks the transfers' start and end on
+#                         its console (with 3 s of quiet around them) and this script writes those marks into the
+#                         trace. Swiftlet's whole-run trace counts are checked against its own --stats counters and
+#                         printed (step: lines), with the guest's /proc/interrupts count for the window.
+#   net_exits_per_mib_vhost  the same for qemu vhost=on
+#   net_rr_latency_us     median TCP request/response round trip, 1-byte messages, guest->host, microseconds
+#   net_rr_latency_us_vhost  the same for qemu vhost=on
+#   net_ping_us           median ICMP echo round trip (busybox ping -A), for reference
 . "$INTEGRATION/lib.sh"
 runs=${RUNS:-3}
 secs=${NET_TIME:-10}
 cmdline="console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=iperf swiftlet.net.ip=10.0.2.2/24"
-cmdline="$cmdline swiftlet.iperf.server=10.0.2.1 swiftlet.iperf.time=$secs"
-limit=$((2 * secs + 90))   # seconds for one boot
+rr=${NET_RR:-2000}
+cmdline="$cmdline swiftlet.iperf.server=10.0.2.1 swiftlet.iperf.time=$secs swiftlet.iperf.rr=$rr swiftlet.iperf.rrport=5003"
+limit=$((2 * secs + 150))   # seconds for one boot
 mac=52:54:00:12:34:56
 
 if ! command -v iperf3 >/dev/null 2>&1; then
@@ -30,7 +40,67 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/swiftlet-bench-net.XXXXXX") || exit 1
 tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up || { echo "net bench: no tap0"; exit 1; }
 iperf3 -s -B 10.0.2.1 >"$work/iperf3-server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; ip link set tap0 down; tunctl -d tap0 >/dev/null; rm -rf "$work"' EXIT
+"$TCPPEER" echo 5003 >"$work/echo.log" 2>&1 &
+echo_server=$!
+trap 'kill $server $echo_server 2>/dev/null; ip link set tap0 down; tunctl -d tap0 >/dev/null; rm -rf "$work"' EXIT
+
+# KVM's tracepoints, for counting exits the same way for every VMM.
+tracing=/sys/kernel/tracing
+[ -e $tracing/trace ] || mount -t tracefs nodev $tracing 2>/dev/null
+if [ -e $tracing/events/kvm/kvm_mmio/enable ] && [ -e $tracing/events/kvm/kvm_set_irq/enable ]; then
+    echo 0 >$tracing/tracing_on
+    echo 32768 >$tracing/buffer_size_kb
+    # Writes into the 32-bit MMIO hole below the IOAPIC (virtio-mmio windows: Swiftlet's at 0xd0000000, QEMU
+    # microvm's at 0xfeb00000); not the LAPIC's. type 2 is KVM_TRACE_MMIO_WRITE.
+    echo 'type == 2 && gpa >= 0xc0000000 && gpa < 0xfec00000' >$tracing/events/kvm/kvm_mmio/filter 2>/dev/null ||
+        echo "net bench: (kvm_mmio takes no filter here: every MMIO access is traced)"
+    echo 1 >$tracing/events/kvm/kvm_mmio/enable
+    echo 1 >$tracing/events/kvm/kvm_set_irq/enable
+    cmdline="$cmdline swiftlet.iperf.settle=3"
+else
+    tracing=
+    echo "net bench: no KVM tracepoints under /sys/kernel/tracing (tracefs, CONFIG_FTRACE): no net_exits_per_mib"
+fi
+
+# trace_start / trace_stop LOG: a fresh trace for one guest run; while it runs, the guest's transfer marks on its
+# console LOG become trace marks (polled once a second: the guest keeps 3 s of quiet around each).
+trace_start() {
+    [ -n "$tracing" ] || return 0
+    echo >$tracing/trace
+    echo 1 >$tracing/tracing_on
+    (
+        for mark in transfer-start transfer-end; do
+            until grep -q "SWIFTLET-MARK $mark" "$1" 2>/dev/null; do sleep 1; done
+            echo "swiftlet-bench $mark" >$tracing/trace_marker
+        done
+    ) &
+    marker=$!
+}
+trace_stop() {
+    [ -n "$tracing" ] || return 0
+    kill $marker 2>/dev/null
+    wait $marker 2>/dev/null
+    echo 0 >$tracing/tracing_on
+    cat $tracing/trace >"$1.trace"
+    _lost=$(sed -n 's/^overrun: //p' $tracing/per_cpu/cpu*/stats | awk '{ s += $1 } END { print s + 0 }')
+    [ "$_lost" = 0 ] || echo "net bench: the trace lost $_lost events (buffer too small): no exits figure from it" >"$1.trace"
+}
+
+# trace_counts LOG: "WINDOW_NOTIFY WINDOW_IRQ ALL_NOTIFY ALL_IRQ" for the NIC the guest reported (net_mmio,
+# net_irq): QueueNotify writes and interrupt assertions (0 -> 1) between the transfer marks, and in the whole run.
+trace_counts() {
+    _base=$(guest_value "$1" net_mmio) _irq=$(guest_value "$1" net_irq)
+    case $_base in 0x[0-9a-f]*[0-9a-f]) ;; *) return 1 ;; esac
+    [ -n "$_irq" ] && [ -s "$1.trace" ] || return 1
+    grep -q '^net bench:' "$1.trace" && { cat "$1.trace"; return 1; }
+    awk -v notify="$(printf '0x%x' $((_base + 0x50)))" -v gsi="$_irq" '
+        /tracing_mark_write: swiftlet-bench transfer-start/ { marks++; w = 1 }
+        /tracing_mark_write: swiftlet-bench transfer-end/ { marks++; w = 0 }
+        / kvm_mmio: mmio write / { for (i = 1; i < NF; i++) if ($i == "gpa" && $(i + 1) == notify) { n++; if (w) wn++ } }
+        / kvm_set_irq: gsi / { for (i = 1; i < NF; i++) if ($i == "gsi") g = $(i + 1); else if ($i == "level") l = $(i + 1)
+            if (g == gsi) { if (l == 1 && last != 1) { q++; if (w) wq++ } last = l } }
+        END { if (marks == 2) print wn + 0, wq + 0, n + 0, q + 0; else exit 1 }' "$1.trace"
+}
 
 swiftlet_run() { # LOG EXTRA-CMDLINE
     timeout "$limit" "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
@@ -56,6 +126,7 @@ sample() {
 one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
     _log=$work/$1-$2.console
     echo "step: net bench round $2/$runs: $1"
+    [ $1 = swiftlet-offloads-off ] || trace_start "$_log"
     case $1 in
         swiftlet) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
         swiftlet-offloads-off) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" \
@@ -64,6 +135,7 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
         qemu-vhost) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" on ;;
     esac
     _rc=$?
+    [ $1 = swiftlet-offloads-off ] || trace_stop "$_log"
     echo "step: $1 exited $_rc"
     tr -d '\r' <"$_log" >"$_log.lines" && mv "$_log.lines" "$_log"
     grep '^SWIFTLET-RESULT .* fail' "$_log" | sed 's/^/step: /'
@@ -71,10 +143,14 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
         swiftlet|qemu)
             sample net_tcp_g2h_gbps "$1" "$_log" g2h_gbps Gbit/s || status=1
             sample net_tcp_h2g_gbps "$1" "$_log" h2g_gbps Gbit/s || status=1
-            sample net_rr_latency_us "$1" "$_log" rr_us us || status=1 ;;
+            sample net_rr_latency_us "$1" "$_log" rr_us us || status=1
+            sample net_ping_us "$1" "$_log" ping_us us || status=1
+            exits net_exits_per_mib "$1" "$_log" || status=1 ;;
         qemu-vhost)
             sample net_tcp_g2h_gbps_vhost qemu "$_log" g2h_gbps Gbit/s || status=1
-            sample net_tcp_h2g_gbps_vhost qemu "$_log" h2g_gbps Gbit/s || status=1 ;;
+            sample net_tcp_h2g_gbps_vhost qemu "$_log" h2g_gbps Gbit/s || status=1
+            sample net_rr_latency_us_vhost qemu "$_log" rr_us us || status=1
+            exits net_exits_per_mib_vhost qemu "$_log" || status=1 ;;
         swiftlet-offloads-off)
             _on=$(guest_value "$work/swiftlet-$2.console" g2h_gbps) _off=$(guest_value "$_log" g2h_gbps)
             echo "step: swiftlet guest->host: offloads on ${_on:-?} Gbit/s, off ${_off:-?} Gbit/s"
@@ -85,18 +161,34 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
             fi ;;
     esac
     if [ "$1" = swiftlet ]; then
+        # Cross-check: the whole run's traced counts against Swiftlet's own counters.
         _line=$(grep '^swiftlet: stats device=net0 ' "$_log.err" | tail -n 1)
         _n=$(echo "$_line" | sed -n 's/.* notifications=\([0-9]*\).*/\1/p')
         _i=$(echo "$_line" | sed -n 's/.* interrupts=\([0-9]*\).*/\1/p')
         _b=$(guest_value "$_log" eth0_bytes)
         if [ -n "$_n" ] && [ -n "$_i" ] && [ -n "${_b#0}" ]; then
-            echo "step: swiftlet stats: $_line; eth0 bytes $_b"
-            echo "BENCH-SAMPLE metric=net_exits_per_mib vmm=swiftlet value=$(awk "BEGIN { printf \"%.2f\", ($_n + $_i) / ($_b / 1048576) }") unit=per_MiB"
+            set -- $(trace_counts "$_log") "" "" "" ""
+            echo "step: swiftlet whole run: --stats notifications=$_n interrupts=$_i; traced notifications=${3:-?}" \
+                "interrupts=${4:-?}; --stats per MiB of eth0: $(awk "BEGIN { printf \"%.2f\", ($_n + $_i) / ($_b / 1048576) }")"
         else
             echo "net bench: no usable 'swiftlet: stats device=net0' line (${_line:-none}) or eth0 byte count (${_b:-none})"
             status=1
         fi
     fi
+}
+
+# exits METRIC VMM LOG: notifications + interrupts per MiB during the transfers, from the trace.
+exits() {
+    [ -n "$tracing" ] || return 0
+    _b=$(guest_value "$3" transfer_bytes)
+    if ! _c=$(trace_counts "$3") || [ -z "${_b#0}" ]; then
+        echo "net bench: $2: no exits figure (trace counts: ${_c:-none}; transfer bytes: ${_b:-none})"
+        return 1
+    fi
+    set -- "$1" "$2" "$3" $_c
+    echo "step: $2 transfers: $(awk "BEGIN { printf \"%.1f\", $_b / 1048576 }") MiB, notifications=$4 interrupts=$5" \
+        "(guest /proc/interrupts: $(guest_value "$3" transfer_interrupts))"
+    echo "BENCH-SAMPLE metric=$1 vmm=$2 value=$(awk "BEGIN { printf \"%.2f\", ($4 + $5) / ($_b / 1048576) }") unit=per_MiB"
 }
 
 status=0
