@@ -12,13 +12,14 @@
 #   net_tcp_g2h_gbps_vhost, net_tcp_h2g_gbps_vhost   the same for qemu vhost=on (vmm=qemu; no swiftlet figure)
 #   net_offload_gain      swiftlet's guest->host throughput with offloads on / with them off, same round
 #   net_exits_per_mib     guest notifications plus interrupts per MiB through eth0 during the two transfers, counted
-#                         the same way for both VMMs by the host kernel's KVM tracepoints (tracefs): kvm_mmio writes
-#                         to the NIC's QueueNotify register (its virtio-mmio base + 0x50: each is a guest exit,
-#                         whether an ioeventfd or the VMM takes it) and kvm_set_irq raising the NIC's GSI (0 -> 1:
-#                         Swiftlet's irqfd, QEMU's KVM_IRQ_LINE). The guest marks the transfers' start and end on
-#                         its console (with 3 s of quiet around them) and this script writes those marks into the
-#                         trace. Swiftlet's whole-run trace counts are checked against its own --stats counters and
-#                         printed (step: lines), with the guest's /proc/interrupts count for the window.
+#                         the same way for both VMMs: notifications are the host kernel's kvm_mmio events (tracefs,
+#                         a histogram trigger) for writes to the NIC's QueueNotify register (its virtio-mmio base +
+#                         0x50: each is a guest exit, whether an ioeventfd or the VMM takes it); interrupts are the
+#                         ones the guest handled on the NIC's line (/proc/interrupts). kvm_set_irq raising that GSI
+#                         (Swiftlet's irqfd, QEMU's KVM_IRQ_LINE, which QEMU also repeats while the line is up) is
+#                         printed next to it. The guest marks the transfers' start and end on its console, with 3 s
+#                         of quiet around them, and the counts are read there. Swiftlet's whole-run counts are
+#                         checked against its own --stats counters (step: lines).
 #   net_exits_per_mib_vhost  the same for qemu vhost=on
 #   net_rr_latency_us     median TCP request/response round trip, 1-byte messages, guest->host, microseconds
 #   net_rr_latency_us_vhost  the same for qemu vhost=on
@@ -44,34 +45,33 @@ server=$!
 echo_server=$!
 trap 'kill $server $echo_server 2>/dev/null; ip link set tap0 down; tunctl -d tap0 >/dev/null; rm -rf "$work"' EXIT
 
-# KVM's tracepoints, for counting exits the same way for every VMM.
+# KVM's tracepoints, for counting exits the same way for every VMM: histogram triggers (CONFIG_HIST_TRIGGERS) count
+# the events in the kernel, by address and by GSI, without recording each one (a text trace of a run is about 10^5
+# lines, too slow to write and read under the lab's TCG).
 tracing=/sys/kernel/tracing
-[ -e $tracing/trace ] || mount -t tracefs nodev $tracing 2>/dev/null
-if [ -e $tracing/events/kvm/kvm_mmio/enable ] && [ -e $tracing/events/kvm/kvm_set_irq/enable ]; then
-    echo 0 >$tracing/tracing_on
-    echo 32768 >$tracing/buffer_size_kb
-    # Writes into the 32-bit MMIO hole below the IOAPIC (virtio-mmio windows: Swiftlet's at 0xd0000000, QEMU
-    # microvm's at 0xfeb00000); not the LAPIC's. type 2 is KVM_TRACE_MMIO_WRITE.
-    echo 'type == 2 && gpa >= 0xc0000000 && gpa < 0xfec00000' >$tracing/events/kvm/kvm_mmio/filter 2>/dev/null ||
-        echo "net bench: (kvm_mmio takes no filter here: every MMIO access is traced)"
-    echo 1 >$tracing/events/kvm/kvm_mmio/enable
-    echo 1 >$tracing/events/kvm/kvm_set_irq/enable
+[ -e $tracing/events ] || mount -t tracefs nodev $tracing 2>/dev/null
+mmio_events=$tracing/events/kvm/kvm_mmio irq_events=$tracing/events/kvm/kvm_set_irq
+# MMIO writes (type 2, KVM_TRACE_MMIO_WRITE) by guest-physical address; interrupt line changes by GSI and level.
+mmio_hist='hist:keys=gpa:vals=hitcount if type == 2' irq_hist='hist:keys=gsi,level:vals=hitcount'
+if [ -w $mmio_events/trigger ] && [ -w $irq_events/trigger ] && echo "$mmio_hist" >$mmio_events/trigger 2>/dev/null; then
+    echo "!$mmio_hist" >$mmio_events/trigger
     cmdline="$cmdline swiftlet.iperf.settle=3"
 else
     tracing=
-    echo "net bench: no KVM tracepoints under /sys/kernel/tracing (tracefs, CONFIG_FTRACE): no net_exits_per_mib"
+    echo "net bench: no KVM histogram triggers under /sys/kernel/tracing (tracefs, CONFIG_HIST_TRIGGERS): no net_exits_per_mib"
 fi
 
-# trace_start / trace_stop LOG: a fresh trace for one guest run; while it runs, the guest's transfer marks on its
-# console LOG become trace marks (polled once a second: the guest keeps 3 s of quiet around each).
+# trace_start / trace_stop LOG: fresh counts for one guest run (LOG.hist-start, LOG.hist-end: the counts when the
+# guest's transfer marks appeared on its console LOG, polled once a second, with 3 s of quiet around each in the
+# guest; LOG.hist-exit: after the run).
 trace_start() {
     [ -n "$tracing" ] || return 0
-    echo >$tracing/trace
-    echo 1 >$tracing/tracing_on
+    echo "$mmio_hist" >$mmio_events/trigger
+    echo "$irq_hist" >$irq_events/trigger
     (
-        for mark in transfer-start transfer-end; do
-            until grep -q "SWIFTLET-MARK $mark" "$1" 2>/dev/null; do sleep 1; done
-            echo "swiftlet-bench $mark" >$tracing/trace_marker
+        for mark in start end; do
+            until grep -q "SWIFTLET-MARK transfer-$mark" "$1" 2>/dev/null; do sleep 1; done
+            cat $mmio_events/hist $irq_events/hist >"$1.hist-$mark"
         done
     ) &
     marker=$!
@@ -80,26 +80,34 @@ trace_stop() {
     [ -n "$tracing" ] || return 0
     kill $marker 2>/dev/null
     wait $marker 2>/dev/null
-    echo 0 >$tracing/tracing_on
-    cat $tracing/trace >"$1.trace"
-    _lost=$(sed -n 's/^overrun: //p' $tracing/per_cpu/cpu*/stats | awk '{ s += $1 } END { print s + 0 }')
-    [ "$_lost" = 0 ] || echo "net bench: the trace lost $_lost events (buffer too small): no exits figure from it" >"$1.trace"
+    cat $mmio_events/hist $irq_events/hist >"$1.hist-exit"
+    echo "!$mmio_hist" >$mmio_events/trigger
+    echo "!$irq_hist" >$irq_events/trigger
 }
 
-# trace_counts LOG: "WINDOW_NOTIFY WINDOW_IRQ ALL_NOTIFY ALL_IRQ" for the NIC the guest reported (net_mmio,
-# net_irq): QueueNotify writes and interrupt assertions (0 -> 1) between the transfer marks, and in the whole run.
+# hist_counts FILE NOTIFY GSI: "NOTIFICATIONS RAISES LOWERS" in a histogram snapshot: writes to the QueueNotify
+# address NOTIFY (decimal), kvm_set_irq of GSI to level 1 and to level 0.
+hist_counts() {
+    awk -v notify="$2" -v gsi="$3" '
+        { k = ""; g = ""; l = ""; h = 0
+          for (i = 1; i < NF; i++) {
+              if ($i == "gpa:") k = $(i + 1); else if ($i == "gsi:") { g = $(i + 1); sub(",", "", g) }
+              else if ($i == "level:") l = $(i + 1); else if ($i == "hitcount:") h = $(i + 1) }
+          if (k != "" && k == notify) n += h
+          if (g != "" && g == gsi) { if (l == 1) r += h; else f += h } }
+        END { print n + 0, r + 0, f + 0 }' "$1"
+}
+
+# trace_counts LOG: "WINDOW_NOTIFY WINDOW_RAISES ALL_NOTIFY ALL_RAISES ALL_LOWERS" for the NIC the guest reported
+# (net_mmio, net_irq): between the transfer marks, and in the whole run.
 trace_counts() {
     _base=$(guest_value "$1" net_mmio) _irq=$(guest_value "$1" net_irq)
     case $_base in 0x[0-9a-f]*[0-9a-f]) ;; *) return 1 ;; esac
-    [ -n "$_irq" ] && [ -s "$1.trace" ] || return 1
-    grep -q '^net bench:' "$1.trace" && { cat "$1.trace"; return 1; }
-    awk -v notify="$(printf '0x%x' $((_base + 0x50)))" -v gsi="$_irq" '
-        /tracing_mark_write: swiftlet-bench transfer-start/ { marks++; w = 1 }
-        /tracing_mark_write: swiftlet-bench transfer-end/ { marks++; w = 0 }
-        / kvm_mmio: mmio write / { for (i = 1; i < NF; i++) if ($i == "gpa" && $(i + 1) == notify) { n++; if (w) wn++ } }
-        / kvm_set_irq: gsi / { for (i = 1; i < NF; i++) if ($i == "gsi") g = $(i + 1); else if ($i == "level") l = $(i + 1)
-            if (g == gsi) { if (l == 1 && last != 1) { q++; if (w) wq++ } last = l } }
-        END { if (marks == 2) print wn + 0, wq + 0, n + 0, q + 0; else exit 1 }' "$1.trace"
+    [ -n "$_irq" ] && [ -s "$1.hist-start" ] && [ -s "$1.hist-end" ] && [ -s "$1.hist-exit" ] || return 1
+    _notify=$((_base + 0x50))
+    set -- $(hist_counts "$1.hist-start" $_notify $_irq) $(hist_counts "$1.hist-end" $_notify $_irq) \
+        $(hist_counts "$1.hist-exit" $_notify $_irq)
+    echo $(($4 - $1)) $(($5 - $2)) $7 $8 $9
 }
 
 swiftlet_run() { # LOG EXTRA-CMDLINE
@@ -167,9 +175,9 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
         _i=$(echo "$_line" | sed -n 's/.* interrupts=\([0-9]*\).*/\1/p')
         _b=$(guest_value "$_log" eth0_bytes)
         if [ -n "$_n" ] && [ -n "$_i" ] && [ -n "${_b#0}" ]; then
-            set -- $(trace_counts "$_log") "" "" "" ""
+            set -- $(trace_counts "$_log") "" "" "" "" ""
             echo "step: swiftlet whole run: --stats notifications=$_n interrupts=$_i; traced notifications=${3:-?}" \
-                "interrupts=${4:-?}; --stats per MiB of eth0: $(awk "BEGIN { printf \"%.2f\", ($_n + $_i) / ($_b / 1048576) }")"
+                "line raised=${4:-?} lowered=${5:-?}; --stats per MiB of eth0: $(awk "BEGIN { printf \"%.2f\", ($_n + $_i) / ($_b / 1048576) }")"
         else
             echo "net bench: no usable 'swiftlet: stats device=net0' line (${_line:-none}) or eth0 byte count (${_b:-none})"
             status=1
@@ -185,10 +193,12 @@ exits() {
         echo "net bench: $2: no exits figure (trace counts: ${_c:-none}; transfer bytes: ${_b:-none})"
         return 1
     fi
+    _g=$(guest_value "$3" transfer_interrupts)
+    if [ -z "$_g" ]; then echo "net bench: $2: no transfer_interrupts from the guest"; return 1; fi
     set -- "$1" "$2" "$3" $_c
-    echo "step: $2 transfers: $(awk "BEGIN { printf \"%.1f\", $_b / 1048576 }") MiB, notifications=$4 interrupts=$5" \
-        "(guest /proc/interrupts: $(guest_value "$3" transfer_interrupts))"
-    echo "BENCH-SAMPLE metric=$1 vmm=$2 value=$(awk "BEGIN { printf \"%.2f\", ($4 + $5) / ($_b / 1048576) }") unit=per_MiB"
+    echo "step: $2 transfers: $(awk "BEGIN { printf \"%.1f\", $_b / 1048576 }") MiB, notifications=$4" \
+        "interrupts handled by the guest=$_g (line raised $5 times)"
+    echo "BENCH-SAMPLE metric=$1 vmm=$2 value=$(awk "BEGIN { printf \"%.2f\", ($4 + $_g) / ($_b / 1048576) }") unit=per_MiB"
 }
 
 status=0
