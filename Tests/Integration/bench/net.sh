@@ -24,6 +24,8 @@
 #   net_rr_latency_us     median TCP request/response round trip, 1-byte messages, guest->host, microseconds
 #   net_rr_latency_us_vhost  the same for qemu vhost=on
 #   net_ping_us           median ICMP echo round trip (busybox ping -A), for reference
+# NET_ORDER=CONFIG,CONFIG,... runs just those configurations in each round, in that order (no offloads-off run):
+# for focused comparisons, e.g. NET_ORDER=swiftlet,qemu.
 . "$INTEGRATION/lib.sh"
 runs=${RUNS:-3}
 secs=${NET_TIME:-10}
@@ -205,8 +207,8 @@ status=0
 i=1
 while [ $i -le "$runs" ]; do
     if [ $((i % 2)) = 1 ]; then order="swiftlet qemu qemu-vhost"; else order="qemu-vhost qemu swiftlet"; fi
-    for c in $order; do one $c $i; done
-    one swiftlet-offloads-off $i
+    for c in $(echo "${NET_ORDER:-$order}" | tr "," " "); do one $c $i; done
+    [ -n "$NET_ORDER" ] || one swiftlet-offloads-off $i
     i=$((i + 1))
 done
 exit $status
