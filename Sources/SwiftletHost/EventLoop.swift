@@ -12,6 +12,7 @@ public final class EventLoop: Sendable {
     private let epoll: OwnedFileDescriptor
     private let stopEvent: EventFd
     private let handlers = Mutex<[Handler]>([])
+    private let roundEndHandlers = Mutex<[@Sendable () -> Void]>([])
     private let thread = Mutex<HostThread?>(nil)
     public let name: String
 
@@ -56,6 +57,16 @@ public final class EventLoop: Sendable {
         return Registration(fd: fd, token: UInt64(token))
     }
 
+    /// Calls `handler` on the loop thread after each round: once the sources that one epoll_wait reported ready
+    /// have all been handled. A device that completed work for several of its sources in a round raises one
+    /// interrupt for all of it here. Registered before `start()`, like the sources.
+    public func registerRoundEnd(_ handler: @escaping @Sendable () -> Void) throws(SwiftletError) {
+        guard thread.withLock({ $0 == nil }) else {
+            throw SwiftletError(.invalidConfiguration, "event sources must be registered before the \(name) loop starts")
+        }
+        roundEndHandlers.withLock { $0.append(handler) }
+    }
+
     /// Changes the events a source waits for; 0 parks it (a device with nowhere to put input stops reading). Any
     /// thread may call it. The corresponding C function is `epoll_ctl(EPOLL_CTL_MOD)`.
     public func setInterest(_ registration: Registration, events: UInt32) {
@@ -68,11 +79,12 @@ public final class EventLoop: Sendable {
     /// Starts the loop thread.
     public func start() throws(SwiftletError) {
         let table = handlers.withLock { $0 }
+        let roundEnd = roundEndHandlers.withLock { $0 }
         let epoll = self.epoll
         let stopFd = stopEvent.rawValue
         do {
             let started = try HostThread(name: name) {
-                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table)
+                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table, roundEnd: roundEnd)
             }
             thread.withLock { $0 = started }
         } catch {
@@ -80,7 +92,7 @@ public final class EventLoop: Sendable {
         }
     }
 
-    private static func run(epoll: Int32, stopFd: Int32, handlers: [Handler]) {
+    private static func run(epoll: Int32, stopFd: Int32, handlers: [Handler], roundEnd: [@Sendable () -> Void]) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
             let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), -1) }
@@ -93,6 +105,7 @@ public final class EventLoop: Sendable {
                 if token == UInt64.max { return }
                 handlers[Int(token)](events[index].events)
             }
+            for handler in roundEnd { handler() }
         }
     }
 

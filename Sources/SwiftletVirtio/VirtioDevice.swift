@@ -15,11 +15,16 @@ public final class VirtioInterrupt: Sendable {
     public init(line: any InterruptLine) { self.line = line }
 
     public var pending: UInt32 { status.load(ordering: .acquiring) }
-    /// How many interrupts the device raised.
+    /// How many interrupts the device raised (not counting those it left out because one was still pending).
     public var count: UInt64 { raised.load(ordering: .relaxed) }
 
+    /// Sets `reason` in InterruptStatus and raises the line, unless that bit was still set: then the driver has an
+    /// interrupt it has not acknowledged yet, and its handler (Linux's vm_interrupt) acknowledges the status it
+    /// read and then looks at every queue, so it finds what the device used meanwhile without a second interrupt.
+    /// (Whatever the device used was published before this call.)
     public func signal(_ reason: UInt32) {
-        status.bitwiseOr(reason, ordering: .acquiringAndReleasing)
+        let (old, _) = status.bitwiseOr(reason, ordering: .acquiringAndReleasing)
+        guard old & reason != reason else { return }
         raised.add(1, ordering: .relaxed)
         line.trigger()
     }

@@ -7,7 +7,8 @@
 #   QEMU       qemu-system-x86_64           QEMU_FIRMWARE  directory for qemu -L (bios-microvm.bin)
 #   WORK       a scratch directory for this test, removed afterwards
 #   VMMBENCH   Tests/Integration/tools/vmmbench     RUNAS   Tests/Integration/tools/runas
-#   TCPPEER    Tests/Integration/tools/tcppeer (the host's end of the network tests' bulk transfers)
+#   TCPPEER    Tests/Integration/tools/tcppeer (the host's end of the network tests' bulk transfers, and the net
+#              benchmark's echo peer for request/response latency)
 #   VSOCKPEER  Tests/Integration/tools/vsockpeer (the host's end of vsock streams; also in initramfs-full.cpio)
 #   AGENTEXEC  Tests/Integration/tools/agentexec (runs a command through the guest agent: vsock:CID:PORT)
 #

@@ -12,7 +12,9 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
     // @unchecked: tests use it from one thread.
     let device: Int32, peer: Int32
     var offloads: [UInt32] = []
-    init() throws {
+    let supportedOffloads: UInt32
+    init(supportedOffloads: UInt32 = UInt32(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)) throws {
+        self.supportedOffloads = supportedOffloads
         var fds: [Int32] = [-1, -1]
         try #require(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
         device = fds[0]
@@ -20,7 +22,10 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
     }
     deinit { close(device); close(peer) }
     var rawValue: Int32 { device }
-    func setOffloads(_ flags: UInt32) throws(SwiftletError) { offloads.append(flags) }
+    func setOffloads(_ flags: UInt32) throws(SwiftletError) -> UInt32 {
+        offloads.append(flags)
+        return flags & supportedOffloads
+    }
 
     func send(_ frame: [UInt8]) { _ = frame.withUnsafeBytes { Glibc.send(peer, $0.baseAddress, $0.count, 0) } }
     func receive() -> [UInt8]? {
@@ -52,6 +57,27 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
                 == UInt32(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN))
         #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestTSO4) == 0) // TSO needs checksum offload
         #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestChecksum | NetFeature.guestECN) == UInt32(TUN_F_CSUM))
+        #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestChecksum | NetFeature.guestUSO4 | NetFeature.guestUSO6)
+                == UInt32(TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6))
+        #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestChecksum | NetFeature.guestUSO6) == UInt32(TUN_F_CSUM | TUN_F_USO6))
+        #expect(NetFeature.tapOffloads(negotiated: NetFeature.guestUSO4 | NetFeature.guestUSO6) == 0) // USO needs it too
+        #expect(TUN_F_USO4 == 0x20 && TUN_F_USO6 == 0x40) // include/uapi/linux/if_tun.h
+        #expect(NetFeature.guestUSO4 == 1 << 54 && NetFeature.guestUSO6 == 1 << 55 && NetFeature.hostUSO == 1 << 56)
+    }
+
+    @Test func udpSegmentationIsOfferedOnlyWhereTheTapTakesIt() throws {
+        let base = UInt32(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
+        let uso = NetFeature.guestUSO4 | NetFeature.guestUSO6 | NetFeature.hostUSO
+        #expect(NetFeature.udpSegmentationFeatures(tapOffloads: base) == 0)
+        #expect(NetFeature.udpSegmentationFeatures(tapOffloads: base | UInt32(TUN_F_USO4)) == NetFeature.guestUSO4)
+        #expect(NetFeature.udpSegmentationFeatures(tapOffloads: base | UInt32(TUN_F_USO4 | TUN_F_USO6)) == uso)
+        let mac: [UInt8] = [0x52, 0x54, 0, 0, 0, 1]
+        let old = try Net(NetConfiguration(tap: "t", mac: mac), endpoint: try SocketEndpoint(supportedOffloads: base))
+        #expect(old.offeredFeatures & uso == 0)
+        #expect(old.offeredFeatures & NetFeature.guestTSO4 != 0)
+        let new = try Net(NetConfiguration(tap: "t", mac: mac),
+                          endpoint: try SocketEndpoint(supportedOffloads: base | UInt32(TUN_F_USO4 | TUN_F_USO6)))
+        #expect(new.offeredFeatures & uso == uso)
     }
 
     @Test func mergeableBufferAccounting() {
@@ -168,6 +194,60 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
         #expect(try driver.memory.read(count: 3, at: GuestAddress(0x12000 + 12)) == [1, 2, 3])
     }
 
+    @Test func receiveNotificationsOnlyWhenShortOfBuffers() throws {
+        _ = try activate(features: VirtioFeature.version1 | VirtioFeature.eventIndex)
+        let availableEvent = GuestAddress(FakeDriver.usedRing.rawValue + 4 + 8 * 16)
+        try driver.memory.write(UInt16(0xffff), at: availableEvent)
+        for index: UInt16 in 0..<3 { try postReceive(index, at: 0x10000 + UInt64(index) * 0x1000, length: 2048) }
+        endpoint.send([UInt8](repeating: 0, count: 12) + [1])
+        net.endpointReadable()
+        // Frame 1 went into chain 0 and chain 1 is held for the next: the ring did not run dry, so the driver was
+        // not asked to notify (avail_event untouched).
+        #expect(driver.usedIndex == 1)
+        #expect(driver.availableEvent == 0xffff)
+        endpoint.send([UInt8](repeating: 0, count: 12) + [2])
+        endpoint.send([UInt8](repeating: 0, count: 12) + [3])
+        net.endpointReadable()
+        #expect(driver.usedIndex == 3)
+        #expect(try driver.usedElement(2) == (2, 13))
+        #expect(driver.availableEvent == 3) // out of chains: notify at the next one
+    }
+
+    @Test func heldChainsAreNotReturnedTwiceAroundAHostileOne() throws {
+        _ = try activate(features: VirtioFeature.version1 | NetFeature.mergeableReceiveBuffers)
+        try postReceive(0, at: 0x10000, length: 1500)
+        try driver.setDescriptor(1, address: 0x11000, length: 1500) // device-readable: returned at once, unused
+        try driver.publish(1)
+        try postReceive(2, at: 0x12000, length: 1500)
+        endpoint.send([UInt8](repeating: 0, count: 12) + [4])
+        net.endpointReadable()
+        endpoint.send([UInt8](repeating: 0, count: 12) + [5, 5])
+        net.endpointReadable()
+        #expect(driver.usedIndex == 3)
+        #expect(try driver.usedElement(0) == (1, 0))
+        #expect(try driver.usedElement(1) == (0, 13))
+        #expect(try driver.usedElement(2) == (2, 14))
+        #expect(net.counters.guestErrors == 1)
+    }
+
+    @Test func oneInterruptPerLoopRoundForBothQueues() throws {
+        let loop = try EventLoop(name: "net-test")
+        try net.register(on: loop) // not started: the test plays the loop's part
+        _ = try activate(features: VirtioFeature.version1)
+        try postReceive(0, at: 0x10000, length: 2048)
+        endpoint.send([UInt8](repeating: 0, count: 12) + [6])
+        net.endpointReadable()
+        try driver.memory.write([UInt8](repeating: 0, count: 20), at: GuestAddress(0x20000))
+        try transmit([(0x20000, 20)])
+        #expect(driver.usedIndex == 1)
+        #expect(try transmitUsedIndex() == 1)
+        #expect(line.count == 0) // deferred to the round's end
+        net.raisePendingInterrupt()
+        #expect(line.count == 1)
+        net.raisePendingInterrupt()
+        #expect(line.count == 1)
+    }
+
     @Test func receiveChainsMustBeWritable() throws {
         _ = try activate(features: VirtioFeature.version1)
         try driver.setDescriptor(0, address: 0x10000, length: 2048) // device-readable: not a receive buffer
@@ -219,5 +299,37 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
         #expect(endpoint.receive() == nil)
         #expect(try transmitUsedIndex() == 3) // every chain still goes back to the driver
         #expect(net.counters.guestErrors == 3 && net.counters.requests == 0)
+    }
+}
+
+/// The TAP itself, on this host's kernel: needs root (or CAP_NET_ADMIN) and /dev/net/tun.
+@Suite(.enabled(if: geteuid() == 0 && access("/dev/net/tun", R_OK | W_OK) == 0, "needs root and /dev/net/tun"))
+struct TapTests {
+    /// Linux's major and minor version, from uname.
+    static var kernelVersion: (Int, Int) {
+        var name = utsname()
+        uname(&name)
+        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        return (parts.first ?? 0, parts.count > 1 ? parts[1] : 0)
+    }
+
+    @Test func offloadsProbeAndFallBackWithoutUDPSegmentation() throws {
+        let name = "swlt-t\(getpid() % 100000)"
+        do {
+            let tap = try Tap(name: name)
+            #expect(!tap.attached)
+            #expect(access("/sys/class/net/\(name)", F_OK) == 0)
+            let base = UInt32(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
+            let uso = UInt32(TUN_F_USO4 | TUN_F_USO6)
+            #expect(tap.supportedOffloads & base == base)
+            let (major, minor) = Self.kernelVersion
+            let kernelHasUSO = major > 6 || (major == 6 && minor >= 2) // TUN_F_USO4/6 came in Linux 6.2
+            #expect((tap.supportedOffloads & uso == uso) == kernelHasUSO)
+            // Asking for USO where the kernel lacks it falls back to the rest instead of failing.
+            #expect(try tap.setOffloads(UInt32(TUN_F_CSUM) | uso) == UInt32(TUN_F_CSUM) | (kernelHasUSO ? uso : 0))
+            #expect(try tap.setOffloads(0) == 0)
+        }
+        #expect(access("/sys/class/net/\(name)", F_OK) != 0) // created here, gone with its fd
     }
 }

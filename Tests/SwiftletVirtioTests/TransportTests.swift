@@ -202,6 +202,17 @@ final class RecordingDevice: VirtioDevice, @unchecked Sendable {
         #expect(read(R.interruptStatus) == 0)
     }
 
+    @Test func noSecondInterruptWhileOneIsPending() {
+        transport.interrupt.signal(VirtioInterrupt.usedBuffer)
+        transport.interrupt.signal(VirtioInterrupt.usedBuffer) // not acknowledged yet: the driver will look anyway
+        #expect(line.count == 1 && transport.interrupt.count == 1)
+        transport.interrupt.signal(VirtioInterrupt.configChange) // a new reason does raise the line
+        #expect(line.count == 2)
+        write(R.interruptAcknowledge, 3)
+        transport.interrupt.signal(VirtioInterrupt.usedBuffer)
+        #expect(line.count == 3 && read(R.interruptStatus) == 1)
+    }
+
     @Test func notifyThroughAnExitSignalsTheQueueEvent() {
         write(R.queueNotify, 1)
         #expect(device.queueEvents[1].consume() == 1)

@@ -14,6 +14,13 @@
 #include <linux/falloc.h>
 #include <linux/if_tun.h>
 #include "CSwiftletAArch64.h"
+// UDP segmentation offload on a TAP (include/uapi/linux/if_tun.h, Linux 6.2); older headers lack them.
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#endif
+#ifndef TUN_F_USO6
+#define TUN_F_USO6 0x40
+#endif
 
 // ioctl(2) with a pointer or an integer argument. The corresponding C function is `ioctl`.
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument);

@@ -9,8 +9,11 @@ import SystemPackage
 /// Where frames go and come from: a TAP, or a socket pair in tests. Frames carry a 12-byte virtio_net_hdr_v1.
 public protocol PacketEndpoint: Sendable {
     var rawValue: Int32 { get }
-    /// The TUN_F_* offloads the guest accepted for received frames.
-    func setOffloads(_ flags: UInt32) throws(SwiftletError)
+    /// The TUN_F_* offloads the endpoint can take (what the device may offer the guest for received frames).
+    var supportedOffloads: UInt32 { get }
+    /// The TUN_F_* offloads the guest accepted for received frames; returns those the endpoint took.
+    @discardableResult
+    func setOffloads(_ flags: UInt32) throws(SwiftletError) -> UInt32
 }
 
 extension Tap: PacketEndpoint {}
@@ -30,6 +33,11 @@ public struct NetConfiguration: Sendable {
 /// buffers and the TAP with one readv/writev each, headers included (the TAP speaks virtio_net_hdr_v1), so checksum
 /// and segmentation offloads go through to the host untouched. With MRG_RXBUF a received frame may span several
 /// receive chains. When the guest has posted no receive buffers, the TAP is parked (not polled) until it does.
+///
+/// Per frame, the work is one readv or writev and the ring updates: receive chains are popped once each and held
+/// until a frame fills them (a frame's size is only known once read, so enough chains for the largest are held);
+/// the driver is asked for receive notifications only when the device runs short of chains (EVENT_IDX); and the
+/// interrupt for everything a round of the device loop completed, on either queue, is raised once at its end.
 public final class Net: LoopDevice {
     public static let queueSize: UInt16 = 256
     /// The largest frame with its header: 12 + 65550 (a 64 KiB TSO frame and its Ethernet header).
@@ -48,6 +56,9 @@ public final class Net: LoopDevice {
     private let configurationSpace: ConfigurationSpace
     private let link = DeviceLink()
     private let loop = Mutex<(EventLoop, EventLoop.Registration)?>(nil)
+    /// Set when registered on a loop: interrupts wait for the end of the loop's round (`interruptPending`).
+    private let defersInterrupts = Atomic<Bool>(false)
+    private let interruptPending = Atomic<Bool>(false)
 
     /// @unchecked Sendable: the iovecs point into guest memory and are only used under `active`'s lock.
     private struct Active: @unchecked Sendable {
@@ -55,8 +66,11 @@ public final class Net: LoopDevice {
         var transmit: SplitQueue?
         var mergeable: Bool
         var chain = DescriptorChain(capacity: Int(Net.queueSize))
-        var vectors: [iovec] = []
-        var reserved: [(head: UInt16, capacity: Int)] = []
+        var transmitVectors: [iovec] = []
+        /// Receive chains popped and not yet used, in ring order, with their buffers in `heldVectors`.
+        var held: [(head: UInt16, capacity: Int, vectorCount: Int)] = []
+        var heldVectors: [iovec] = []
+        var heldCapacity = 0
         var receiveParked = false
     }
     private let active = Mutex<Active?>(nil)
@@ -77,6 +91,7 @@ public final class Net: LoopDevice {
             | NetFeature.mac | NetFeature.status | NetFeature.checksum | NetFeature.guestChecksum
             | NetFeature.hostTSO4 | NetFeature.hostTSO6 | NetFeature.hostECN
             | NetFeature.guestTSO4 | NetFeature.guestTSO6 | NetFeature.guestECN | NetFeature.mergeableReceiveBuffers
+        features |= NetFeature.udpSegmentationFeatures(tapOffloads: endpoint.supportedOffloads)
         if configuration.mtu != nil { features |= NetFeature.mtu }
         offeredFeatures = features
         // struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
@@ -94,7 +109,14 @@ public final class Net: LoopDevice {
         try loop.register(queueEvents[Self.receiveQueue].rawValue) { [self] _ in receiveQueueNotified() }
         try loop.register(queueEvents[Self.transmitQueue].rawValue) { [self] _ in transmitQueueNotified() }
         let registration = try loop.register(endpoint.rawValue) { [self] _ in endpointReadable() }
+        try loop.registerRoundEnd { [self] in raisePendingInterrupt() }
         self.loop.withLock { $0 = (loop, registration) }
+        defersInterrupts.store(true, ordering: .relaxed)
+    }
+
+    /// The end of a round of the device loop: one interrupt for what both queues completed in it.
+    func raisePendingInterrupt() {
+        if interruptPending.exchange(false, ordering: .acquiringAndReleasing) { link.signalUsedBuffers() }
     }
 
     public func readConfiguration(offset: Int, into data: UnsafeMutableRawBufferPointer) {
@@ -113,8 +135,9 @@ public final class Net: LoopDevice {
         try endpoint.setOffloads(NetFeature.tapOffloads(negotiated: features))
         var state = Active(receive: activation.queues[0], transmit: activation.queues[1],
                            mergeable: features & NetFeature.mergeableReceiveBuffers != 0)
-        state.vectors.reserveCapacity(Int(Self.queueSize))
-        state.reserved.reserveCapacity(Int(Self.queueSize))
+        state.transmitVectors.reserveCapacity(Int(Self.queueSize))
+        state.heldVectors.reserveCapacity(Int(Self.queueSize))
+        state.held.reserveCapacity(Int(Self.queueSize))
         active.withLock { $0 = state }
         setReceiveParked(false)
         queueEvents[Self.transmitQueue].signal()
@@ -166,7 +189,10 @@ public final class Net: LoopDevice {
 
     private func conclude(_ outcome: Outcome) {
         if let park = outcome.park { setReceiveParked(park) }
-        if outcome.interrupt { link.signalUsedBuffers() }
+        if outcome.interrupt {
+            if defersInterrupts.load(ordering: .relaxed) { interruptPending.store(true, ordering: .releasing) }
+            else { link.signalUsedBuffers() }
+        }
         if outcome.fatal {
             active.withLock { $0 = nil }
             setReceiveParked(true)
@@ -187,40 +213,46 @@ public final class Net: LoopDevice {
         }
     }
 
+    /// Pops receive chains until the held ones can take the largest frame (one chain without MRG_RXBUF). When the
+    /// ring runs dry first, asks the driver to notify when it posts more (EVENT_IDX's avail_event), and goes on if it
+    /// did meanwhile; otherwise the driver is not asked, so it posts buffers without notifying while the device has
+    /// enough. Malformed chains go back at once, with length 0.
+    private func holdReceiveChains(_ state: inout Active, _ queue: SplitQueue, completed: inout Bool) throws(QueueError) {
+        while state.mergeable ? state.heldCapacity < Self.maximumFrame : state.held.isEmpty {
+            guard try nextChain(&state, queue, completed: &completed) else {
+                if queue.enableNotification() { continue }
+                return
+            }
+            guard state.chain.readableCount == 0 else { // receive buffers are written by the device only
+                counters.errorCount.add(1, ordering: .relaxed)
+                queue.addUsed(head: state.chain.head, length: 0)
+                completed = true
+                continue
+            }
+            for buffer in state.chain.writable {
+                state.heldVectors.append(iovec(iov_base: buffer.host, iov_len: Int(buffer.length)))
+            }
+            let capacity = Int(state.chain.writableLength)
+            state.held.append((state.chain.head, capacity, state.chain.buffers.count - state.chain.readableCount))
+            state.heldCapacity += capacity
+        }
+    }
+
     /// Reads frames from the endpoint into receive chains until it has no more or the guest has no buffers.
     private func receiveFrames(_ state: inout Active, queue: SplitQueue) -> Outcome {
         var outcome = Outcome()
         var completed = false
         while true {
-            // Reserve chains until they can hold the largest frame (one chain without MRG_RXBUF).
-            state.vectors.removeAll(keepingCapacity: true)
-            state.reserved.removeAll(keepingCapacity: true)
-            var capacity = 0
             do {
-                while capacity < Self.maximumFrame, try nextChain(&state, queue, completed: &completed) {
-                    guard state.chain.readableCount == 0 else { // receive buffers are written by the device only
-                        counters.errorCount.add(1, ordering: .relaxed)
-                        queue.addUsed(head: state.chain.head, length: 0)
-                        completed = true
-                        continue
-                    }
-                    for buffer in state.chain.writable {
-                        state.vectors.append(iovec(iov_base: buffer.host, iov_len: Int(buffer.length)))
-                    }
-                    let chainCapacity = Int(state.chain.writableLength)
-                    state.reserved.append((state.chain.head, chainCapacity))
-                    capacity += chainCapacity
-                    if !state.mergeable { break }
-                }
+                try holdReceiveChains(&state, queue, completed: &completed)
             } catch {
                 counters.errorCount.add(1, ordering: .relaxed)
-                queue.rewind(UInt16(state.reserved.count))
                 outcome.fatal = true
                 break
             }
-            if state.reserved.isEmpty {
-                // Nowhere to put a frame: stop polling the endpoint until the guest posts buffers. Frames wait in
-                // the TAP's queue meanwhile; none is read and lost.
+            if state.held.isEmpty {
+                // Nowhere to put a frame: stop polling the endpoint until the guest posts buffers (it was asked to
+                // notify). Frames wait in the TAP's queue meanwhile; none is read and lost.
                 if !state.receiveParked {
                     state.receiveParked = true
                     outcome.park = true
@@ -231,34 +263,36 @@ public final class Net: LoopDevice {
                 state.receiveParked = false
                 outcome.park = false
             }
-            let count = state.vectors.withUnsafeBufferPointer { readv(endpoint.rawValue, $0.baseAddress, Int32($0.count)) }
+            let count = state.heldVectors.withUnsafeBufferPointer { readv(endpoint.rawValue, $0.baseAddress, Int32($0.count)) }
             if count <= 0 {
-                queue.rewind(UInt16(state.reserved.count))
                 if count < 0 && errno != EAGAIN && errno != EINTR { counters.errorCount.add(1, ordering: .relaxed) }
                 break
             }
             guard count >= VirtioNetHeader.size,
-                  let used = receiveChainCount(length: count, capacities: state.reserved.lazy.map(\.capacity),
+                  let used = receiveChainCount(length: count, capacities: state.held.lazy.map(\.capacity),
                                                mergeable: state.mergeable) else {
-                // A frame shorter than its header, or larger than the chains (only without MRG_RXBUF, when the
-                // driver posted buffers smaller than §5.1.6.3.1 asks): dropped, the chains go back unused.
+                // A frame shorter than its header, or larger than the chains (a TAP truncates it to them: only
+                // without MRG_RXBUF, when the driver posted buffers smaller than §5.1.6.3.1 asks, or when the
+                // guest had fewer buffers than the largest frame needs): dropped; the chains stay held.
                 counters.errorCount.add(1, ordering: .relaxed)
-                queue.rewind(UInt16(state.reserved.count))
                 continue
             }
-            setNumBuffers(UInt16(used), in: state.vectors)
+            setNumBuffers(UInt16(used), in: state.heldVectors)
             var remaining = count
+            var vectorCount = 0
             for index in 0..<used {
-                let length = min(state.reserved[index].capacity, remaining)
-                queue.addUsed(head: state.reserved[index].head, length: UInt32(length))
+                let chain = state.held[index]
+                let length = min(chain.capacity, remaining)
+                queue.addUsed(head: chain.head, length: UInt32(length))
                 remaining -= length
+                vectorCount += chain.vectorCount
+                state.heldCapacity -= chain.capacity
             }
-            queue.rewind(UInt16(state.reserved.count - used))
+            state.held.removeFirst(used)
+            state.heldVectors.removeFirst(vectorCount)
             counters.requestCount.add(1, ordering: .relaxed)
             completed = true
         }
-        // Ask for a notification when the guest posts more buffers (EVENT_IDX's avail_event).
-        if !outcome.fatal { _ = queue.enableNotification() }
         outcome.interrupt = completed && queue.needsInterrupt()
         return outcome
     }
@@ -296,11 +330,11 @@ public final class Net: LoopDevice {
                 // A transmit chain is device-readable only, holds at least the headers and at most the largest frame.
                 if state.chain.readableCount == state.chain.buffers.count, length >= UInt64(Self.minimumFrame),
                    length <= UInt64(Self.maximumFrame) {
-                    state.vectors.removeAll(keepingCapacity: true)
+                    state.transmitVectors.removeAll(keepingCapacity: true)
                     for buffer in state.chain.readable {
-                        state.vectors.append(iovec(iov_base: buffer.host, iov_len: Int(buffer.length)))
+                        state.transmitVectors.append(iovec(iov_base: buffer.host, iov_len: Int(buffer.length)))
                     }
-                    let written = state.vectors.withUnsafeBufferPointer { writev(endpoint.rawValue, $0.baseAddress, Int32($0.count)) }
+                    let written = state.transmitVectors.withUnsafeBufferPointer { writev(endpoint.rawValue, $0.baseAddress, Int32($0.count)) }
                     if written < 0 { counters.errorCount.add(1, ordering: .relaxed) } // dropped, as a wire would
                     else { counters.requestCount.add(1, ordering: .relaxed) }
                 } else {

@@ -15,15 +15,33 @@ public enum NetFeature {
     public static let hostECN: UInt64 = 1 << 13
     public static let mergeableReceiveBuffers: UInt64 = 1 << 15 // VIRTIO_NET_F_MRG_RXBUF
     public static let status: UInt64 = 1 << 16
+    public static let guestUSO4: UInt64 = 1 << 54        // VIRTIO_NET_F_GUEST_USO4: the guest takes UDP segments (IPv4)
+    public static let guestUSO6: UInt64 = 1 << 55
+    public static let hostUSO: UInt64 = 1 << 56          // VIRTIO_NET_F_HOST_USO: the device takes them from the guest
+
+    /// The USO features to offer on an endpoint whose TAP takes `tapOffloads` (TUN_F_* bits): each GUEST_USO bit
+    /// only where the TAP can hand the guest that kind of UDP segment, and HOST_USO only where it takes both: the
+    /// TAP's own USO support (TUN_F_USO4/6, Linux 6.2) came with its acceptance of VIRTIO_NET_HDR_GSO_UDP_L4 frames
+    /// from the guest, so one stands in for the other.
+    public static func udpSegmentationFeatures(tapOffloads: UInt32) -> UInt64 {
+        var features: UInt64 = 0
+        if tapOffloads & UInt32(TUN_F_USO4) != 0 { features |= guestUSO4 }
+        if tapOffloads & UInt32(TUN_F_USO6) != 0 { features |= guestUSO6 }
+        if features == guestUSO4 | guestUSO6 { features |= hostUSO }
+        return features
+    }
 
     /// TUNSETOFFLOAD flags for what the guest accepted (§5.1.6.4: with GUEST_CSUM it takes frames with partial
-    /// checksums, with GUEST_TSO4/6 (and ECN) large segments): the TAP may then hand such frames up unchanged.
+    /// checksums, with GUEST_TSO4/6 (and ECN) large TCP segments, with GUEST_USO4/6 large UDP ones): the TAP may
+    /// then hand such frames up unchanged.
     public static func tapOffloads(negotiated features: UInt64) -> UInt32 {
         guard features & guestChecksum != 0 else { return 0 } // TSO without checksum offload is not allowed (§5.1.3.1)
         var flags = UInt32(TUN_F_CSUM)
         if features & guestTSO4 != 0 { flags |= UInt32(TUN_F_TSO4) }
         if features & guestTSO6 != 0 { flags |= UInt32(TUN_F_TSO6) }
         if features & guestECN != 0 && flags & UInt32(TUN_F_TSO4 | TUN_F_TSO6) != 0 { flags |= UInt32(TUN_F_TSO_ECN) }
+        if features & guestUSO4 != 0 { flags |= UInt32(TUN_F_USO4) }
+        if features & guestUSO6 != 0 { flags |= UInt32(TUN_F_USO6) }
         return flags
     }
 }

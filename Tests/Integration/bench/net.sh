@@ -1,7 +1,8 @@
 # Network benchmark, run where guests boot (the lab's L1 or a KVM host). The guest (guest/scenarios/iperf.sh, the full
 # initramfs, 256 MiB, 1 vCPU) runs iperf3 against an `iperf3 -s` on the host's end of a TAP (10.0.2.1 on tap0; in the
 # lab that is L1, whose image has iperf3: lab/build-l1.sh), NET_TIME seconds (default 10) guest->host, then as long
-# host->guest (-R), then 50 pings (busybox ping -A) for the round trip. Per round, alternating the order:
+# host->guest (-R), then NET_RR (default 2000) TCP request/response round trips of 1 byte against a `tcppeer echo` on
+# the host (guest: tcppeer rr), then 50 pings (busybox ping -A). Per round, alternating the order:
 #   swiftlet       --net tap=tap0 (offloads on)
 #   qemu           virtio-net-device, -netdev tap,vhost=off (a userspace backend, like Swiftlet's)
 #   qemu vhost=on  the kernel's vhost-net backend, reported as vmm=qemu under the *_vhost metric names
@@ -10,16 +11,28 @@
 #   net_tcp_g2h_gbps, net_tcp_h2g_gbps               iperf3's receiver figure, Gbit/s (swiftlet; qemu vhost=off)
 #   net_tcp_g2h_gbps_vhost, net_tcp_h2g_gbps_vhost   the same for qemu vhost=on (vmm=qemu; no swiftlet figure)
 #   net_offload_gain      swiftlet's guest->host throughput with offloads on / with them off, same round
-#   net_exits_per_mib     swiftlet's --stats notifications + interrupts of net0 per MiB through eth0 (rx + tx bytes
-#                         the guest counted; the pings included); QEMU has no such counter: no qemu figure
-#   net_rr_latency_us     median ICMP echo round trip guest->host, microseconds (busybox ping -A: a first version of
-#                         a small request/response figure; it is not TCP)
+#   net_exits_per_mib     guest notifications plus interrupts per MiB through eth0 during the two transfers, counted
+#                         the same way for both VMMs: notifications are the host kernel's kvm_mmio events (tracefs,
+#                         a histogram trigger) for writes to the NIC's QueueNotify register (its virtio-mmio base +
+#                         0x50: each is a guest exit, whether an ioeventfd or the VMM takes it); interrupts are the
+#                         ones the guest handled on the NIC's line (/proc/interrupts). kvm_set_irq raising that GSI
+#                         (Swiftlet's irqfd, QEMU's KVM_IRQ_LINE, which QEMU also repeats while the line is up) is
+#                         printed next to it. The guest marks the transfers' start and end on its console, with 3 s
+#                         of quiet around them, and the counts are read there. Swiftlet's whole-run counts are
+#                         checked against its own --stats counters (step: lines).
+#   net_exits_per_mib_vhost  the same for qemu vhost=on
+#   net_rr_latency_us     median TCP request/response round trip, 1-byte messages, guest->host, microseconds
+#   net_rr_latency_us_vhost  the same for qemu vhost=on
+#   net_ping_us           median ICMP echo round trip (busybox ping -A), for reference
+# NET_ORDER=CONFIG,CONFIG,... runs just those configurations in each round, in that order (no offloads-off run):
+# for focused comparisons, e.g. NET_ORDER=swiftlet,qemu.
 . "$INTEGRATION/lib.sh"
 runs=${RUNS:-3}
 secs=${NET_TIME:-10}
 cmdline="console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=iperf swiftlet.net.ip=10.0.2.2/24"
-cmdline="$cmdline swiftlet.iperf.server=10.0.2.1 swiftlet.iperf.time=$secs"
-limit=$((2 * secs + 90))   # seconds for one boot
+rr=${NET_RR:-2000}
+cmdline="$cmdline swiftlet.iperf.server=10.0.2.1 swiftlet.iperf.time=$secs swiftlet.iperf.rr=$rr swiftlet.iperf.rrport=5003"
+limit=$((2 * secs + 150))   # seconds for one boot
 mac=52:54:00:12:34:56
 
 if ! command -v iperf3 >/dev/null 2>&1; then
@@ -30,7 +43,74 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/swiftlet-bench-net.XXXXXX") || exit 1
 tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up || { echo "net bench: no tap0"; exit 1; }
 iperf3 -s -B 10.0.2.1 >"$work/iperf3-server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; ip link set tap0 down; tunctl -d tap0 >/dev/null; rm -rf "$work"' EXIT
+"$TCPPEER" echo 5003 >"$work/echo.log" 2>&1 &
+echo_server=$!
+trap 'kill $server $echo_server 2>/dev/null; ip link set tap0 down; tunctl -d tap0 >/dev/null; rm -rf "$work"' EXIT
+
+# KVM's tracepoints, for counting exits the same way for every VMM: histogram triggers (CONFIG_HIST_TRIGGERS) count
+# the events in the kernel, by address and by GSI, without recording each one (a text trace of a run is about 10^5
+# lines, too slow to write and read under the lab's TCG).
+tracing=/sys/kernel/tracing
+[ -e $tracing/events ] || mount -t tracefs nodev $tracing 2>/dev/null
+mmio_events=$tracing/events/kvm/kvm_mmio irq_events=$tracing/events/kvm/kvm_set_irq
+# MMIO writes (type 2, KVM_TRACE_MMIO_WRITE) by guest-physical address; interrupt line changes by GSI and level.
+mmio_hist='hist:keys=gpa:vals=hitcount if type == 2' irq_hist='hist:keys=gsi,level:vals=hitcount'
+if [ -w $mmio_events/trigger ] && [ -w $irq_events/trigger ] && echo "$mmio_hist" >$mmio_events/trigger 2>/dev/null; then
+    echo "!$mmio_hist" >$mmio_events/trigger
+    cmdline="$cmdline swiftlet.iperf.settle=3"
+else
+    tracing=
+    echo "net bench: no KVM histogram triggers under /sys/kernel/tracing (tracefs, CONFIG_HIST_TRIGGERS): no net_exits_per_mib"
+fi
+
+# trace_start / trace_stop LOG: fresh counts for one guest run (LOG.hist-start, LOG.hist-end: the counts when the
+# guest's transfer marks appeared on its console LOG, polled once a second, with 3 s of quiet around each in the
+# guest; LOG.hist-exit: after the run).
+trace_start() {
+    [ -n "$tracing" ] || return 0
+    echo "$mmio_hist" >$mmio_events/trigger
+    echo "$irq_hist" >$irq_events/trigger
+    (
+        for mark in start end; do
+            until grep -q "SWIFTLET-MARK transfer-$mark" "$1" 2>/dev/null; do sleep 1; done
+            cat $mmio_events/hist $irq_events/hist >"$1.hist-$mark"
+        done
+    ) &
+    marker=$!
+}
+trace_stop() {
+    [ -n "$tracing" ] || return 0
+    kill $marker 2>/dev/null
+    wait $marker 2>/dev/null
+    cat $mmio_events/hist $irq_events/hist >"$1.hist-exit"
+    echo "!$mmio_hist" >$mmio_events/trigger
+    echo "!$irq_hist" >$irq_events/trigger
+}
+
+# hist_counts FILE NOTIFY GSI: "NOTIFICATIONS RAISES LOWERS" in a histogram snapshot: writes to the QueueNotify
+# address NOTIFY (decimal), kvm_set_irq of GSI to level 1 and to level 0.
+hist_counts() {
+    awk -v notify="$2" -v gsi="$3" '
+        { k = ""; g = ""; l = ""; h = 0
+          for (i = 1; i < NF; i++) {
+              if ($i == "gpa:") k = $(i + 1); else if ($i == "gsi:") { g = $(i + 1); sub(",", "", g) }
+              else if ($i == "level:") l = $(i + 1); else if ($i == "hitcount:") h = $(i + 1) }
+          if (k != "" && k == notify) n += h
+          if (g != "" && g == gsi) { if (l == 1) r += h; else f += h } }
+        END { print n + 0, r + 0, f + 0 }' "$1"
+}
+
+# trace_counts LOG: "WINDOW_NOTIFY WINDOW_RAISES ALL_NOTIFY ALL_RAISES ALL_LOWERS" for the NIC the guest reported
+# (net_mmio, net_irq): between the transfer marks, and in the whole run.
+trace_counts() {
+    _base=$(guest_value "$1" net_mmio) _irq=$(guest_value "$1" net_irq)
+    case $_base in 0x[0-9a-f]*[0-9a-f]) ;; *) return 1 ;; esac
+    [ -n "$_irq" ] && [ -s "$1.hist-start" ] && [ -s "$1.hist-end" ] && [ -s "$1.hist-exit" ] || return 1
+    _notify=$((_base + 0x50))
+    set -- $(hist_counts "$1.hist-start" $_notify $_irq) $(hist_counts "$1.hist-end" $_notify $_irq) \
+        $(hist_counts "$1.hist-exit" $_notify $_irq)
+    echo $(($4 - $1)) $(($5 - $2)) $7 $8 $9
+}
 
 swiftlet_run() { # LOG EXTRA-CMDLINE
     timeout "$limit" "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
@@ -56,6 +136,7 @@ sample() {
 one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
     _log=$work/$1-$2.console
     echo "step: net bench round $2/$runs: $1"
+    [ $1 = swiftlet-offloads-off ] || trace_start "$_log"
     case $1 in
         swiftlet) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
         swiftlet-offloads-off) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" \
@@ -64,6 +145,7 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
         qemu-vhost) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" on ;;
     esac
     _rc=$?
+    [ $1 = swiftlet-offloads-off ] || trace_stop "$_log"
     echo "step: $1 exited $_rc"
     tr -d '\r' <"$_log" >"$_log.lines" && mv "$_log.lines" "$_log"
     grep '^SWIFTLET-RESULT .* fail' "$_log" | sed 's/^/step: /'
@@ -71,10 +153,14 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
         swiftlet|qemu)
             sample net_tcp_g2h_gbps "$1" "$_log" g2h_gbps Gbit/s || status=1
             sample net_tcp_h2g_gbps "$1" "$_log" h2g_gbps Gbit/s || status=1
-            sample net_rr_latency_us "$1" "$_log" rr_us us || status=1 ;;
+            sample net_rr_latency_us "$1" "$_log" rr_us us || status=1
+            sample net_ping_us "$1" "$_log" ping_us us || status=1
+            exits net_exits_per_mib "$1" "$_log" || status=1 ;;
         qemu-vhost)
             sample net_tcp_g2h_gbps_vhost qemu "$_log" g2h_gbps Gbit/s || status=1
-            sample net_tcp_h2g_gbps_vhost qemu "$_log" h2g_gbps Gbit/s || status=1 ;;
+            sample net_tcp_h2g_gbps_vhost qemu "$_log" h2g_gbps Gbit/s || status=1
+            sample net_rr_latency_us_vhost qemu "$_log" rr_us us || status=1
+            exits net_exits_per_mib_vhost qemu "$_log" || status=1 ;;
         swiftlet-offloads-off)
             _on=$(guest_value "$work/swiftlet-$2.console" g2h_gbps) _off=$(guest_value "$_log" g2h_gbps)
             echo "step: swiftlet guest->host: offloads on ${_on:-?} Gbit/s, off ${_off:-?} Gbit/s"
@@ -85,13 +171,15 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
             fi ;;
     esac
     if [ "$1" = swiftlet ]; then
+        # Cross-check: the whole run's traced counts against Swiftlet's own counters.
         _line=$(grep '^swiftlet: stats device=net0 ' "$_log.err" | tail -n 1)
         _n=$(echo "$_line" | sed -n 's/.* notifications=\([0-9]*\).*/\1/p')
         _i=$(echo "$_line" | sed -n 's/.* interrupts=\([0-9]*\).*/\1/p')
         _b=$(guest_value "$_log" eth0_bytes)
         if [ -n "$_n" ] && [ -n "$_i" ] && [ -n "${_b#0}" ]; then
-            echo "step: swiftlet stats: $_line; eth0 bytes $_b"
-            echo "BENCH-SAMPLE metric=net_exits_per_mib vmm=swiftlet value=$(awk "BEGIN { printf \"%.2f\", ($_n + $_i) / ($_b / 1048576) }") unit=per_MiB"
+            set -- $(trace_counts "$_log") "" "" "" "" ""
+            echo "step: swiftlet whole run: --stats notifications=$_n interrupts=$_i; traced notifications=${3:-?}" \
+                "line raised=${4:-?} lowered=${5:-?}; --stats per MiB of eth0: $(awk "BEGIN { printf \"%.2f\", ($_n + $_i) / ($_b / 1048576) }")"
         else
             echo "net bench: no usable 'swiftlet: stats device=net0' line (${_line:-none}) or eth0 byte count (${_b:-none})"
             status=1
@@ -99,12 +187,28 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
     fi
 }
 
+# exits METRIC VMM LOG: notifications + interrupts per MiB during the transfers, from the trace.
+exits() {
+    [ -n "$tracing" ] || return 0
+    _b=$(guest_value "$3" transfer_bytes)
+    if ! _c=$(trace_counts "$3") || [ -z "${_b#0}" ]; then
+        echo "net bench: $2: no exits figure (trace counts: ${_c:-none}; transfer bytes: ${_b:-none})"
+        return 1
+    fi
+    _g=$(guest_value "$3" transfer_interrupts)
+    if [ -z "$_g" ]; then echo "net bench: $2: no transfer_interrupts from the guest"; return 1; fi
+    set -- "$1" "$2" "$3" $_c
+    echo "step: $2 transfers: $(awk "BEGIN { printf \"%.1f\", $_b / 1048576 }") MiB, notifications=$4" \
+        "interrupts handled by the guest=$_g (line raised $5 times)"
+    echo "BENCH-SAMPLE metric=$1 vmm=$2 value=$(awk "BEGIN { printf \"%.2f\", ($4 + $_g) / ($_b / 1048576) }") unit=per_MiB"
+}
+
 status=0
 i=1
 while [ $i -le "$runs" ]; do
     if [ $((i % 2)) = 1 ]; then order="swiftlet qemu qemu-vhost"; else order="qemu-vhost qemu swiftlet"; fi
-    for c in $order; do one $c $i; done
-    one swiftlet-offloads-off $i
+    for c in $(echo "${NET_ORDER:-$order}" | tr "," " "); do one $c $i; done
+    [ -n "$NET_ORDER" ] || one swiftlet-offloads-off $i
     i=$((i + 1))
 done
 exit $status
