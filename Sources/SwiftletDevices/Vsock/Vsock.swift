@@ -493,12 +493,12 @@ public final class Vsock: LoopDevice {
             return headerBytes.withUnsafeBytes { VsockHeader($0) }
         }
 
-        /// The chain's readable bytes after the header, up to `length`, as iovecs in `vectors`.
-        mutating func payloadVectors(length: Int) {
+        /// The payload part of `buffers` (what follows the header), up to `length` bytes, as iovecs in `vectors`.
+        mutating func payloadVectors(_ buffers: ArraySlice<DescriptorBuffer>, length: Int) {
             vectors.removeAll(keepingCapacity: true)
             var skip = VsockHeader.size
             var remaining = length
-            for buffer in chain.readable where remaining > 0 {
+            for buffer in buffers where remaining > 0 {
                 var start = 0
                 if skip > 0 {
                     start = min(skip, Int(buffer.length))
@@ -620,7 +620,7 @@ public final class Vsock: LoopDevice {
                 return reset(device, connection)
             }
             guard length > 0 else { return }
-            payloadVectors(length: length)
+            payloadVectors(chain.readable, length: length)
             var written = 0
             if connection.pendingCount == 0 {
                 let count = vectors.withUnsafeBufferPointer { writev(connection.socket.rawValue, $0.baseAddress, Int32($0.count)) }
@@ -724,21 +724,7 @@ public final class Vsock: LoopDevice {
         /// (the chain then goes back).
         mutating func sendData(_ device: Vsock, _ connection: Connection) -> Int? {
             let limit = min(Int(chain.writableLength) - VsockHeader.size, Int(connection.credit.peerFree), Vsock.maximumPayload)
-            var skip = VsockHeader.size
-            var remaining = limit
-            vectors.removeAll(keepingCapacity: true)
-            for buffer in chain.writable where remaining > 0 {
-                var start = 0
-                if skip > 0 {
-                    start = min(skip, Int(buffer.length))
-                    skip -= start
-                }
-                let count = min(Int(buffer.length) - start, remaining)
-                if count > 0 {
-                    vectors.append(iovec(iov_base: buffer.host + start, iov_len: count))
-                    remaining -= count
-                }
-            }
+            payloadVectors(chain.writable, length: limit)
             let count = limit == 0 ? 0 : vectors.withUnsafeBufferPointer { readv(connection.socket.rawValue, $0.baseAddress, Int32($0.count)) }
             if count > 0 {
                 var header = VsockHeader(sourceCID: Vsock.hostCID, destinationCID: device.configuration.guestCID,
