@@ -33,6 +33,6 @@ let package = Package(
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices", "SwiftletTestSupport", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletTestSupport", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet", "SwiftletHost", "SwiftletMemory"]),
-        .testTarget(name: "SwiftletTests", dependencies: ["Swiftlet"]),
+        .testTarget(name: "SwiftletTests", dependencies: ["Swiftlet", "SwiftletHost"]),
     ]
 )

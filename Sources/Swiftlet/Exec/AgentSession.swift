@@ -16,6 +16,8 @@ func openGuestStream(socketPath: String, port: UInt32, deadline: UInt64) throws(
         // The device closes host connections at once while the guest's driver is not ready yet: a refusal.
         throw SwiftletError(.connectionRefused, "the VM's vsock socket \(socketPath) closed the connection (the guest's vsock driver is not ready)", cause: error)
     }
+    // The answer comes from the VMM's device within its own connect time-out (2 s), whatever is left of `deadline`.
+    let deadline = max(deadline, monotonicNanoseconds() + 3_000_000_000)
     var line: [UInt8] = []
     var byte: [UInt8] = [0]
     while true {
