@@ -454,20 +454,29 @@ public final class Vsock: LoopDevice {
 
         // MARK: Guest to host (tx queue)
 
+        /// Pops the next valid chain into `chain`: malformed ones go back with length 0 and are counted. false when
+        /// the ring is empty, nil when it is corrupt beyond use (the device then needs a reset).
+        mutating func popChain(_ device: Vsock, _ queue: SplitQueue, completed: inout Bool) -> Bool? {
+            while true {
+                do { return try queue.pop(into: &chain) } catch .invalidChain(let head, _) {
+                    device.counters.errorCount.add(1, ordering: .relaxed)
+                    queue.addUsed(head: head, length: 0)
+                    completed = true
+                } catch {
+                    device.counters.errorCount.add(1, ordering: .relaxed)
+                    return nil
+                }
+            }
+        }
+
+
         mutating func receiveFromGuest(_ device: Vsock) -> Outcome {
             var outcome = Outcome()
             guard let queue = transmit else { return outcome }
             var completed = false
             repeat {
                 while true {
-                    let popped: Bool
-                    do { popped = try queue.pop(into: &chain) } catch .invalidChain(let head, _) {
-                        device.counters.errorCount.add(1, ordering: .relaxed)
-                        queue.addUsed(head: head, length: 0)
-                        completed = true
-                        continue
-                    } catch {
-                        device.counters.errorCount.add(1, ordering: .relaxed)
+                    guard let popped = popChain(device, queue, completed: &completed) else {
                         outcome.fatal = true
                         return outcome
                     }
@@ -667,14 +676,7 @@ public final class Vsock: LoopDevice {
                         }
                         dataConnection = connection
                     }
-                    let popped: Bool
-                    do { popped = try queue.pop(into: &chain) } catch .invalidChain(let head, _) {
-                        device.counters.errorCount.add(1, ordering: .relaxed)
-                        queue.addUsed(head: head, length: 0)
-                        completed = true
-                        continue
-                    } catch {
-                        device.counters.errorCount.add(1, ordering: .relaxed)
+                    guard let popped = popChain(device, queue, completed: &completed) else {
                         outcome.fatal = true
                         return outcome
                     }
