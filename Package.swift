@@ -34,5 +34,6 @@ let package = Package(
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletTestSupport", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet", "SwiftletHost", "SwiftletMemory"]),
         .testTarget(name: "SwiftletTests", dependencies: ["Swiftlet", "SwiftletHost"]),
+        .testTarget(name: "SwiftletHostTests", dependencies: ["SwiftletHost"]),
     ]
 )

@@ -1,6 +1,8 @@
 #include "CSwiftlet.h"
 #include <fcntl.h>
+#include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
 
@@ -8,6 +10,11 @@ int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length) { retu
 long CSwiftlet_getrandom(void *buffer, size_t length, unsigned int flags) { return getrandom(buffer, length, flags); }
 int CSwiftlet_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 int CSwiftlet_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
+int CSwiftlet_set_thread_batch(int batch) {
+    struct sched_param parameters = {0};
+    return sched_setscheduler(0, batch ? SCHED_BATCH : SCHED_OTHER, &parameters) == 0 ? 0 : -errno;
+}
+int CSwiftlet_thread_is_batch(void) { return sched_getscheduler(0) == SCHED_BATCH; }
 
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }
 int CSwiftlet_ioctl_value(int fd, unsigned long request, unsigned long argument) { return ioctl(fd, request, argument); }

@@ -76,15 +76,25 @@ public final class EventLoop: Sendable {
         _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_MOD, registration.fd, &event)
     }
 
-    /// Starts the loop thread.
-    public func start() throws(SwiftletError) {
+    /// A round of the loop that moved at least this many bytes (`workProbe`) counts as streaming.
+    public static let streamingRoundBytes: UInt64 = 16 << 10
+    /// Under `.adaptive`, the loop stays under SCHED_BATCH this long after its last streaming round.
+    public static let streamingWindowNanoseconds: UInt64 = 10_000_000
+
+    /// Starts the loop thread, scheduled by `scheduling` (see `ThreadScheduling`). `workProbe`, called on the loop
+    /// thread after each round, returns a running total of the bytes its sources moved; `.adaptive` needs it and
+    /// behaves as `.normal` without it. `onSchedulingError` is called on the loop thread when the policy cannot be
+    /// set; the loop then stays under SCHED_OTHER.
+    public func start(scheduling: ThreadScheduling = .normal, workProbe: (@Sendable () -> UInt64)? = nil,
+                      onSchedulingError: (@Sendable (Errno) -> Void)? = nil) throws(SwiftletError) {
         let table = handlers.withLock { $0 }
         let roundEnd = roundEndHandlers.withLock { $0 }
         let epoll = self.epoll
         let stopFd = stopEvent.rawValue
         do {
             let started = try HostThread(name: name) {
-                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table, roundEnd: roundEnd)
+                var policy = SchedulingState(scheduling, workProbe: workProbe, onError: onSchedulingError)
+                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table, roundEnd: roundEnd, policy: &policy)
             }
             thread.withLock { $0 = started }
         } catch {
@@ -92,10 +102,64 @@ public final class EventLoop: Sendable {
         }
     }
 
-    private static func run(epoll: Int32, stopFd: Int32, handlers: [Handler], roundEnd: [@Sendable () -> Void]) {
+    /// The loop thread's scheduling policy, switched between SCHED_OTHER and SCHED_BATCH under `.adaptive`.
+    struct SchedulingState {
+        let adaptive: Bool
+        let workProbe: (@Sendable () -> UInt64)?
+        let onError: (@Sendable (Errno) -> Void)?
+        private(set) var batch = false
+        private var failed = false
+        private var lastWork: UInt64 = 0
+        private var lastStreaming: UInt64 = 0
+
+        init(_ scheduling: ThreadScheduling, workProbe: (@Sendable () -> UInt64)?, onError: (@Sendable (Errno) -> Void)?) {
+            adaptive = scheduling == .adaptive && workProbe != nil
+            self.workProbe = adaptive ? workProbe : nil
+            self.onError = onError
+            lastWork = self.workProbe?() ?? 0
+            if scheduling == .batch { set(batch: true) }
+        }
+
+        private mutating func set(batch: Bool) {
+            guard !failed else { return }
+            do throws(Errno) {
+                try ThreadScheduling.setCurrentThread(batch: batch)
+                self.batch = batch
+            } catch {
+                failed = true
+                onError?(error)
+            }
+        }
+
+        /// epoll_wait's timeout: under adaptive SCHED_BATCH, when the streaming window ends (-1: none).
+        func timeoutMilliseconds(now: UInt64) -> Int32 {
+            guard adaptive && batch else { return -1 }
+            let end = lastStreaming + EventLoop.streamingWindowNanoseconds
+            return now >= end ? 0 : Int32((end - now + 999_999) / 1_000_000)
+        }
+
+        /// After a round (or a timeout, `round` false): SCHED_BATCH if it streamed, SCHED_OTHER once the window passed.
+        mutating func update(now: UInt64, round: Bool) {
+            guard adaptive, let workProbe else { return }
+            if round {
+                let work = workProbe()
+                defer { lastWork = work }
+                if work &- lastWork >= EventLoop.streamingRoundBytes {
+                    lastStreaming = now
+                    if !batch { set(batch: true) }
+                    return
+                }
+            }
+            if batch && now &- lastStreaming >= EventLoop.streamingWindowNanoseconds { set(batch: false) }
+        }
+    }
+
+    private static func run(epoll: Int32, stopFd: Int32, handlers: [Handler], roundEnd: [@Sendable () -> Void],
+                            policy: inout SchedulingState) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
-            let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), -1) }
+            let timeout = policy.timeoutMilliseconds(now: policy.adaptive ? monotonicNanoseconds() : 0)
+            let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), timeout) }
             if count < 0 {
                 if errno == EINTR { continue }
                 return
@@ -105,7 +169,8 @@ public final class EventLoop: Sendable {
                 if token == UInt64.max { return }
                 handlers[Int(token)](events[index].events)
             }
-            for handler in roundEnd { handler() }
+            if count > 0 { for handler in roundEnd { handler() } }
+            if policy.adaptive { policy.update(now: monotonicNanoseconds(), round: count > 0) }
         }
     }
 

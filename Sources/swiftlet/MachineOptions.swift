@@ -42,6 +42,11 @@ struct MachineOptions: ParsableArguments {
         valueName: "[size=MiB][,deflate-on-oom=on][,free-page-reporting=on][,stats=SECONDS]"))
     var balloon: BalloonOption?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "How the device thread is scheduled against vCPUs that share its CPU. batch (SCHED_BATCH): a notification does not preempt a running vCPU; the device takes everything the guest queued once it idles, with far fewer exits and switches under load. normal (SCHED_OTHER): the device thread preempts the vCPU at each notification, which answers a lone small request sooner. adaptive (the default): batch while the devices stream (a round moved 16 KiB or more in the last 10 ms), normal otherwise. All three behave alike where the device thread has a CPU of its own.",
+        valueName: "adaptive|batch|normal"))
+    var deviceScheduling: DeviceThreadScheduling = .adaptive
+
     @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
     var kvm: String = "/dev/kvm"
 
@@ -63,6 +68,7 @@ struct MachineOptions: ParsableArguments {
         }
         configuration.vsock = vsock?.configuration
         configuration.balloon = balloon?.configuration
+        configuration.deviceScheduling = deviceScheduling
         return configuration
     }
 }
@@ -166,3 +172,7 @@ extension String {
     }
 }
 
+
+extension DeviceThreadScheduling: ExpressibleByArgument {
+    public init?(argument: String) { self.init(rawValue: argument) }
+}

@@ -72,11 +72,13 @@ struct Run: AsyncParsableCommand {
         }
         let exit = await vm.wait()
         control?.stop()
+        if let error = vm.deviceSchedulingError { Run.report("warning: \(error.description)") }
         if stats {
             for device in vm.statistics() {
                 Run.report("stats device=\(device.name) notifications=\(device.notifications) interrupts=\(device.interrupts) "
                     + "requests=\(device.requests) guest_errors=\(device.guestErrors)")
             }
+            Run.report("stats device-thread scheduling=\(vm.deviceSchedulingError == nil ? machine.deviceScheduling.rawValue : "normal")")
             if vm.balloonStatus() != nil {
                 Run.report("stats device=balloon0 " + BalloonControl.answer("get", vm: vm).dropFirst(3))
             }

@@ -422,7 +422,11 @@ BENCHES = {
             "net_tcp_g2h_gbps_vhost": ("Gbit/s", "higher"), "net_tcp_h2g_gbps_vhost": ("Gbit/s", "higher"),
             "net_offload_gain": ("ratio", "higher"), "net_exits_per_mib": ("per_MiB", "lower"),
             "net_exits_per_mib_vhost": ("per_MiB", "lower"), "net_rr_latency_us": ("us", "lower"),
-            "net_rr_latency_us_vhost": ("us", "lower"), "net_ping_us": ("us", "lower")},
+            "net_rr_latency_us_vhost": ("us", "lower"), "net_ping_us": ("us", "lower"),
+            "net_tcp_g2h_gbps_sched_normal": ("Gbit/s", "higher"), "net_tcp_h2g_gbps_sched_normal": ("Gbit/s", "higher"),
+            "net_exits_per_mib_sched_normal": ("per_MiB", "lower"), "net_rr_latency_us_sched_normal": ("us", "lower"),
+            "net_tcp_g2h_gbps_sched_batch": ("Gbit/s", "higher"), "net_tcp_h2g_gbps_sched_batch": ("Gbit/s", "higher"),
+            "net_exits_per_mib_sched_batch": ("per_MiB", "lower"), "net_rr_latency_us_sched_batch": ("us", "lower")},
     # vsockpeer streams and agent execs (bench/vsock.sh). qemu: vhost-vsock-device (the kernel's backend);
     # exec_cli_ms is swiftlet's only; sandbox_cold_ms is `swiftlet exec -- true` against QEMU booting to init and
     # powering off.
@@ -435,7 +439,7 @@ BENCHES = {
                 "fpr_rss_after_free_mib_off": ("MiB", "lower")},
 }
 # Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab; a net round is
-# four boots with up to 2 x 10 s of iperf3 each (about 2 minutes).
+# five boots with up to 2 x 10 s of iperf3 each (about 4 minutes).
 DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3}
 
 

@@ -36,6 +36,13 @@ int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length);
 // accept4(2) without the peer address, a GNU extension hidden from Swift's Glibc module.
 int CSwiftlet_accept4(int fd, int flags);
 
+// The calling thread's scheduling policy: SCHED_BATCH (batch != 0) or SCHED_OTHER, at priority 0; 0 or -errno.
+// SCHED_BATCH is a GNU extension hidden from Swift's Glibc module. The corresponding C function is
+// `sched_setscheduler(0, ...)`, which on Linux applies to the calling thread only.
+int CSwiftlet_set_thread_batch(int batch);
+// 1 when the calling thread runs under SCHED_BATCH. The corresponding C function is `sched_getscheduler(0)`.
+int CSwiftlet_thread_is_batch(void);
+
 // getrandom(2), declared in <sys/random.h>, which Swift's Glibc module does not import. The corresponding C function
 // is `getrandom`.
 long CSwiftlet_getrandom(void *buffer, size_t length, unsigned int flags);

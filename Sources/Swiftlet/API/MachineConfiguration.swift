@@ -1,4 +1,5 @@
 import SwiftletDevices
+import SwiftletHost
 
 /// A virtio-blk disk: a raw image file, optionally read-only, with a serial.
 public typealias DiskConfiguration = BlockConfiguration
@@ -12,6 +13,12 @@ public typealias SocketConfiguration = VsockConfiguration
 
 /// A virtio-balloon device: its starting size, deflate-on-OOM, free page reporting and statistics interval.
 public typealias MemoryBalloonConfiguration = BalloonConfiguration
+
+/// How the device thread is scheduled against the vCPU threads when they share a CPU: `.batch` (SCHED_BATCH) lets a
+/// running vCPU go on until the guest idles and the device then takes everything queued at once; `.normal`
+/// (SCHED_OTHER) lets the device thread preempt the vCPU whenever a notification wakes it; `.adaptive`, the
+/// default, is `.batch` while the devices stream and `.normal` otherwise.
+public typealias DeviceThreadScheduling = ThreadScheduling
 
 /// Everything a microVM is made from. Sizes are in bytes.
 public struct MachineConfiguration: Sendable {
@@ -39,6 +46,8 @@ public struct MachineConfiguration: Sendable {
     public var vsock: SocketConfiguration?
     /// A memory balloon (after the disks, NICs and vsock on the virtio-mmio bus); nil for none.
     public var balloon: MemoryBalloonConfiguration?
+    /// How the device thread (every virtio device's event loop) is scheduled; see `DeviceThreadScheduling`.
+    public var deviceScheduling: DeviceThreadScheduling = .adaptive
     /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds.
     public var onFirstRun: (@Sendable (UInt64) -> Void)?
 

@@ -77,6 +77,14 @@ public final class MicroVM: Sendable {
         machine.withLock { $0?.balloon }?.status()
     }
 
+    /// Why the device thread runs under SCHED_OTHER although `MachineConfiguration.deviceScheduling` asked for
+    /// `.batch` or `.adaptive`; nil when it got what was asked (or the VM has no virtio devices, or the thread has not started).
+    public var deviceSchedulingError: SwiftletError? {
+        guard let error = machine.withLock({ $0?.deviceSchedulingError.withLock { $0 } }) else { return nil }
+        return SwiftletError(.systemCall, "the device thread could not be set to SCHED_BATCH; it runs under SCHED_OTHER, and devices preempt vCPUs that share their CPU",
+                             cause: error)
+    }
+
     /// CLOCK_MONOTONIC nanoseconds of the first KVM_RUN of vCPU 0.
     public var firstRunAt: UInt64? { machine.withLock { $0?.firstRunAt } }
 

@@ -27,6 +27,8 @@ final class Machine: Sendable {
     let virtioDevices: [VirtioSlot]
     let balloon: Balloon?
     let eventLoop: EventLoop?
+    /// Set when the device thread could not take `configuration.deviceScheduling` (it runs under SCHED_OTHER).
+    let deviceSchedulingError = Mutex<Errno?>(nil)
 
     private struct RunState {
         var exit: MachineExit?
@@ -195,7 +197,11 @@ final class Machine: Sendable {
         try state.withLock { (state) throws(SwiftletError) in
             guard !state.started else { throw SwiftletError(.invalidConfiguration, "the VM was already started") }
             state.started = true
-            try eventLoop?.start()
+            let counters = virtioDevices.map { $0.device.counters }
+            try eventLoop?.start(scheduling: configuration.deviceScheduling,
+                                 workProbe: { counters.reduce(0) { $0 &+ $1.bytes } }) { [weak self] error in
+                self?.deviceSchedulingError.withLock { $0 = error }
+            }
             if configuration.console == .stdio {
                 state.input = try ConsoleInput(serial: serial) { [weak self] in self?.finish(.stopped) }
             }

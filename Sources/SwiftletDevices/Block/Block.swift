@@ -28,6 +28,7 @@ public final class DeviceCounters: Sendable {
     let notificationCount = Atomic<UInt64>(0)
     let requestCount = Atomic<UInt64>(0)
     let errorCount = Atomic<UInt64>(0)
+    let byteCount = Atomic<UInt64>(0)
     public init() {}
     /// Driver-to-device queue notifications (ioeventfd signals, coalesced ones included).
     public var notifications: UInt64 { notificationCount.load(ordering: .relaxed) }
@@ -35,6 +36,10 @@ public final class DeviceCounters: Sendable {
     public var requests: UInt64 { requestCount.load(ordering: .relaxed) }
     /// Malformed chains and requests the guest sent.
     public var guestErrors: UInt64 { errorCount.load(ordering: .relaxed) }
+    /// Bytes moved between the guest's buffers and the backend (frames, sector data, stream payload): what the
+    /// device loop's adaptive scheduling watches (`ThreadScheduling.adaptive`).
+    public var bytes: UInt64 { byteCount.load(ordering: .relaxed) }
+    func addBytes(_ count: Int) { if count > 0 { byteCount.add(UInt64(count), ordering: .relaxed) } }
 }
 
 /// virtio-blk on a raw image file (virtio 1.2 §5.2), with a synchronous engine: each request is one
@@ -198,6 +203,7 @@ public final class Block: VirtioDevice {
                 let written = execute(state.chain, vectors: &state.vectors)
                 state.queue.addUsed(head: state.chain.head, length: written)
                 counters.requestCount.add(1, ordering: .relaxed)
+                counters.addBytes(Int(state.chain.readableLength + state.chain.writableLength))
                 completed = true
             }
         } while state.queue.enableNotification()

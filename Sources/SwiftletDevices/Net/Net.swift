@@ -291,6 +291,7 @@ public final class Net: LoopDevice {
             state.held.removeFirst(used)
             state.heldVectors.removeFirst(vectorCount)
             counters.requestCount.add(1, ordering: .relaxed)
+            counters.addBytes(count)
             completed = true
         }
         outcome.interrupt = completed && queue.needsInterrupt()
@@ -336,7 +337,10 @@ public final class Net: LoopDevice {
                     }
                     let written = state.transmitVectors.withUnsafeBufferPointer { writev(endpoint.rawValue, $0.baseAddress, Int32($0.count)) }
                     if written < 0 { counters.errorCount.add(1, ordering: .relaxed) } // dropped, as a wire would
-                    else { counters.requestCount.add(1, ordering: .relaxed) }
+                    else {
+                        counters.requestCount.add(1, ordering: .relaxed)
+                        counters.addBytes(written)
+                    }
                 } else {
                     counters.errorCount.add(1, ordering: .relaxed)
                 }

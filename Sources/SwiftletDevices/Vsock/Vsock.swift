@@ -629,6 +629,7 @@ public final class Vsock: LoopDevice {
                 return reset(device, connection)
             }
             guard length > 0 else { return }
+            device.counters.addBytes(length)
             payloadVectors(chain.readable, length: length)
             var written = 0
             if connection.pendingCount == 0 {
@@ -729,6 +730,7 @@ public final class Vsock: LoopDevice {
             payloadVectors(chain.writable, length: limit)
             let count = limit == 0 ? 0 : vectors.withUnsafeBufferPointer { readv(connection.socket.rawValue, $0.baseAddress, Int32($0.count)) }
             if count > 0 {
+                device.counters.addBytes(count)
                 var header = VsockHeader(sourceCID: Vsock.hostCID, destinationCID: device.configuration.guestCID,
                                          sourcePort: connection.ports.local, destinationPort: connection.ports.peer,
                                          operation: .readWrite, length: UInt32(count))

@@ -7,6 +7,9 @@
 #   qemu           virtio-net-device, -netdev tap,vhost=off (a userspace backend, like Swiftlet's)
 #   qemu vhost=on  the kernel's vhost-net backend, reported as vmm=qemu under the *_vhost metric names
 #   swiftlet, offloads refused by the guest (virtio_net.csum=0 virtio_net.gso=0), guest->host only
+#   swiftlet --device-scheduling normal (SCHED_OTHER device thread), reported under the *_sched_normal names, where
+#                  QEMU vhost=off's figures of the same round are repeated so that the ratio compares the two
+#   (swiftlet-batch, --device-scheduling batch, under *_sched_batch names, only when NET_ORDER names it)
 # Metrics (BENCH-SAMPLE lines):
 #   net_tcp_g2h_gbps, net_tcp_h2g_gbps               iperf3's receiver figure, Gbit/s (swiftlet; qemu vhost=off)
 #   net_tcp_g2h_gbps_vhost, net_tcp_h2g_gbps_vhost   the same for qemu vhost=on (vmm=qemu; no swiftlet figure)
@@ -24,6 +27,10 @@
 #   net_rr_latency_us     median TCP request/response round trip, 1-byte messages, guest->host, microseconds
 #   net_rr_latency_us_vhost  the same for qemu vhost=on
 #   net_ping_us           median ICMP echo round trip (busybox ping -A), for reference
+#   net_tcp_g2h_gbps_sched_normal, net_tcp_h2g_gbps_sched_normal, net_exits_per_mib_sched_normal,
+#   net_rr_latency_us_sched_normal   swiftlet with its device thread always under SCHED_OTHER (what the default,
+#                         adaptive scheduling, buys: see ThreadScheduling), against QEMU vhost=off
+#   net_*_sched_batch     the same with the device thread always under SCHED_BATCH (NET_ORDER=...,swiftlet-batch)
 # NET_ORDER=CONFIG,CONFIG,... runs just those configurations in each round, in that order (no offloads-off run):
 # for focused comparisons, e.g. NET_ORDER=swiftlet,qemu.
 . "$INTEGRATION/lib.sh"
@@ -112,9 +119,11 @@ trace_counts() {
     echo $(($4 - $1)) $(($5 - $2)) $7 $8 $9
 }
 
-swiftlet_run() { # LOG EXTRA-CMDLINE
+swiftlet_run() { # LOG EXTRA-CMDLINE [SWIFTLET-OPTION...]
+    _log=$1 _extra=$2
+    shift 2
     timeout "$limit" "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
-        --cpus 1 --console "$1" --stats --cmdline "$cmdline $2" --net "tap=tap0,mac=$mac" 2>"$1.err"
+        --cpus 1 --console "$_log" --stats --cmdline "$cmdline $_extra" --net "tap=tap0,mac=$mac" "$@" 2>"$_log.err"
 }
 qemu_run() { # LOG VHOST
     timeout "$limit" "$QEMU" -M microvm,acpi=off -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config \
@@ -133,7 +142,7 @@ sample() {
     fi
 }
 
-one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
+one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off | swiftlet-normal | swiftlet-batch
     _log=$work/$1-$2.console
     echo "step: net bench round $2/$runs: $1"
     [ $1 = swiftlet-offloads-off ] || trace_start "$_log"
@@ -141,11 +150,13 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
         swiftlet) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
         swiftlet-offloads-off) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" \
             "virtio_net.csum=0 virtio_net.gso=0 swiftlet.net.offloads=off swiftlet.iperf.dirs=g2h swiftlet.iperf.rr=0" ;;
+        swiftlet-normal|swiftlet-batch) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" --device-scheduling ${1#swiftlet-} ;;
         qemu) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" off ;;
         qemu-vhost) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" on ;;
     esac
     _rc=$?
     [ $1 = swiftlet-offloads-off ] || trace_stop "$_log"
+    case $1 in swiftlet*) grep 'stats device-thread' "$_log.err" | sed 's/^/step: /' ;; esac
     echo "step: $1 exited $_rc"
     tr -d '\r' <"$_log" >"$_log.lines" && mv "$_log.lines" "$_log"
     grep '^SWIFTLET-RESULT .* fail' "$_log" | sed 's/^/step: /'
@@ -155,7 +166,19 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off
             sample net_tcp_h2g_gbps "$1" "$_log" h2g_gbps Gbit/s || status=1
             sample net_rr_latency_us "$1" "$_log" rr_us us || status=1
             sample net_ping_us "$1" "$_log" ping_us us || status=1
-            exits net_exits_per_mib "$1" "$_log" || status=1 ;;
+            exits net_exits_per_mib "$1" "$_log" || status=1
+            if [ $1 = qemu ]; then # the same figures again, as the reference for swiftlet's *_sched_normal ones
+                sample net_tcp_g2h_gbps_sched_normal qemu "$_log" g2h_gbps Gbit/s
+                sample net_tcp_h2g_gbps_sched_normal qemu "$_log" h2g_gbps Gbit/s
+                sample net_rr_latency_us_sched_normal qemu "$_log" rr_us us
+                exits net_exits_per_mib_sched_normal qemu "$_log" | grep '^BENCH-SAMPLE'
+            fi ;;
+        swiftlet-normal|swiftlet-batch)
+            _s=_sched_${1#swiftlet-}
+            sample net_tcp_g2h_gbps$_s swiftlet "$_log" g2h_gbps Gbit/s || status=1
+            sample net_tcp_h2g_gbps$_s swiftlet "$_log" h2g_gbps Gbit/s || status=1
+            sample net_rr_latency_us$_s swiftlet "$_log" rr_us us || status=1
+            exits net_exits_per_mib$_s swiftlet "$_log" || status=1 ;;
         qemu-vhost)
             sample net_tcp_g2h_gbps_vhost qemu "$_log" g2h_gbps Gbit/s || status=1
             sample net_tcp_h2g_gbps_vhost qemu "$_log" h2g_gbps Gbit/s || status=1
@@ -206,7 +229,7 @@ exits() {
 status=0
 i=1
 while [ $i -le "$runs" ]; do
-    if [ $((i % 2)) = 1 ]; then order="swiftlet qemu qemu-vhost"; else order="qemu-vhost qemu swiftlet"; fi
+    if [ $((i % 2)) = 1 ]; then order="swiftlet qemu qemu-vhost swiftlet-normal"; else order="swiftlet-normal qemu-vhost qemu swiftlet"; fi
     for c in $(echo "${NET_ORDER:-$order}" | tr "," " "); do one $c $i; done
     [ -n "$NET_ORDER" ] || one swiftlet-offloads-off $i
     i=$((i + 1))

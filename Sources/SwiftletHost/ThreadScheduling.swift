@@ -1,0 +1,33 @@
+import CSwiftlet
+import SystemPackage
+
+/// How a device thread is scheduled against the vCPU threads when they share a CPU.
+///
+/// A guest notification (an ioeventfd) wakes the device thread. Under Linux's default policy (SCHED_OTHER) the woken
+/// thread usually preempts the vCPU thread on the spot when they share a CPU: the device then handles the one
+/// request just queued, the guest resumes, queues the next, exits again, and the two go in lock step, one request
+/// and several context switches at a time. Under SCHED_BATCH a woken thread never preempts the running one; it runs
+/// when the vCPU thread blocks (the guest went idle, HLT) or at the scheduler tick, and then finds everything the
+/// guest queued meanwhile, while the guest, seeing the device busy (EVENT_IDX), stopped notifying. That is what a
+/// stream wants; a lone small request wants the opposite, since it waits for the guest to go idle first.
+/// Where the device thread has a CPU of its own, the policies behave alike: nothing is preempted either way.
+public enum ThreadScheduling: String, Sendable, CaseIterable {
+    /// SCHED_BATCH while the devices stream (a round of the loop moved at least `EventLoop.streamingRoundBytes` in
+    /// the last `EventLoop.streamingWindowNanoseconds`), SCHED_OTHER otherwise: batches under load, answers a lone
+    /// request at once. The default for device threads.
+    case adaptive
+    /// SCHED_BATCH always: batches device work behind a running vCPU on a shared CPU.
+    case batch
+    /// SCHED_OTHER always: the device thread preempts a vCPU that shares its CPU as soon as it wakes.
+    case normal
+
+    /// Sets the calling thread's policy: SCHED_BATCH when `batch`, SCHED_OTHER otherwise. The corresponding C
+    /// function is `sched_setscheduler(0, ...)`, which on Linux applies to the calling thread only.
+    public static func setCurrentThread(batch: Bool) throws(Errno) {
+        let result = CSwiftlet_set_thread_batch(batch ? 1 : 0)
+        if result < 0 { throw Errno(rawValue: -result) }
+    }
+
+    /// Whether the calling thread runs under SCHED_BATCH. The corresponding C function is `sched_getscheduler(0)`.
+    public static var currentThreadIsBatch: Bool { CSwiftlet_thread_is_batch() == 1 }
+}
