@@ -14,7 +14,30 @@ public final class EventLoop: Sendable {
     private let handlers = Mutex<[Handler]>([])
     private let roundEndHandlers = Mutex<[@Sendable () -> Void]>([])
     private let thread = Mutex<HostThread?>(nil)
+    private let counters = Counters()
     public let name: String
+
+    /// The loop's rounds (wake-ups that handled at least one source), those it ran under SCHED_BATCH, and how
+    /// often it switched to SCHED_BATCH (`ThreadScheduling.adaptive`).
+    public struct Statistics: Sendable, Equatable {
+        public var rounds: UInt64
+        public var batchRounds: UInt64
+        public var batchSwitches: UInt64
+        public init(rounds: UInt64, batchRounds: UInt64, batchSwitches: UInt64) {
+            self.rounds = rounds
+            self.batchRounds = batchRounds
+            self.batchSwitches = batchSwitches
+        }
+    }
+    public var statistics: Statistics {
+        Statistics(rounds: counters.rounds.load(ordering: .relaxed), batchRounds: counters.batchRounds.load(ordering: .relaxed),
+                   batchSwitches: counters.batchSwitches.load(ordering: .relaxed))
+    }
+    final class Counters: Sendable {
+        let rounds = Atomic<UInt64>(0)
+        let batchRounds = Atomic<UInt64>(0)
+        let batchSwitches = Atomic<UInt64>(0)
+    }
 
     public init(name: String) throws(SwiftletError) {
         self.name = name
@@ -91,9 +114,10 @@ public final class EventLoop: Sendable {
         let roundEnd = roundEndHandlers.withLock { $0 }
         let epoll = self.epoll
         let stopFd = stopEvent.rawValue
+        let counters = self.counters
         do {
             let started = try HostThread(name: name) {
-                var policy = SchedulingState(scheduling, workProbe: workProbe, onError: onSchedulingError)
+                var policy = SchedulingState(scheduling, workProbe: workProbe, counters: counters, onError: onSchedulingError)
                 EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table, roundEnd: roundEnd, policy: &policy)
             }
             thread.withLock { $0 = started }
@@ -106,15 +130,18 @@ public final class EventLoop: Sendable {
     struct SchedulingState {
         let adaptive: Bool
         let workProbe: (@Sendable () -> UInt64)?
+        let counters: Counters
         let onError: (@Sendable (Errno) -> Void)?
         private(set) var batch = false
         private var failed = false
         private var lastWork: UInt64 = 0
         private var lastStreaming: UInt64 = 0
 
-        init(_ scheduling: ThreadScheduling, workProbe: (@Sendable () -> UInt64)?, onError: (@Sendable (Errno) -> Void)?) {
+        init(_ scheduling: ThreadScheduling, workProbe: (@Sendable () -> UInt64)?, counters: Counters,
+             onError: (@Sendable (Errno) -> Void)?) {
             adaptive = scheduling == .adaptive && workProbe != nil
             self.workProbe = adaptive ? workProbe : nil
+            self.counters = counters
             self.onError = onError
             lastWork = self.workProbe?() ?? 0
             if scheduling == .batch { set(batch: true) }
@@ -125,6 +152,7 @@ public final class EventLoop: Sendable {
             do throws(Errno) {
                 try ThreadScheduling.setCurrentThread(batch: batch)
                 self.batch = batch
+                if batch { counters.batchSwitches.add(1, ordering: .relaxed) }
             } catch {
                 failed = true
                 onError?(error)
@@ -169,7 +197,11 @@ public final class EventLoop: Sendable {
                 if token == UInt64.max { return }
                 handlers[Int(token)](events[index].events)
             }
-            if count > 0 { for handler in roundEnd { handler() } }
+            if count > 0 {
+                for handler in roundEnd { handler() }
+                policy.counters.rounds.add(1, ordering: .relaxed)
+                if policy.batch { policy.counters.batchRounds.add(1, ordering: .relaxed) }
+            }
             if policy.adaptive { policy.update(now: monotonicNanoseconds(), round: count > 0) }
         }
     }

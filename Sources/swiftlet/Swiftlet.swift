@@ -78,7 +78,10 @@ struct Run: AsyncParsableCommand {
                 Run.report("stats device=\(device.name) notifications=\(device.notifications) interrupts=\(device.interrupts) "
                     + "requests=\(device.requests) guest_errors=\(device.guestErrors)")
             }
-            Run.report("stats device-thread scheduling=\(vm.deviceSchedulingError == nil ? machine.deviceScheduling.rawValue : "normal")")
+            if let loop = vm.deviceThreadStatistics {
+                Run.report("stats device-thread scheduling=\(vm.deviceSchedulingError == nil ? machine.deviceScheduling.rawValue : "normal") "
+                    + "rounds=\(loop.rounds) batch_rounds=\(loop.batchRounds) batch_switches=\(loop.batchSwitches)")
+            }
             if vm.balloonStatus() != nil {
                 Run.report("stats device=balloon0 " + BalloonControl.answer("get", vm: vm).dropFirst(3))
             }

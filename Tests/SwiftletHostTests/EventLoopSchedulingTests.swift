@@ -50,6 +50,12 @@ import Testing
             return record.observed.withLock { $0.last! }
         }
 
+        /// Stops the loop (so that its last round's counts are in) and returns its statistics.
+        func finish() -> EventLoop.Statistics {
+            loop.stop()
+            return loop.statistics
+        }
+
         deinit { loop.stop() }
     }
 
@@ -58,6 +64,7 @@ import Testing
         #expect(harness.round(moving: 0) == true)
         #expect(harness.round(moving: 1 << 20) == true)
         #expect(harness.record.errors.withLock { $0 }.isEmpty)
+        #expect(harness.finish() == EventLoop.Statistics(rounds: 2, batchRounds: 2, batchSwitches: 1))
     }
 
     @Test func normalNeverSwitches() throws {
@@ -78,6 +85,8 @@ import Testing
         usleep(UInt32(EventLoop.streamingWindowNanoseconds / 1000) * 5)
         #expect(harness.round(moving: 100) == false)
         #expect(harness.record.errors.withLock { $0 }.isEmpty)
+        // Rounds 4 and 5 ran batched; the timeout that ended the window is not a round.
+        #expect(harness.finish() == EventLoop.Statistics(rounds: 6, batchRounds: 2, batchSwitches: 1))
     }
 
     @Test func adaptiveWithoutAProbeIsNormal() throws {
@@ -90,5 +99,6 @@ import Testing
         // Many small rounds add up past the threshold, but no single round moved that much.
         let harness = try Harness(.adaptive)
         for _ in 0..<40 { #expect(harness.round(moving: EventLoop.streamingRoundBytes / 8) == false) }
+        #expect(harness.finish() == EventLoop.Statistics(rounds: 40, batchRounds: 0, batchSwitches: 0))
     }
 }

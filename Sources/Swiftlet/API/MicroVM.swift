@@ -77,6 +77,9 @@ public final class MicroVM: Sendable {
         machine.withLock { $0?.balloon }?.status()
     }
 
+    /// The device thread's rounds, those run under SCHED_BATCH, and its switches to it; nil without virtio devices.
+    public var deviceThreadStatistics: EventLoop.Statistics? { machine.withLock { $0?.eventLoop?.statistics } }
+
     /// Why the device thread runs under SCHED_OTHER although `MachineConfiguration.deviceScheduling` asked for
     /// `.batch` or `.adaptive`; nil when it got what was asked (or the VM has no virtio devices, or the thread has not started).
     public var deviceSchedulingError: SwiftletError? {

@@ -97,6 +97,10 @@ host_pings() {
         test_fail "$t.$_hn.$_hc" "$(echo "$_out" | tail -n 2)"
     fi
 }
+# device_thread NAME FIELD: a field of swiftlet's "stats device-thread" line for the run NAME (rounds, batch_rounds,
+# batch_switches).
+device_thread() { sed -n "s/^swiftlet: stats device-thread .* $2=\([0-9]*\).*/\1/p" "$WORK/$1.console.err" 2>/dev/null; }
+
 # release NAME PORT: lets a guest that waits in net_wait_host finish.
 release() { nc -w 5 10.0.2.2 "$2" </dev/null >/dev/null 2>&1 || echo "step: $1: could not reach the guest's port $2"; }
 
@@ -151,6 +155,9 @@ else
     test_fail "$t.ping.host-to-guest" "the guest never waited for the host: $(tail -c 300 "$WORK/ping.console" 2>/dev/null)"
 fi
 vm_end ping
+if [ "$vmm" = swiftlet ]; then # pings and the guest's set-up are small requests: never batched (adaptive scheduling)
+    check_eq "$t.ping.device-thread-unbatched" "$(device_thread ping batch_rounds)" 0
+fi
 
 # --- Bulk transfers (NET_TRANSFERS=0 leaves them out, for quick runs) -----------------------------------------------
 if [ "${NET_TRANSFERS:-1}" != 1 ]; then
@@ -160,6 +167,10 @@ else
 transfer transfer "$mib" "swiftlet.test=net-transfer" tap0,$mac0
 if [ "$g2h_avg" -gt 1514 ]; then test_pass "$t.transfer.g2h-tso"; else
     test_fail "$t.transfer.g2h-tso" "average guest->host frame $g2h_avg bytes: the guest's TSO frames never reached the TAP"
+fi
+if [ "$vmm" = swiftlet ]; then # streams: the device thread yields to the vCPU (adaptive scheduling, SCHED_BATCH)
+    check_ge "$t.transfer.device-thread-batched" "$(device_thread transfer batch_rounds)" 1 \
+        "the device thread never ran under SCHED_BATCH during the transfer"
 fi
 
 # --- the same with the guest's offloads refused (kernel command line): every guest frame fits the MTU ---------------
