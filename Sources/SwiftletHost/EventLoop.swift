@@ -126,62 +126,6 @@ public final class EventLoop: Sendable {
         }
     }
 
-    /// The loop thread's scheduling policy, switched between SCHED_OTHER and SCHED_BATCH under `.adaptive`.
-    struct SchedulingState {
-        let adaptive: Bool
-        let workProbe: (@Sendable () -> UInt64)?
-        let counters: Counters
-        let onError: (@Sendable (Errno) -> Void)?
-        private(set) var batch = false
-        private var failed = false
-        private var lastWork: UInt64 = 0
-        private var lastStreaming: UInt64 = 0
-
-        init(_ scheduling: ThreadScheduling, workProbe: (@Sendable () -> UInt64)?, counters: Counters,
-             onError: (@Sendable (Errno) -> Void)?) {
-            adaptive = scheduling == .adaptive && workProbe != nil
-            self.workProbe = adaptive ? workProbe : nil
-            self.counters = counters
-            self.onError = onError
-            lastWork = self.workProbe?() ?? 0
-            if scheduling == .batch { set(batch: true) }
-        }
-
-        private mutating func set(batch: Bool) {
-            guard !failed else { return }
-            do throws(Errno) {
-                try ThreadScheduling.setCurrentThread(batch: batch)
-                self.batch = batch
-                if batch { counters.batchSwitches.add(1, ordering: .relaxed) }
-            } catch {
-                failed = true
-                onError?(error)
-            }
-        }
-
-        /// epoll_wait's timeout: under adaptive SCHED_BATCH, when the streaming window ends (-1: none).
-        func timeoutMilliseconds(now: UInt64) -> Int32 {
-            guard adaptive && batch else { return -1 }
-            let end = lastStreaming + EventLoop.streamingWindowNanoseconds
-            return now >= end ? 0 : Int32((end - now + 999_999) / 1_000_000)
-        }
-
-        /// After a round (or a timeout, `round` false): SCHED_BATCH if it streamed, SCHED_OTHER once the window passed.
-        mutating func update(now: UInt64, round: Bool) {
-            guard adaptive, let workProbe else { return }
-            if round {
-                let work = workProbe()
-                defer { lastWork = work }
-                if work &- lastWork >= EventLoop.streamingRoundBytes {
-                    lastStreaming = now
-                    if !batch { set(batch: true) }
-                    return
-                }
-            }
-            if batch && now &- lastStreaming >= EventLoop.streamingWindowNanoseconds { set(batch: false) }
-        }
-    }
-
     private static func run(epoll: Int32, stopFd: Int32, handlers: [Handler], roundEnd: [@Sendable () -> Void],
                             policy: inout SchedulingState) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)

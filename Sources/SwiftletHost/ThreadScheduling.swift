@@ -10,7 +10,7 @@ import SystemPackage
 /// when the vCPU thread blocks (the guest went idle, HLT) or at the scheduler tick, and then finds everything the
 /// guest queued meanwhile, while the guest, seeing the device busy (EVENT_IDX), stopped notifying. That is what a
 /// stream wants; a lone small request wants the opposite, since it waits for the guest to go idle first.
-/// Where the device thread has a CPU of its own, the policies behave alike: nothing is preempted either way.
+/// Where the device thread finds an idle CPU when it wakes, the policies behave alike: nothing is preempted.
 public enum ThreadScheduling: String, Sendable, CaseIterable {
     /// SCHED_BATCH while the devices stream (a round of the loop moved at least `EventLoop.streamingRoundBytes` in
     /// the last `EventLoop.streamingWindowNanoseconds`), SCHED_OTHER otherwise: batches under load, answers a lone
@@ -30,4 +30,62 @@ public enum ThreadScheduling: String, Sendable, CaseIterable {
 
     /// Whether the calling thread runs under SCHED_BATCH. The corresponding C function is `sched_getscheduler(0)`.
     public static var currentThreadIsBatch: Bool { CSwiftlet_thread_is_batch() == 1 }
+}
+
+extension EventLoop {
+    /// The loop thread's scheduling policy, switched between SCHED_OTHER and SCHED_BATCH under `.adaptive`.
+    struct SchedulingState {
+        let adaptive: Bool
+        let workProbe: (@Sendable () -> UInt64)?
+        let counters: Counters
+        let onError: (@Sendable (Errno) -> Void)?
+        private(set) var batch = false
+        private var failed = false
+        private var lastWork: UInt64 = 0
+        private var lastStreaming: UInt64 = 0
+
+        init(_ scheduling: ThreadScheduling, workProbe: (@Sendable () -> UInt64)?, counters: Counters,
+             onError: (@Sendable (Errno) -> Void)?) {
+            adaptive = scheduling == .adaptive && workProbe != nil
+            self.workProbe = adaptive ? workProbe : nil
+            self.counters = counters
+            self.onError = onError
+            lastWork = self.workProbe?() ?? 0
+            if scheduling == .batch { set(batch: true) }
+        }
+
+        private mutating func set(batch: Bool) {
+            guard !failed else { return }
+            do throws(Errno) {
+                try ThreadScheduling.setCurrentThread(batch: batch)
+                self.batch = batch
+                if batch { counters.batchSwitches.add(1, ordering: .relaxed) }
+            } catch {
+                failed = true
+                onError?(error)
+            }
+        }
+
+        /// epoll_wait's timeout: under adaptive SCHED_BATCH, when the streaming window ends (-1: none).
+        func timeoutMilliseconds(now: UInt64) -> Int32 {
+            guard adaptive && batch else { return -1 }
+            let end = lastStreaming + EventLoop.streamingWindowNanoseconds
+            return now >= end ? 0 : Int32((end - now + 999_999) / 1_000_000)
+        }
+
+        /// After a round (or a timeout, `round` false): SCHED_BATCH if it streamed, SCHED_OTHER once the window passed.
+        mutating func update(now: UInt64, round: Bool) {
+            guard adaptive, let workProbe else { return }
+            if round {
+                let work = workProbe()
+                defer { lastWork = work }
+                if work &- lastWork >= EventLoop.streamingRoundBytes {
+                    lastStreaming = now
+                    if !batch { set(batch: true) }
+                    return
+                }
+            }
+            if batch && now &- lastStreaming >= EventLoop.streamingWindowNanoseconds { set(batch: false) }
+        }
+    }
 }

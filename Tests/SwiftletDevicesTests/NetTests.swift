@@ -136,6 +136,26 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
         #expect(throws: SwiftletError.self) { try Net(NetConfiguration(tap: "t", mac: [1, 2, 3]), endpoint: endpoint) }
     }
 
+    @Test func aWaitingFrameDoesNotWakeTheLoopWhileTheDeviceIsInactive() throws {
+        // Before the driver activates the device and after it resets it, frames wait in the TAP: a readable TAP
+        // that the device cannot read must not be polled (it would wake the loop over and over).
+        let loop = try EventLoop(name: "net-parked")
+        try net.register(on: loop)
+        try loop.start()
+        defer { loop.stop() }
+        endpoint.send([UInt8](repeating: 0, count: 12) + [1])
+        usleep(50_000)
+        #expect(loop.statistics.rounds == 0)
+        _ = try activate(features: VirtioFeature.version1) // a transmit kick; the TAP polled, no buffers: parked
+        usleep(50_000)
+        let activeRounds = loop.statistics.rounds
+        #expect(activeRounds >= 1 && activeRounds <= 3)
+        net.reset()
+        endpoint.send([UInt8](repeating: 0, count: 12) + [2])
+        usleep(50_000)
+        #expect(loop.statistics.rounds == activeRounds)
+    }
+
     @Test func receivesAFrameIntoOneChain() throws {
         _ = try activate(features: VirtioFeature.version1)
         try postReceive(0, at: 0x10000, length: 2048)

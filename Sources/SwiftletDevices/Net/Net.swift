@@ -108,7 +108,9 @@ public final class Net: LoopDevice {
     public func register(on loop: EventLoop) throws(SwiftletError) {
         try loop.register(queueEvents[Self.receiveQueue].rawValue) { [self] _ in receiveQueueNotified() }
         try loop.register(queueEvents[Self.transmitQueue].rawValue) { [self] _ in transmitQueueNotified() }
-        let registration = try loop.register(endpoint.rawValue) { [self] _ in endpointReadable() }
+        // Parked until the driver activates the device: frames that arrive before then wait in the TAP (a readable
+        // TAP with nowhere to put its frames would wake the loop over and over).
+        let registration = try loop.register(endpoint.rawValue, events: 0) { [self] _ in endpointReadable() }
         try loop.registerRoundEnd { [self] in raisePendingInterrupt() }
         self.loop.withLock { $0 = (loop, registration) }
         defersInterrupts.store(true, ordering: .relaxed)
@@ -138,13 +140,18 @@ public final class Net: LoopDevice {
         state.transmitVectors.reserveCapacity(Int(Self.queueSize))
         state.heldVectors.reserveCapacity(Int(Self.queueSize))
         state.held.reserveCapacity(Int(Self.queueSize))
-        active.withLock { $0 = state }
-        setReceiveParked(false)
+        active.withLock { current in
+            current = state
+            setReceiveParked(false)
+        }
         queueEvents[Self.transmitQueue].signal()
     }
 
     public func reset() {
-        active.withLock { $0 = nil }
+        active.withLock { state in // parked under the lock: ordered against activate's unparking
+            state = nil
+            setReceiveParked(true)
+        }
         _ = try? endpoint.setOffloads(0)
     }
 
@@ -164,7 +171,10 @@ public final class Net: LoopDevice {
 
     func endpointReadable() {
         let outcome = active.withLock { state -> Outcome in
-            guard state != nil, let queue = state!.receive else { return Outcome() }
+            guard state != nil, let queue = state!.receive else {
+                setReceiveParked(true) // not (or no longer) active; under the lock, ordered against activate
+                return Outcome()
+            }
             return receiveFrames(&state!, queue: queue)
         }
         conclude(outcome)
