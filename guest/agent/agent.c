@@ -943,6 +943,13 @@ int main(int argc, char **argv)
     sigemptyset(&stop.sa_mask);
     sigaction(SIGTERM, &stop, NULL);
     sigaction(SIGINT, &stop, NULL);
+    /* The mask is inherited: a parent that started the agent with SIGCHLD
+     * blocked (a thread of a program that blocks signals, as Swift's thread
+     * pool does) would leave every exited command unreaped and its connection
+     * waiting for ever. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
 
     int lfd;
     if (!listen_spec)
