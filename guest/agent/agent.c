@@ -764,10 +764,18 @@ static void __attribute__((noreturn)) handle_connection(int conn)
             pfd[i_in = n++] = (struct pollfd){.fd = s.stdin_fd, .events = POLLOUT};
         pfd[n++] = (struct pollfd){.fd = sigchld_pipe[0], .events = POLLIN};
 
-        if (poll(pfd, (nfds_t)n, -1) < 0) {
+        /* While output waits for room, try the write once a second anyway: a
+         * host that shut down its reading end (SHUT_RD) never makes room and
+         * never shows in poll, but the write then fails with EPIPE. */
+        int ready = poll(pfd, (nfds_t)n, s.out_len ? 1000 : -1);
+        if (ready < 0) {
             if (errno == EINTR)
                 continue;
             abandon(&s);
+        }
+        if (ready == 0) {
+            flush_output(&s);
+            continue;
         }
         drain_sigchld_pipe();
         short re = pfd[i_conn].revents;
