@@ -103,6 +103,13 @@ public final class EventLoop: Sendable {
     public static let streamingRoundBytes: UInt64 = 16 << 10
     /// Under `.adaptive`, the loop stays under SCHED_BATCH this long after its last streaming round.
     public static let streamingWindowNanoseconds: UInt64 = 10_000_000
+    /// Under `.adaptive`, batching pays while the rounds it yields move this much on average (a moving average over
+    /// rounds of at least `countedRoundBytes`); below it, the guest keeps its vCPU busy with other work and the
+    /// device only waits for the scheduler tick, so the loop goes back to SCHED_OTHER for `holdOffNanoseconds`.
+    public static let payingRoundBytes: UInt64 = 64 << 10
+    /// Rounds smaller than this (a lone ACK or control packet) do not count for or against batching.
+    public static let countedRoundBytes: UInt64 = 4 << 10
+    public static let holdOffNanoseconds: UInt64 = 1_000_000_000
 
     /// Starts the loop thread, scheduled by `scheduling` (see `ThreadScheduling`). `workProbe`, called on the loop
     /// thread after each round, returns a running total of the bytes its sources moved; `.adaptive` needs it and

@@ -43,6 +43,10 @@ extension EventLoop {
         private var failed = false
         private var lastWork: UInt64 = 0
         private var lastStreaming: UInt64 = 0
+        /// Moving average (weight 1/4) of the counted rounds' bytes under SCHED_BATCH.
+        private var batchedAverage: UInt64 = 0
+        /// No SCHED_BATCH before this (CLOCK_MONOTONIC ns), after batching did not pay.
+        private var holdUntil: UInt64 = 0
 
         init(_ scheduling: ThreadScheduling, workProbe: (@Sendable () -> UInt64)?, counters: Counters,
              onError: (@Sendable (Errno) -> Void)?) {
@@ -73,15 +77,28 @@ extension EventLoop {
             return now >= end ? 0 : Int32((end - now + 999_999) / 1_000_000)
         }
 
-        /// After a round (or a timeout, `round` false): SCHED_BATCH if it streamed, SCHED_OTHER once the window passed.
+        /// After a round (or a timeout, `round` false): SCHED_BATCH if it streamed, SCHED_OTHER once the window passed
+        /// or when batched rounds stay small (then not again for a while).
         mutating func update(now: UInt64, round: Bool) {
             guard adaptive, let workProbe else { return }
             if round {
                 let work = workProbe()
-                defer { lastWork = work }
-                if work &- lastWork >= EventLoop.streamingRoundBytes {
+                let moved = work &- lastWork
+                lastWork = work
+                if batch && moved >= EventLoop.countedRoundBytes {
+                    batchedAverage = (batchedAverage * 3 + moved) / 4
+                    if batchedAverage < EventLoop.payingRoundBytes {
+                        set(batch: false)
+                        holdUntil = now + EventLoop.holdOffNanoseconds
+                        return
+                    }
+                }
+                if moved >= EventLoop.streamingRoundBytes {
                     lastStreaming = now
-                    if !batch { set(batch: true) }
+                    if !batch && now >= holdUntil {
+                        set(batch: true)
+                        batchedAverage = 2 * EventLoop.payingRoundBytes // a few small rounds are not yet a verdict
+                    }
                     return
                 }
             }

@@ -89,6 +89,33 @@ import Testing
         #expect(harness.finish() == EventLoop.Statistics(rounds: 6, batchRounds: 2, batchSwitches: 1))
     }
 
+    @Test func adaptiveGivesUpBatchingThatDoesNotPay() throws {
+        // Batched rounds that stay small (a guest busy with other work, the device waiting for the tick): back to
+        // SCHED_OTHER, and no batching again during the hold-off even for a streaming round.
+        let harness = try Harness(.adaptive)
+        let small = EventLoop.payingRoundBytes / 8       // counted (at least countedRoundBytes), far below paying
+        #expect(small >= EventLoop.countedRoundBytes && small < EventLoop.streamingRoundBytes)
+        #expect(harness.round(moving: EventLoop.streamingRoundBytes) == false)
+        #expect(harness.round(moving: small) == true)
+        #expect(harness.round(moving: small) == true)
+        #expect(harness.round(moving: small) == true)     // the average drops below paying here
+        #expect(harness.round(moving: EventLoop.streamingRoundBytes * 2) == false)
+        #expect(harness.round(moving: EventLoop.streamingRoundBytes * 2) == false) // held off
+        #expect(harness.record.errors.withLock { $0 }.isEmpty)
+        #expect(harness.finish() == EventLoop.Statistics(rounds: 6, batchRounds: 3, batchSwitches: 1))
+    }
+
+    @Test func tinyBatchedRoundsDoNotCount() throws {
+        // ACKs and other small packets between the big rounds of a stream neither keep nor end batching.
+        let harness = try Harness(.adaptive)
+        #expect(harness.round(moving: EventLoop.streamingRoundBytes) == false)
+        for _ in 0..<20 {
+            #expect(harness.round(moving: EventLoop.countedRoundBytes - 1) == true)
+            #expect(harness.round(moving: EventLoop.payingRoundBytes) == true)
+        }
+        #expect(harness.finish().batchSwitches == 1)
+    }
+
     @Test func adaptiveWithoutAProbeIsNormal() throws {
         let harness = try Harness(.adaptive, probe: false)
         #expect(harness.round(moving: 1 << 20) == false)
