@@ -13,8 +13,9 @@ import SystemPackage
 /// Where the device thread finds an idle CPU when it wakes, the policies behave alike: nothing is preempted.
 public enum ThreadScheduling: String, Sendable, CaseIterable {
     /// SCHED_BATCH while the devices stream (a round of the loop moved at least `EventLoop.streamingRoundBytes` in
-    /// the last `EventLoop.streamingWindowNanoseconds`), SCHED_OTHER otherwise: batches under load, answers a lone
-    /// request at once. The default for device threads.
+    /// the last `EventLoop.streamingWindowNanoseconds`) and batching pays (batched rounds average at least
+    /// `EventLoop.payingRoundBytes`, else SCHED_OTHER for `EventLoop.holdOffNanoseconds`), SCHED_OTHER otherwise:
+    /// batches under load, answers a lone request at once. The default for device threads.
     case adaptive
     /// SCHED_BATCH always: batches device work behind a running vCPU on a shared CPU.
     case batch
