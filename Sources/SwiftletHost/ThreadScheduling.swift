@@ -37,25 +37,25 @@ extension EventLoop {
     /// The loop thread's scheduling policy, switched between SCHED_OTHER and SCHED_BATCH under `.adaptive`.
     struct SchedulingState {
         let adaptive: Bool
-        let workProbe: (@Sendable () -> UInt64)?
+        let workProbe: (@Sendable () -> LoopWork)?
         let counters: Counters
         let onError: (@Sendable (Errno) -> Void)?
         private(set) var batch = false
         private var failed = false
-        private var lastWork: UInt64 = 0
+        private var lastWork = LoopWork(bytes: 0, requests: 0)
         private var lastStreaming: UInt64 = 0
         /// Moving average (weight 1/4) of the counted rounds' bytes under SCHED_BATCH.
         private var batchedAverage: UInt64 = 0
         /// No SCHED_BATCH before this (CLOCK_MONOTONIC ns), after batching did not pay.
         private var holdUntil: UInt64 = 0
 
-        init(_ scheduling: ThreadScheduling, workProbe: (@Sendable () -> UInt64)?, counters: Counters,
+        init(_ scheduling: ThreadScheduling, workProbe: (@Sendable () -> LoopWork)?, counters: Counters,
              onError: (@Sendable (Errno) -> Void)?) {
             adaptive = scheduling == .adaptive && workProbe != nil
             self.workProbe = adaptive ? workProbe : nil
             self.counters = counters
             self.onError = onError
-            lastWork = self.workProbe?() ?? 0
+            lastWork = self.workProbe?() ?? LoopWork(bytes: 0, requests: 0)
             if scheduling == .batch { set(batch: true) }
         }
 
@@ -84,7 +84,8 @@ extension EventLoop {
             guard adaptive, let workProbe else { return }
             if round {
                 let work = workProbe()
-                let moved = work &- lastWork
+                let moved = work.bytes &- lastWork.bytes
+                let requests = max(work.requests &- lastWork.requests, 1)
                 lastWork = work
                 if batch && moved >= EventLoop.countedRoundBytes {
                     batchedAverage = (batchedAverage * 3 + moved) / 4
@@ -94,7 +95,7 @@ extension EventLoop {
                         return
                     }
                 }
-                if moved >= EventLoop.streamingRoundBytes {
+                if moved >= EventLoop.streamingRoundBytes && moved / requests >= EventLoop.streamingRequestBytes {
                     lastStreaming = now
                     if !batch && now >= holdUntil {
                         set(batch: true)
@@ -105,5 +106,16 @@ extension EventLoop {
             }
             if batch && now &- lastStreaming >= EventLoop.streamingWindowNanoseconds { set(batch: false) }
         }
+    }
+}
+
+/// Running totals of what a loop's sources moved: bytes, and the requests (frames, block requests, packets) they
+/// came in.
+public struct LoopWork: Sendable, Equatable {
+    public var bytes: UInt64
+    public var requests: UInt64
+    public init(bytes: UInt64, requests: UInt64) {
+        self.bytes = bytes
+        self.requests = requests
     }
 }

@@ -11,6 +11,8 @@ import Testing
     /// What the loop thread reports back: the work total it probes, the policy each round saw, policy errors.
     final class Record: Sendable {
         let work = Atomic<UInt64>(0)
+        let requests = Atomic<UInt64>(0)
+        let nextRequests = Atomic<UInt64>(0)
         /// What the next round moves: the handler adds it to `work`, so the total changes only inside rounds.
         let next = Atomic<UInt64>(0)
         let observed = Mutex<[Bool]>([])
@@ -31,19 +33,25 @@ import Testing
             try loop.register(source.rawValue) { [source, done] _ in
                 _ = source.consume()
                 record.work.add(record.next.exchange(0, ordering: .relaxed), ordering: .relaxed)
+                record.requests.add(record.nextRequests.exchange(0, ordering: .relaxed), ordering: .relaxed)
                 record.observed.withLock { $0.append(ThreadScheduling.currentThreadIsBatch) }
                 done.signal()
             }
-            var workProbe: (@Sendable () -> UInt64)?
-            if probe { workProbe = { @Sendable in record.work.load(ordering: .relaxed) } }
+            var workProbe: (@Sendable () -> LoopWork)?
+            if probe {
+                workProbe = { @Sendable in
+                    LoopWork(bytes: record.work.load(ordering: .relaxed), requests: record.requests.load(ordering: .relaxed))
+                }
+            }
             try loop.start(scheduling: scheduling, workProbe: workProbe) { error in
                 record.errors.withLock { $0.append(error.rawValue) }
             }
         }
 
         /// One round in which the sources moved `bytes`; the policy the handler saw (before the round's own update).
-        func round(moving bytes: UInt64) -> Bool {
+        func round(moving bytes: UInt64, in requests: UInt64 = 1) -> Bool {
             record.next.store(bytes, ordering: .relaxed)
+            record.nextRequests.store(requests, ordering: .relaxed)
             source.signal()
             var value: UInt64 = 0
             _ = read(done.rawValue, &value, 8)
@@ -113,6 +121,16 @@ import Testing
             #expect(harness.round(moving: EventLoop.countedRoundBytes - 1) == true)
             #expect(harness.round(moving: EventLoop.payingRoundBytes) == true)
         }
+        #expect(harness.finish().batchSwitches == 1)
+    }
+
+    @Test func smallRequestsDoNotMakeAStream() throws {
+        // 1.5 KiB frames (TCP without TSO) or 4 KiB blocks, many to a round: not a stream, never batched.
+        let harness = try Harness(.adaptive)
+        let small = EventLoop.streamingRequestBytes / 2
+        for _ in 0..<10 { #expect(harness.round(moving: small * 16, in: 16) == false) }
+        #expect(harness.round(moving: EventLoop.streamingRoundBytes, in: 1) == false) // one large request: a stream
+        #expect(harness.round(moving: small * 16, in: 16) == true)
         #expect(harness.finish().batchSwitches == 1)
     }
 

@@ -199,7 +199,11 @@ final class Machine: Sendable {
             state.started = true
             let counters = virtioDevices.map { $0.device.counters }
             try eventLoop?.start(scheduling: configuration.deviceScheduling,
-                                 workProbe: { counters.reduce(0) { $0 &+ $1.bytes } }) { [weak self] error in
+                                 workProbe: {
+                                     counters.reduce(LoopWork(bytes: 0, requests: 0)) {
+                                         LoopWork(bytes: $0.bytes &+ $1.bytes, requests: $0.requests &+ $1.requests)
+                                     }
+                                 }) { [weak self] error in
                 self?.deviceSchedulingError.withLock { $0 = error }
             }
             if configuration.console == .stdio {
