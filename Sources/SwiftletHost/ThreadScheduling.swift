@@ -12,8 +12,9 @@ import SystemPackage
 /// stream wants; a lone small request wants the opposite, since it waits for the guest to go idle first.
 /// Where the device thread finds an idle CPU when it wakes, the policies behave alike: nothing is preempted.
 public enum ThreadScheduling: String, Sendable, CaseIterable {
-    /// SCHED_BATCH while the devices stream (a round of the loop moved at least `EventLoop.streamingRoundBytes` in
-    /// the last `EventLoop.streamingWindowNanoseconds`) and batching pays (batched rounds average at least
+    /// SCHED_BATCH while the devices stream (a round of the loop moved at least `EventLoop.streamingRoundBytes`, in
+    /// requests of `EventLoop.streamingRequestBytes` or more on average, in the last
+    /// `EventLoop.streamingWindowNanoseconds`) and batching pays (batched rounds average at least
     /// `EventLoop.payingRoundBytes`, else SCHED_OTHER for `EventLoop.holdOffNanoseconds`), SCHED_OTHER otherwise:
     /// batches under load, answers a lone request at once. The default for device threads.
     case adaptive

@@ -43,7 +43,7 @@ struct MachineOptions: ParsableArguments {
     var balloon: BalloonOption?
 
     @Option(name: .long, help: ArgumentHelp(
-        "How the device thread is scheduled against vCPUs that share its CPU. batch (SCHED_BATCH): a notification does not preempt a running vCPU; the device takes everything the guest queued once it idles, with far fewer exits and switches under load. normal (SCHED_OTHER): the device thread preempts the vCPU at each notification, which answers a lone small request sooner. adaptive (the default): batch while the devices stream (a round moved 16 KiB or more in the last 10 ms) and batching pays (batched rounds average 64 KiB or more; else normal for 1 s), normal otherwise. All three behave alike where the device thread finds an idle CPU when it wakes.",
+        "How the device thread is scheduled against vCPUs that share its CPU. batch (SCHED_BATCH): a notification does not preempt a running vCPU; the device takes everything the guest queued once it idles, with far fewer exits and switches under load. normal (SCHED_OTHER): the device thread preempts the vCPU at each notification, which answers a lone small request sooner. adaptive (the default): batch while the devices stream (a round moved 16 KiB or more, in requests of 8 KiB or more on average, in the last 10 ms) and batching pays (batched rounds average 64 KiB or more; else normal for 1 s), normal otherwise. All three behave alike where the device thread finds an idle CPU when it wakes.",
         valueName: "adaptive|batch|normal"))
     var deviceScheduling: DeviceThreadScheduling = .adaptive
 
