@@ -102,9 +102,8 @@ public final class EventLoop: Sendable {
     /// A round of the loop that moved at least this many bytes (`workProbe`), in requests of `streamingRequestBytes`
     /// or more on average, counts as streaming.
     public static let streamingRoundBytes: UInt64 = 16 << 10
-    /// Small requests (1.5 KiB frames without TSO, 4 KiB blocks) do not make a stream: batched, they wait for the
-    /// guest to idle with little to show for it (guest->host TCP without offloads ran at 0.15 Gbit/s batched against
-    /// 0.25 under SCHED_OTHER in the lab).
+    /// Small requests (1.5 KiB frames without TSO, 4 KiB blocks) do not make a stream: batching them bought nothing
+    /// measurable in the lab, and they stay under SCHED_OTHER.
     public static let streamingRequestBytes: UInt64 = 8 << 10
     /// Under `.adaptive`, the loop stays under SCHED_BATCH this long after its last streaming round.
     public static let streamingWindowNanoseconds: UInt64 = 10_000_000
