@@ -12,6 +12,7 @@ packages=(
     e2fsprogs                     # mkfs.ext4 in the guest (block device tests)
     dpkg-dev libaio-dev zlib1g-dev debian-archive-keyring   # the guest's static fio (guest/build-fio.sh)
     qemu-system-x86               # the nested lab and the benchmark peer
+    kmod                          # depmod for the lab's L1 modules (build-l1.sh)
     iperf3                        # network benchmark: in the guest's full initramfs and in the lab's L1
     python3                       # the test harness and lab runner
     strace                        # diagnosing start-up in benchmarks
