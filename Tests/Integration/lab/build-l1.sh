@@ -10,7 +10,8 @@
 #
 # Environment:
 #   SWIFTLET_CACHE            cache root (default: $HOME/.cache/swiftlet)
-#   SWIFTLET_LAB_KERNEL_PKG   kernel package to use (default: what linux-image-cloud-amd64 depends on)
+#   SWIFTLET_LAB_KERNEL_PKG   kernel package to use, as NAME or NAME=VERSION (default: the pin in l1-kernel.pin;
+#                             "latest": whatever linux-image-cloud-amd64 depends on today)
 #   SWIFTLET_LAB_COMPRESS     base initramfs compression: none (default, boots fastest), lz4, gzip
 #
 # Output (stdout, last line): the image directory, holding
@@ -86,8 +87,17 @@ QEMU_FIRMWARE_PATH="/usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu"
 [ -e "$QEMU_SHARE/bios-microvm.bin" ] || die "$QEMU_SHARE/bios-microvm.bin not found: apt-get install qemu-system-data"
 
 # --- Which kernel package, which versions -------------------------------------------------
+# The L1 kernel is pinned (l1-kernel.pin: package and exact version), so that a Debian update cannot change the lab
+# under a passing suite unnoticed; moving the pin is a change of its own, with the lab's stall rates measured again.
+PIN_FILE=$LAB_DIR/l1-kernel.pin
 KPKG=${SWIFTLET_LAB_KERNEL_PKG:-}
+if [ -z "$KPKG" ]; then
+    KPKG=$(sed -n -E 's/^(linux-image-[^ #=]+)[ =]+([^ #]+).*/\1=\2/p' "$PIN_FILE" 2>/dev/null | sed -n 1p)
+    [ -n "$KPKG" ] || die "$PIN_FILE names no kernel package and version (a line 'linux-image-... VERSION')"
+fi
+[ "$KPKG" != latest ] || KPKG=""
 KPKG_VERSION=""
+case "$KPKG" in *=*) KPKG_VERSION=${KPKG#*=}; KPKG=${KPKG%%=*} ;; esac
 if [ -z "$KPKG" ]; then
     # One apt-cache call (each costs ~0.5 s here): the metapackage's Depends names the kernel
     # package and, normally, its exact version: "linux-image-6.1.0-NN-cloud-amd64 (= V)".
@@ -117,6 +127,12 @@ pkgver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
 QEMU_VERSION="$(pkgver qemu-system-x86) $("$QEMU_BIN" --version | sed -n 1p)"
 BUSYBOX_VERSION="$(pkgver busybox-static) $("$BUSYBOX" | sed -n 1p)"
 IPERF3_VERSION=$(pkgver iperf3)   # "unknown" when it is not installed (then L1 has none)
+
+LATEST=$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
+    sed -n -E 's/^Depends:.*\<(linux-image-[0-9][^ ,]*-cloud-amd64)( \(= ([^)]*)\))?.*/\1 \3/p' | sed -n 1p || true)
+if [ -n "$LATEST" ] && [ "$LATEST" != "$KPKG $KPKG_VERSION" ] && [ -z "${SWIFTLET_LAB_KERNEL_PKG:-}" ]; then
+    log "note: the lab's L1 kernel is pinned to $KPKG $KPKG_VERSION ($PIN_FILE); Debian's linux-image-cloud-amd64 now depends on $LATEST"
+fi
 
 # The key covers everything that goes into the image: this script, the L1 files, the tools,
 # the kernel package version, the host's QEMU and busybox, and the compression.
@@ -164,13 +180,19 @@ DEB=$(ls "$LAB_CACHE/debs/${KPKG}_${KPKG_VERSION//:/%3a}_"*.deb 2>/dev/null | se
 if [ -z "$DEB" ]; then
     log "downloading $KPKG $KPKG_VERSION"
     mkdir "$WORK/dl"
-    (cd "$WORK/dl" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KPKG_VERSION" >&2) ||
-        die "apt-get download $KPKG=$KPKG_VERSION failed (network? try apt-get update)"
+    if ! (cd "$WORK/dl" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KPKG_VERSION" >&2); then
+        current=$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
+            sed -n -E 's/^Depends:.*\<(linux-image-[0-9][^ ,]*-cloud-amd64)( \(= ([^)]*)\))?.*/\1 \3/p' | sed -n 1p)
+        die "apt-get download $KPKG=$KPKG_VERSION failed. If Debian no longer serves that version, move the pin in" \
+            "$PIN_FILE to one it serves (linux-image-cloud-amd64 depends on ${current:-?} today), rerun the lab" \
+            "tests and measure the stall rate again (lab README); otherwise: network? apt-get update?"
+    fi
     DEB=$(ls "$WORK/dl"/*.deb)
     mv "$DEB" "$LAB_CACHE/debs/"
     DEB=$LAB_CACHE/debs/$(basename "$DEB")
-    # Drop packages of older kernels.
-    find "$LAB_CACHE/debs" -name '*.deb' ! -name "$(basename "$DEB")" -delete
+    # Keep the four newest kernel packages (a pin can move back; each is about 27 MB).
+    # shellcheck disable=SC2012  # Debian package file names
+    ls -1t "$LAB_CACHE/debs"/*.deb 2>/dev/null | tail -n +5 | xargs -r rm -f
 fi
 log "extracting $(basename "$DEB")"
 dpkg-deb -x "$DEB" "$WORK/pkg"

@@ -103,6 +103,15 @@ def find_image(args):
     return d, env
 
 
+def lab_versions(env):
+    """What the lab runs with, from the image's lab.env: recorded in every log and --result, so that a change of
+    Debian's packages under the lab shows in the records (the image cache is keyed by the same versions)."""
+    return {"l1_kernel": env.get("KERNEL_VERSION", "?"), "l1_kernel_package": env.get("KERNEL_PACKAGE", "?"),
+            "l1_kernel_package_version": env.get("KERNEL_PACKAGE_VERSION", "?"),
+            "qemu": env.get("QEMU_VERSION", "?"), "busybox": env.get("BUSYBOX_VERSION", "?"),
+            "image_key": env.get("KEY", "?")}
+
+
 def read_env(path):
     env = {}
     try:
@@ -276,7 +285,7 @@ def stage(args, image_dir, env, tmpdir, interactive=False):
 # Running L1
 
 
-def qemu_argv(args, image_dir, env, initrd, interactive=False):
+def qemu_argv(args, image_dir, env, initrd, interactive=False, monitor=None):
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
         raise LabError("qemu-system-x86_64 not found: apt-get install qemu-system-x86")
@@ -288,7 +297,7 @@ def qemu_argv(args, image_dir, env, initrd, interactive=False):
             "-nodefaults", "-no-user-config", "-nographic",
             "-serial", "mon:stdio" if interactive else "stdio", "-no-reboot",
             "-kernel", os.path.join(image_dir, env["KERNEL"]), "-initrd", initrd,
-            "-append", append]
+            "-append", append] + (["-monitor", f"unix:{monitor},server=on,wait=off"] if monitor else [])
 
 
 def _child_setup():
@@ -304,9 +313,11 @@ class Attempt:
     """One boot of L1: stream its console, watch for hangs. Result in .outcome:
     ("exit", N) | ("hang", why) | ("timeout", why) | ("died", why)."""
 
-    def __init__(self, args, argv, log, deadline, number):
+    def __init__(self, args, argv, log, deadline, number, monitor=None):
         self.args, self.argv, self.log, self.deadline, self.number = \
             args, argv, log, deadline, number
+        self.monitor = monitor
+        self.diagnosis = None
         self.tail = collections.deque(maxlen=TAIL_LINES)
         self.step = None
         self.status = None
@@ -384,8 +395,10 @@ class Attempt:
                 if self.t_ready is not None and self.status is None and \
                         now - last_output > a.quiet_timeout:
                     where = f"in step '{self.step}'" if self.step else "in the job"
+                    self.diagnosis = diagnose_hang(self.proc.pid, self.monitor)
+                    self.log.write(f"==== hang diagnosis: {json.dumps(self.diagnosis)}\n")
                     self.outcome = ("hang", f"L1 hung after {now - last_output:.0f} s of "
-                                            f"silence {where}")
+                                            f"silence {where} ({self.diagnosis['summary']})")
                     break
                 for key, _ in sel.select(timeout=0.25):
                     kind = key.data
@@ -433,6 +446,64 @@ class Attempt:
             self.console_line(line, now)
         else:
             self.qemu_stderr_line(line)
+
+
+def process_cpu_s(pid):
+    """CPU time (user + system) of a process so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hmp(monitor, commands, timeout=3.0):
+    """Run HMP commands on QEMU's monitor socket; return their output (best effort)."""
+    import socket
+    out = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(monitor)
+        def read_prompt():
+            nonlocal out
+            buf = b""
+            while not buf.rstrip().endswith(b"(qemu)"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            out += buf
+        read_prompt()
+        for c in commands:
+            s.sendall(c.encode() + b"\n")
+            read_prompt()
+    return ANSI_RE.sub("", out.decode(errors="replace")).replace("\r", "")
+
+
+def diagnose_hang(pid, monitor):
+    """What a silent L1 is doing, before it is killed: QEMU's CPU use over a second (an idle QEMU is a vCPU halted
+    with no interrupt coming; a busy one is a vCPU that runs without printing), and the vCPU's registers."""
+    d = {}
+    try:
+        c0 = process_cpu_s(pid)
+        time.sleep(1.0)
+        d["qemu_cpu_percent"] = round((process_cpu_s(pid) - c0) * 100)
+    except (OSError, IndexError, ValueError):
+        d["qemu_cpu_percent"] = None
+    if monitor:
+        try:
+            text = hmp(monitor, ["info cpus", "info registers"])
+            d["halted"] = "(halted)" in text
+            m = re.search(r"RIP=([0-9a-f]+)", text)
+            d["rip"] = m.group(1) if m else None
+            m = re.search(r"EFL=([0-9a-f]+)", text)
+            d["rflags"] = m.group(1) if m else None
+            d["monitor"] = text[-3000:]
+        except OSError as e:
+            d["monitor_error"] = str(e)
+    cpu = d.get("qemu_cpu_percent")
+    state = "halted" if d.get("halted") else ("running" if "halted" in d else "state unknown")
+    d["summary"] = f"QEMU {'?' if cpu is None else cpu}% CPU, L1 vCPU {state}" + \
+        (f" at rip {d['rip']}" if d.get("rip") else "")
+    return d
 
 
 def split_lines(buf, console):
@@ -527,18 +598,23 @@ def cmd_run(args):
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     image_dir, env = find_image(args)
     tmpdir = make_tmpdir()
-    result = {"label": label, "command": what, "attempts": [], "status": None}
+    versions = lab_versions(env)
+    say(f"L1: {versions['l1_kernel']} ({versions['l1_kernel_package']} {versions['l1_kernel_package_version']}), "
+        f"QEMU {versions['qemu']}, -smp {args.smp}")
+    result = {"label": label, "command": what, "attempts": [], "status": None, "versions": versions,
+              "smp": args.smp}
     try:
         initrd = stage(args, image_dir, env, tmpdir)
-        argv = qemu_argv(args, image_dir, env, initrd)
-        with RunLock(what) if not args.no_lock else _Null(), open(log_path, "w") as log:
-            log.write(f"# lab.py run: {what}\n# image: {image_dir}\n")
+        monitor = os.path.join(tmpdir, "monitor.sock")
+        argv = qemu_argv(args, image_dir, env, initrd, monitor=monitor)
+        with RunLock(what) if not args.no_lock else _Null(), open(log_path, "w", buffering=1) as log:
+            log.write(f"# lab.py run: {what}\n# image: {image_dir}\n# versions: {json.dumps(versions)}\n")
             t_start = time.monotonic()
             deadline = t_start + args.timeout
             attempt_no = 0
             while True:
                 attempt_no += 1
-                att = Attempt(args, argv, log, deadline, attempt_no)
+                att = Attempt(args, argv, log, deadline, attempt_no, monitor)
                 kind, detail = att.run()
                 t_end = time.monotonic()
                 rec = {"attempt": attempt_no, "outcome": kind,
