@@ -36,10 +36,19 @@ lock_cache() {
 }
 
 # run_logged STEP COMMAND...: COMMAND's output goes to $log; on failure its last 40 lines go to stderr and the build
-# stops, naming $log when the caller keeps it (log_kept=1).
+# stops, naming $log when the caller keeps it (log_kept=1). A step that runs long prints a progress line every 30 s
+# (with the log's last line), so that a minutes-long build does not look hung to whoever watches the output.
 run_logged() {
     step=$1; shift
-    if ! "$@" >>"$log" 2>&1; then
+    "$@" >>"$log" 2>&1 &
+    _rl_pid=$!
+    _rl_t=0
+    while kill -0 "$_rl_pid" 2>/dev/null; do
+        sleep 1
+        _rl_t=$((_rl_t + 1))
+        [ $((_rl_t % 30)) -ne 0 ] || info "... $step: ${_rl_t} s ($(tail -n 1 "$log" 2>/dev/null | cut -c1-80))"
+    done
+    if ! wait "$_rl_pid"; then
         tail -n 40 "$log" >&2
         die "$step failed${log_kept:+ (full log: $log)}"
     fi

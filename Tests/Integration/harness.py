@@ -134,8 +134,9 @@ LAB_ENV = "SWIFTLET=/job/bin/swiftlet GUEST=/job/guest VMMBENCH=/job/bin/vmmbenc
           "QEMU_FIRMWARE=/usr/share/qemu"
 
 
-def run_guest_side(native, script, label, timeout):
-    """Run an integration-side shell command where guests boot; return (status, output lines of the final try)."""
+def run_guest_side(native, script, label, timeout, retries=None):
+    """Run an integration-side shell command where guests boot; return (status, output lines of the final try).
+    retries: how often lab.py reruns the whole job after L1 hangs (None: its default)."""
     if native:
         proc = subprocess.Popen(["sh", "-c", script.replace("/job/integration", INTEGRATION)], env=native_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -147,8 +148,10 @@ def run_guest_side(native, script, label, timeout):
     stage_payload()
     log = os.path.join(BUILD, "lab", f"{label}.log")
     command = [sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB), "--label", label,
-               "--log", log, "--timeout", str(timeout), "--", f"{LAB_ENV} {script}"]
-    status = subprocess.run(command).returncode
+               "--log", log, "--timeout", str(timeout)]
+    if retries is not None:
+        command += ["--retries", str(retries)]
+    status = subprocess.run(command + ["--", f"{LAB_ENV} {script}"]).returncode
     lines = []
     if os.path.exists(log):
         with open(log, errors="replace") as f:
@@ -188,36 +191,82 @@ def unit_tests():
     return total - failed, failed
 
 
+# After L1 stalls (lab.py's silence watchdog: exit 124), the run resumes at the test that stalled, on a fresh L1, at
+# most this many times in one `make test`. The tests that had finished keep their results.
+INTEGRATION_RESUMES = 2
+# Wall-clock limit of one L1 run of the integration tests (lab.py --timeout), retries excluded.
+INTEGRATION_LAB_TIMEOUT_S = 3600
+
+
+def integration_test_names(pattern):
+    return [name[:-3] for name in sorted(os.listdir(os.path.join(INTEGRATION, "tests")))
+            if name.endswith(".sh") and (not pattern or pattern in name[:-3])]
+
+
 def integration_tests(native, pattern):
-    """Run the integration tests where guests boot; return (passed, failed, skipped)."""
+    """Run the integration tests where guests boot; return (passed, failed, skipped).
+    In the lab, a stall of L1 costs only the test it happened in: the run resumes there (INTEGRATION_RESUMES)."""
     say(f"integration tests{f' matching {pattern!r}' if pattern else ''}")
-    script = f"sh /job/integration/run.sh {pattern or ''}"
-    status, lines = run_guest_side(native, script, "integration", timeout=2400)
+    remaining = integration_test_names(pattern)
     passed = failed = skipped = 0
     failures = []
-    current = None
-    for line in lines:
-        if line.startswith("TEST-BEGIN "):
-            current = line.split()[1]
-        elif line.startswith("TEST-END "):
-            current = None
-        m = RESULT_RE.match(line)
-        if m:
-            if m.group(2) == "ok":
-                passed += 1
-            else:
+    resumes = 0
+    while remaining:
+        label = "integration" if resumes == 0 else f"integration-resume{resumes}"
+        script = f"TESTS='{' '.join(remaining)}' sh /job/integration/run.sh"
+        status, lines = run_guest_side(native, script, label, timeout=INTEGRATION_LAB_TIMEOUT_S, retries=0)
+        finished = set()
+        current = None
+        pending = []  # (kind, name, detail) of the test that is running: counted only if it finishes
+        for line in lines:
+            if line.startswith("TEST-BEGIN "):
+                current, pending = line.split()[1], []
+            elif line.startswith("TEST-END "):
+                for kind, name, detail in pending:
+                    if kind == "ok":
+                        passed += 1
+                    elif kind == "fail":
+                        failed += 1
+                        failures.append(f"{name}: {detail}")
+                    else:
+                        skipped += 1
+                        say(f"skipped {name} {detail}")
+                finished.add(line.split()[1])
+                current, pending = None, []
+            elif line.startswith("TEST-INFO "):
+                say(line[len("TEST-INFO "):])
+            m = RESULT_RE.match(line)
+            if m:
+                pending.append((m.group(2), m.group(1), m.group(3) or ""))
+            m = SKIP_RE.match(line)
+            if m:
+                pending.append(("skip", m.group(1), m.group(2) or ""))
+        remaining = [name for name in remaining if name not in finished]
+        if status == 0 or (status != 124 and not current and not remaining):
+            if status != 0 and failed == 0:
                 failed += 1
-                failures.append(f"{m.group(1)}: {m.group(3) or ''}")
-        elif SKIP_RE.match(line):
-            skipped += 1
-            say(f"skipped {line[len('TEST-SKIP '):]}")
-    if status in (124, 125) or (not native and status != 0 and current):
+                failures.append(f"integration run exited {status} without a failing result")
+            break
+        if status == 124 and current and resumes < INTEGRATION_RESUMES:
+            resumes += 1
+            say(f"L1 stalled during integration test {current!r} (see .build/lab/{label}.log): resuming at that test "
+                f"on a fresh L1, retry {resumes}/{INTEGRATION_RESUMES}; {len(finished)} finished test(s) keep "
+                f"their results")
+            continue
+        # A failure of the lab itself, a stall with no retries left, or a run that ended without finishing its tests:
+        # the results of the test that was running do not count, and the rest did not run.
+        for kind, name, detail in pending:
+            if kind == "fail":
+                failed += 1
+                failures.append(f"{name}: {detail}")
+        what = {124: "hung", 125: "failed"}.get(status, f"exited {status}")
         failed += 1
-        failures.append(f"lab: {'hung' if status == 124 else 'failed'} (exit {status})"
-                        f"{f' during integration test {current!r}' if current else ''}; see .build/lab/integration.log")
-    elif status != 0 and failed == 0:
-        failed += 1
-        failures.append(f"integration run exited {status} without a failing result")
+        failures.append(f"lab: {what}{f' during integration test {current!r}' if current else ''}"
+                        f"{f' after {resumes} resume(s)' if resumes else ''}; not run: "
+                        f"{', '.join(n for n in remaining if n != current) or 'none'}; see .build/lab/{label}.log")
+        break
+    if resumes:
+        say(f"the integration run resumed {resumes} time(s) after L1 stalled")
     for failure in failures:
         say(f"FAILED {failure}")
     return passed, failed, skipped

@@ -50,9 +50,14 @@ case "$rc $out" in
     *) test_fail qemu-agent.enoent "exit $rc: $out" ;;
 esac
 
-# 16 MiB of output, intact: the guest prints the sha256 of what it sent on stderr.
-"$AGENTEXEC" "$T" -- sh -c 'exec 3>&1; head -c 16777216 /dev/urandom | tee /proc/self/fd/3 | sha256sum >&2' \
-    >"$WORK/big" 2>"$WORK/big.sum"
+# 16 MiB of output, intact: the guest prints the sha256 of what it sent on stderr. It prints nothing here until it
+# ends (a minute or more in a slow lab), so it runs under heartbeat, like every long step.
+echo "step: 16 MiB of output"
+big_output() {
+    "$AGENTEXEC" "$T" -- sh -c 'exec 3>&1; head -c 16777216 /dev/urandom | tee /proc/self/fd/3 | sha256sum >&2' \
+        >"$WORK/big" 2>"$WORK/big.sum"
+}
+heartbeat big_output
 rc=$?
 want=$(cut -d' ' -f1 "$WORK/big.sum")
 got=$(sha256sum "$WORK/big" | cut -d' ' -f1)
@@ -60,11 +65,15 @@ size=$(wc -c <"$WORK/big")
 [ "$rc" = 0 ] && [ "$size" -eq 16777216 ] && [ "$got" = "$want" ] && test_pass qemu-agent.stdout-16MiB ||
     test_fail qemu-agent.stdout-16MiB "exit $rc size $size sha256 $got want $want"
 
+echo "step: 1 MiB of stdin"
 head -c 1048576 /dev/urandom >"$WORK/in"
-got=$("$AGENTEXEC" --stdin "$T" -- sha256sum <"$WORK/in" | cut -d' ' -f1)
+stdin_sum() { "$AGENTEXEC" --stdin "$T" -- sha256sum <"$WORK/in" >"$WORK/in.sum"; }
+heartbeat stdin_sum
+got=$(cut -d' ' -f1 "$WORK/in.sum")
 want=$(sha256sum "$WORK/in" | cut -d' ' -f1)
 [ -n "$want" ] && [ "$got" = "$want" ] && test_pass qemu-agent.stdin || test_fail qemu-agent.stdin "got $got want $want"
 
+echo "step: 8 at once"
 # 8 at once: each waits until all 8 have started (a file per command in the guest's /tmp), so they must overlap.
 n=0 pids=
 while [ $n -lt 8 ]; do
@@ -73,6 +82,16 @@ while [ $n -lt 8 ]; do
     pids="$pids $!"
     n=$((n + 1))
 done
+# (They are this shell's children, so the waiting is done here, with a heartbeat of its own.)
+n=0
+while :; do
+    alive=0
+    for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 1 ] || break
+    sleep 0.2
+    n=$((n + 1))
+    [ $((n % 15)) -ne 0 ] || echo "step: ... 8 at once: $((n / 5)) s"
+done
 wait_failed=0
 for pid in $pids; do wait "$pid" || wait_failed=1; done
 bad=
@@ -80,6 +99,7 @@ n=0
 while [ $n -lt 8 ]; do [ "$(cat "$WORK/c.$n")" = "$n" ] || bad="$bad $n:$(cat "$WORK/c.$n" | head -c 80)"; n=$((n + 1)); done
 [ -z "$bad" ] && [ "$wait_failed" = 0 ] && test_pass qemu-agent.concurrent-8 || test_fail qemu-agent.concurrent-8 "wrong:$bad"
 
+echo "step: 20 in a row"
 i=0 bad=0
 while [ $i -lt 20 ]; do
     [ "$("$AGENTEXEC" "$T" -- echo $i 2>&1)" = "$i" ] || bad=$((bad + 1))

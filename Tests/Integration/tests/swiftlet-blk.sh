@@ -153,6 +153,7 @@ i=0
 while [ $i -lt 300 ] && kill -0 $holder 2>/dev/null && ! grep -q '^hold: ' "$log" 2>/dev/null; do
     sleep 0.2
     i=$((i + 1))
+    [ $((i % 15)) -ne 0 ] || echo "step: ... lock: waiting for the first $vmm's guest ($((i / 5)) s)"
 done
 if grep -q '^hold: ' "$log" 2>/dev/null; then
     echo "step: lock: second $vmm on the same image"

@@ -5,7 +5,7 @@
 # boot NAME KERNEL CPUS MEMORY_MIB
 boot() {
     _log=$WORK/$1.console
-    swiftlet_boot "$_log" --kernel "$2" --initrd "$GUEST/initramfs.cpio" --cpus "$3" --memory "${4}M" \
+    HEARTBEAT_LOG=$_log heartbeat swiftlet_boot "$_log" --kernel "$2" --initrd "$GUEST/initramfs.cpio" --cpus "$3" --memory "${4}M" \
         --cmdline "$SWIFTLET_CMDLINE_BASE swiftlet.test=sysinfo swiftlet.expect.cpus=$3 swiftlet.expect.mem_mib=$4"
     expect_status "$1.exit" $? 0 "stderr: $(tail -c 400 "$_log.err")"
     guest_results "$1" "$_log"

@@ -145,6 +145,20 @@ transfer() {
     check_eq "$t.$_tn.g2h-sha256" "$(cat "$WORK/g2h.sum" 2>/dev/null)" "$(guest_value "$WORK/$_tn.console" g2h_sha256)"
 }
 
+# --- NET_ROUNDS=N: only the offloads-on transfer, N times (the lab's stall measurement, Tests/Integration/lab) -----
+if [ -n "${NET_ROUNDS:-}" ]; then
+    tap_add tap0 10.0.2.1/24
+    r=1
+    while [ $r -le "$NET_ROUNDS" ]; do
+        lab-step "net-round $r/$NET_ROUNDS" 2>/dev/null || echo "LAB-STEP net-round $r/$NET_ROUNDS"
+        transfer "round$r" "$mib" "swiftlet.test=net-transfer" tap0,$mac0
+        echo "NET-ROUND-DONE $r"
+        r=$((r + 1))
+    done
+    tap_del tap0
+    exit 0
+fi
+
 # --- ping both ways ----------------------------------------------------------------------------------------------
 tap_add tap0 10.0.2.1/24
 boot ping "swiftlet.test=net-ping swiftlet.net.ip=10.0.2.2/24 swiftlet.net.peer=10.0.2.1 swiftlet.net.mac=$mac0 swiftlet.net.wait=7777" tap0,$mac0
