@@ -491,7 +491,8 @@ def diagnose_hang(pid, monitor):
     if monitor:
         try:
             text = hmp(monitor, ["info cpus", "info registers"])
-            d["halted"] = "(halted)" in text
+            m = re.search(r"HLT=(\d)", text)  # x86 `info registers`: the vCPU waits in HLT for an interrupt
+            d["halted"] = (m.group(1) == "1") if m else None
             m = re.search(r"RIP=([0-9a-f]+)", text)
             d["rip"] = m.group(1) if m else None
             m = re.search(r"EFL=([0-9a-f]+)", text)
@@ -500,7 +501,7 @@ def diagnose_hang(pid, monitor):
         except OSError as e:
             d["monitor_error"] = str(e)
     cpu = d.get("qemu_cpu_percent")
-    state = "halted" if d.get("halted") else ("running" if "halted" in d else "state unknown")
+    state = {True: "halted (HLT)", False: "not halted"}.get(d.get("halted"), "state unknown")
     d["summary"] = f"QEMU {'?' if cpu is None else cpu}% CPU, L1 vCPU {state}" + \
         (f" at rip {d['rip']}" if d.get("rip") else "")
     return d

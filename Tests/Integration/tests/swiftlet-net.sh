@@ -1,7 +1,7 @@
 # virtio-net on TAP end to end: the guest's net-* scenarios (guest/scenarios) against TAP devices that this script
 # creates in the machine that runs the VMM (in the lab: L1, so all traffic stays inside L1), with busybox nc and
 # ping as the host's peers, and Tests/Integration/tools/tcppeer for the bulk transfers (busybox nc is too slow on the
-# lab's TCG). Checks: guest and host ping each other; NET_MIB MiB (default 256) each way over TCP with
+# lab's TCG). Checks: guest and host ping each other; NET_MIB MiB (default 128) each way over TCP with
 # matching sha256 sums, with the guest's offloads on (the guest's TSO frames reach the TAP: average frame > 1514
 # bytes) and refused by the guest (virtio_net.csum=0 virtio_net.gso=0: every frame fits the 1500 MTU); MTU 9000
 # (jumbo pings as single frames both ways, a transfer); two NICs, each on its own TAP and subnet, with its own MAC.
@@ -15,7 +15,7 @@
 . "$INTEGRATION/lib.sh"
 vmm=${NET_VMM:-swiftlet}
 vhost=${NET_VHOST:-off}
-mib=${NET_MIB:-256}
+mib=${NET_MIB:-128}
 t=$vmm-net
 INITRD=$GUEST/initramfs-full.cpio
 mac0=52:54:00:12:34:56 mac1=52:54:00:12:34:57
