@@ -162,6 +162,7 @@ unshare --mount --propagation private --pid --fork --kill-child -- bash -c '
     mount -t proc proc "$root/proc"
     mount --rbind /sys "$root/sys"
     mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+    mkdir -p "$root$repo" "$root$toolchain"   # (again: a checkout under /tmp is under the tmpfs now)
     mount --bind "$repo" "$root$repo"
     mount --bind "$toolchain" "$root$toolchain"
     mount -o remount,bind,ro "$root$toolchain"

@@ -318,6 +318,8 @@ class Attempt:
             args, argv, log, deadline, number
         self.monitor = monitor
         self.diagnosis = None
+        self.kicks = self.revived = 0
+        self.kicked_at = None
         self.tail = collections.deque(maxlen=TAIL_LINES)
         self.step = None
         self.status = None
@@ -397,6 +399,19 @@ class Attempt:
                     where = f"in step '{self.step}'" if self.step else "in the job"
                     self.diagnosis = diagnose_hang(self.proc.pid, self.monitor)
                     self.log.write(f"==== hang diagnosis: {json.dumps(self.diagnosis)}\n")
+                    if self.kicks < a.kick and self.monitor:
+                        # An experiment (--kick N): an NMI wakes a vCPU that waits in HLT for an interrupt that
+                        # never comes; if L1 speaks again, the stall was a lost wake-up, not a dead machine.
+                        self.kicks += 1
+                        try:
+                            hmp(self.monitor, ["nmi"])
+                        except OSError as e:
+                            self.log.write(f"==== nmi failed: {e}\n")
+                        say(f"L1 silent for {now - last_output:.0f} s {where} ({self.diagnosis['summary']}); "
+                            f"sent an NMI (kick {self.kicks}/{a.kick})")
+                        self.log.write(f"==== kick {self.kicks}: NMI sent\n")
+                        self.kicked_at = last_output = time.monotonic()
+                        continue
                     self.outcome = ("hang", f"L1 hung after {now - last_output:.0f} s of "
                                             f"silence {where} ({self.diagnosis['summary']})")
                     break
@@ -415,6 +430,11 @@ class Attempt:
                         continue
                     if kind == "out":
                         last_output = now
+                        if self.kicked_at is not None:
+                            say(f"L1 spoke again {now - self.kicked_at:.1f} s after the NMI")
+                            self.log.write(f"==== revived {now - self.kicked_at:.1f} s after kick {self.kicks}\n")
+                            self.revived += 1
+                            self.kicked_at = None
                     bufs[kind] += data
                     lines, bufs[kind] = split_lines(bufs[kind], kind == "out")
                     for line in lines:
@@ -622,7 +642,8 @@ def cmd_run(args):
                        "l1_boot_s": round(att.t_ready - att.t0, 3) if att.t_ready else None,
                        "job_s": round(att.t_exit - att.t_ready, 3)
                        if att.t_exit and att.t_ready else None,
-                       "total_s": round(t_end - att.t0, 3), "step": att.step}
+                       "total_s": round(t_end - att.t0, 3), "step": att.step,
+                       "kicks": att.kicks, "revived": att.revived, "diagnosis": att.diagnosis}
                 result["attempts"].append(rec)
                 if kind == "exit":
                     say(f"job exit status {detail}: L1 boot to LAB-READY "
@@ -790,6 +811,9 @@ def main(argv=None):
     p.add_argument("--quiet-timeout", type=float, default=DEFAULT_QUIET_TIMEOUT_S, metavar="S",
                    help=f"console silence after LAB-READY that means L1 hung "
                         f"(default {DEFAULT_QUIET_TIMEOUT_S})")
+    p.add_argument("--kick", type=int, default=0, metavar="N",
+                   help="experiment: on silence, send L1 an NMI up to N times before calling it a hang "
+                        "(default 0)")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
                    help=f"reruns after a hang (default {DEFAULT_RETRIES}; 0: none)")
     p.add_argument("--prefix", default="", metavar="STR", help="prefix for console lines")

@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--kernel", help="L1 kernel package, NAME=VERSION (default: the pin)")
     ap.add_argument("--append", help="extra L1 kernel command line")
     ap.add_argument("--quiet-timeout", type=float, default=10)
+    ap.add_argument("--kick", type=int, default=0, help="lab.py --kick: NMIs to a silent L1 before giving up")
     ap.add_argument("--json", metavar="FILE", help="write the counts as JSON")
     args = ap.parse_args()
 
@@ -60,6 +61,8 @@ def main():
                    "--label", "stall-rate", "--log", log, "--result", result_file, "--timeout", "3000"]
             if args.append:
                 cmd += ["--append", args.append]
+            if args.kick:
+                cmd += ["--kick", str(args.kick)]
             t0 = time.monotonic()
             status = subprocess.run(cmd + ["--", script], env=env).returncode
             with open(log, errors="replace") as f:
@@ -78,11 +81,15 @@ def main():
             done += rounds
             stalls += 1 if stalled else 0
             other += 1 if status not in (0, 124) else 0
+            kicks = sum(a.get("kicks", 0) for a in res.get("attempts", []))
+            revived = sum(a.get("revived", 0) for a in res.get("attempts", []))
             boot = {"transfers_done": rounds, "stalled": stalled, "status": status, "failed_checks": fails,
+                    "kicks": kicks, "revived": revived,
                     "seconds": round(time.monotonic() - t0), "diagnosis": json.loads(diag[0]) if diag else None}
             boots.append(boot)
             print(f"stall-rate: L1 boot {len(boots)}: {rounds}/{k} transfers done, "
                   f"{'STALLED' if stalled else f'exit {status}'}, {fails} failed checks, {boot['seconds']} s"
+                  f"{f', {kicks} NMI kicks, {revived} revived' if kicks else ''}"
                   f"{' (' + boot['diagnosis']['summary'] + ')' if boot['diagnosis'] else ''}", flush=True)
             if status not in (0, 124) and rounds == 0:
                 print("stall-rate: the job failed without a stall; see .build/lab/stall-rate.log", file=sys.stderr)
