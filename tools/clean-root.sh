@@ -21,8 +21,8 @@
 # save download time and hide nothing, since apt still installs only what is asked for.
 #
 # A command that is not installed in the clean root fails the run (bash's command_not_found_handle records it;
-# dash and Python report it themselves), and the report names the Debian package that provides it, looked up on
-# this machine with dpkg -S. A missing header (gcc's "fatal error: X.h: No such file") is reported the same way.
+# dash's "not found" and Python's FileNotFoundError are read from the output), and the report names the Debian
+# package that provides it, looked up on this machine with dpkg -S. A missing header (gcc's "fatal error: X.h: No such file") is reported the same way.
 #
 # Needs root (chroot, mounts) and util-linux's unshare; installs debootstrap on this machine if it is missing.
 # Everything it mounts lives in a private mount namespace and goes away with it; the root directory is removed.
@@ -34,9 +34,11 @@ BASE=$CACHE/cleanroot
 SUITE=bookworm
 VARIANT=minbase
 MIRROR=http://deb.debian.org/debian
-# swift.org's system packages for the Swift toolchain on Debian 12 (the tarball installation guide; swiftly's list).
+# What a user has before `make test`: swift.org's system packages for the Swift toolchain on Debian 12 (the tarball
+# installation guide; swiftly's list), and make itself, which a new Debian 12 lacks and which cannot install itself
+# (the README says so). Everything else must come from tools/install-deps.sh.
 SWIFT_PACKAGES=(binutils gcc git libc6-dev libcurl4-openssl-dev libedit-dev libicu-dev libncurses-dev libpython3-dev
-                libsqlite3-dev libstdc++-12-dev libxml2-dev pkg-config tzdata uuid-dev)
+                libsqlite3-dev libstdc++-12-dev libxml2-dev pkg-config tzdata uuid-dev make)
 
 say() { echo "clean-root: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -139,11 +141,11 @@ command_not_found_handle() {
 }
 EOF
 
-# Inside: Swift's own packages first (the precondition a user meets by installing Swift), then the command.
+# Inside: Swift's own packages and make first (what a user has before the README's commands), then the command.
 inner=$(cat <<'EOF'
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-echo "clean-root: apt-get install ${SWIFT_PACKAGES} (Swift's own system packages)" >&2
+echo "clean-root: apt-get install ${SWIFT_PACKAGES} (Swift's own system packages, and make)" >&2
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends ${SWIFT_PACKAGES} >/run/clean-root/swift-packages.log 2>&1 ||
     { tail -20 /run/clean-root/swift-packages.log >&2; exit 1; }
@@ -184,6 +186,10 @@ package_of() { # the Debian package that has FILE on this machine, if any
     dpkg -S "$1" 2>/dev/null | sed -n '1s/: .*//p'
 }
 missing=()
+# dash ("sh: 1: X: not found") and Python ("No such file or directory: 'X'") report a missing command themselves.
+sed -n -E -e 's/^(.*: )?[0-9]+: ([A-Za-z0-9._+-]+): not found$/\2/p' \
+    -e "s/.*FileNotFoundError: \[Errno 2\] No such file or directory: '([A-Za-z0-9._+-]+)'.*/\1/p" \
+    "$root/run/clean-root/output" >>"$root/run/clean-root/missing-commands" 2>/dev/null || true
 if [[ -s $root/run/clean-root/missing-commands ]]; then
     while read -r cmd; do
         [[ -n $cmd ]] || continue
