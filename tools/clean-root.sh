@@ -128,7 +128,27 @@ deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main
 deb http://deb.debian.org/debian-security $SUITE-security main
 EOF
+# The machine's network set-up, as a new machine here has it too: its resolver, and the certificate authorities and
+# pip settings through which it reaches package registries (an egress proxy may sign with a CA of its own). These
+# describe the network, not the project: nothing is installed by them.
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+if [[ -d /usr/local/share/ca-certificates ]]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
+if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
+    mkdir -p "$root/etc/ssl/certs"
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+fi
+[[ ! -f /etc/pip.conf ]] || cp /etc/pip.conf "$root/etc/pip.conf"
+network_env=()
+while IFS='=' read -r name value; do
+    case $name in
+        http_proxy|https_proxy|no_proxy|HTTP_PROXY|HTTPS_PROXY|NO_PROXY|SSL_CERT_FILE|SSL_CERT_DIR|REQUESTS_CA_BUNDLE|\
+        CURL_CA_BUNDLE|PIP_CERT|PIP_INDEX_URL|PIP_EXTRA_INDEX_URL|PIP_TRUSTED_HOST|PIP_DEFAULT_TIMEOUT|GIT_SSL_CAINFO)
+            network_env+=("$name=$value") ;;
+    esac
+done < <(env)
 # Keep downloaded packages (the archives directory is shared between runs); debootstrap's minbase has no clean hook.
 echo 'Binary::apt::APT::Keep-Downloaded-Packages "true";' >"$root/etc/apt/apt.conf.d/10keep-debs"
 mkdir -p "$root/run/clean-root" "$root$REPO" "$root$toolchain" "$root/root/.cache/swiftlet" "$root/var/cache/apt/archives"
@@ -173,7 +193,7 @@ unshare --mount --propagation private --pid --fork --kill-child -- bash -c '
     shift 5
     exec chroot "$root" "$@"
 ' clean-root "$root" "$REPO" "$toolchain" "$cache" "$BASE/apt-archives" \
-    /usr/bin/env -i HOME=/root TERM="${TERM:-dumb}" LANG=C.UTF-8 CI="${CI:-}" \
+    /usr/bin/env -i HOME=/root TERM="${TERM:-dumb}" LANG=C.UTF-8 CI="${CI:-}" "${network_env[@]}" \
     PATH="$toolchain/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     BASH_ENV=/etc/clean-root.bash REPO="$REPO" SWIFT_PACKAGES="${SWIFT_PACKAGES[*]}" \
     CLEAN_ROOT_COMMAND="$(printf '%q ' "${command[@]}")" CLEAN_ROOT_SHELL=$shell \
