@@ -141,6 +141,17 @@ if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
     cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 fi
 [[ ! -f /etc/pip.conf ]] || cp /etc/pip.conf "$root/etc/pip.conf"
+# Where git (so SwiftPM) finds packages: the system git configuration, and local mirrors it points GitHub URLs at
+# (url.<dir>.insteadOf), bind-mounted read-only.
+[[ ! -f /etc/gitconfig ]] || cp /etc/gitconfig "$root/etc/gitconfig"
+mirrors=()
+while read -r key _; do
+    dir=${key#url.}
+    dir=${dir%.insteadof}
+    [[ $dir == /* && -d $dir && " ${mirrors[*]} " != *" ${dir%/} "* ]] || continue
+    mirrors+=("${dir%/}")
+    mkdir -p "$root${dir%/}"
+done < <(git config --system --get-regexp '^url\..*\.insteadof$' 2>/dev/null | sort -u)
 network_env=()
 while IFS='=' read -r name value; do
     case $name in
@@ -190,9 +201,10 @@ unshare --mount --propagation private --pid --fork --kill-child -- bash -c '
     mount -o remount,bind,ro "$root$toolchain"
     mount --bind "$cache" "$root/root/.cache/swiftlet"
     mount --bind "$archives" "$root/var/cache/apt/archives"
-    shift 5
+    for dir in $6; do mount --bind "$dir" "$root$dir" && mount -o remount,bind,ro "$root$dir"; done
+    shift 6
     exec chroot "$root" "$@"
-' clean-root "$root" "$REPO" "$toolchain" "$cache" "$BASE/apt-archives" \
+' clean-root "$root" "$REPO" "$toolchain" "$cache" "$BASE/apt-archives" "${mirrors[*]}" \
     /usr/bin/env -i HOME=/root TERM="${TERM:-dumb}" LANG=C.UTF-8 CI="${CI:-}" "${network_env[@]}" \
     PATH="$toolchain/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     BASH_ENV=/etc/clean-root.bash REPO="$REPO" SWIFT_PACKAGES="${SWIFT_PACKAGES[*]}" \
