@@ -84,6 +84,7 @@ need bison bison
 need bc bc
 need perl perl
 need xz xz-utils
+need lz4 lz4   # the bzImage's payload is LZ4-compressed (KERNEL_LZ4 in the fragment)
 need tar tar
 need flock util-linux
 need_file /usr/include/libelf.h libelf.h libelf-dev

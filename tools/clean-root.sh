@@ -228,12 +228,14 @@ if [[ -s $root/run/clean-root/missing-commands ]]; then
         path=$(command -v "$cmd" 2>/dev/null || true)
         pkg=$( [[ -n $path ]] && package_of "$(readlink -f "$path")" || true)
         [[ -n $pkg ]] || pkg=$( [[ -n $path ]] && package_of "$path" || true)
-        missing+=("command '$cmd' (${pkg:+Debian package $pkg}${pkg:-package unknown here: apt-file search bin/$cmd})")
+        if [[ -n $pkg ]]; then missing+=("command '$cmd' (Debian package $pkg)")
+        else missing+=("command '$cmd' (package unknown here: apt-file search bin/$cmd)"); fi
     done < <(sort -u "$root/run/clean-root/missing-commands")
 fi
 while read -r header; do
     pkg=$(package_of "*include/$header")
-    missing+=("header '$header' (${pkg:+Debian package $pkg}${pkg:-package unknown here: apt-file search $header})")
+    if [[ -n $pkg ]]; then missing+=("header '$header' (Debian package $pkg)")
+    else missing+=("header '$header' (package unknown here: apt-file search $header)"); fi
 done < <(sed -n -E 's/.*fatal error: ([^:]+): No such file or directory.*/\1/p' "$root/run/clean-root/output" | sort -u)
 if [[ ${#missing[@]} -gt 0 ]]; then
     say "FAILED: not installed in the clean root, so tools/install-deps.sh lacks them:"

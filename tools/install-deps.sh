@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
     gcc libc6-dev make            # kvm-probe, vmmbench, the guest init
     musl-tools                    # the guest agent (static with musl: 50 KB instead of 700 KB)
-    bc bison flex libelf-dev libssl-dev perl xz-utils cpio   # the guest kernel build
+    bc bison flex libelf-dev libssl-dev perl xz-utils cpio lz4   # the guest kernel build (lz4: KERNEL_LZ4)
     linux-source-6.1              # the guest kernel's source
     busybox-static                # guest and lab userspace
     e2fsprogs                     # mkfs.ext4 in the guest (block device tests)
