@@ -79,6 +79,8 @@ public enum ChainError: Error, Equatable, Sendable {
     case indirectWithNext
     case nestedIndirect
     case invalidIndirectLength(UInt32)
+    /// An indirect table with more entries than the queue has: no chain may be longer than the queue (§2.7.5.3.1).
+    case indirectTableTooLarge(entries: UInt32, limit: UInt16)
 }
 
 public enum QueueError: Error, Equatable, Sendable {
@@ -155,12 +157,18 @@ public final class SplitQueue: @unchecked Sendable {
         return true
     }
 
+    /// Walks the chain at `head`. Bounded by the queue size, whatever the guest wrote: a chain carries at most `size`
+    /// buffers, indirect ones included (§2.7.5.3.1: a driver must not make a chain longer than the queue), and an
+    /// indirect table is refused before it is read when it has more than `size` entries. So `chain.buffers` never
+    /// grows past `size` entries (every queue here is 256, within one readv/writev's IOV_MAX of 1024), and one walk
+    /// visits at most 2 * `size` descriptors.
     private func walk(from head: UInt16, into chain: inout DescriptorChain) throws(ChainError) {
         var table = descriptors
         var tableCount = UInt32(size)
         var index = UInt32(head)
         // Every descriptor of a chain is visited at most once; more visits than the table has entries is a loop.
         var budget = tableCount
+        var buffersLeft = UInt32(size)
         var inIndirect = false
         var total: UInt64 = 0
         var seenWritable = false
@@ -180,6 +188,9 @@ public final class SplitQueue: @unchecked Sendable {
                 guard !inIndirect else { throw .nestedIndirect }
                 guard flags & Self.descriptorNext == 0 else { throw .indirectWithNext }
                 guard length > 0, length % 16 == 0 else { throw .invalidIndirectLength(length) }
+                guard length / 16 <= UInt32(size) else {
+                    throw .indirectTableTooLarge(entries: length / 16, limit: size)
+                }
                 guard let pointer = try? memory.hostPointer(address, count: UInt64(length)) else {
                     throw .outsideMemory(address, length)
                 }
@@ -191,6 +202,8 @@ public final class SplitQueue: @unchecked Sendable {
                 continue
             }
             guard length > 0 else { throw .zeroLength }
+            guard buffersLeft > 0 else { throw .tooLong }
+            buffersLeft -= 1
             total += UInt64(length)
             guard total <= UInt64(UInt32.max) else { throw .lengthOverflow }
             let isWritable = flags & Self.descriptorWrite != 0

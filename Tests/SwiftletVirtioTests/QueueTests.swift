@@ -117,6 +117,40 @@ import Testing
         expectInvalid(queue, .outsideMemory(GuestAddress(FakeDriver.memorySize - 16), 32))
     }
 
+    /// A chain is bounded by the queue size, indirect tables included (the 7M-entry table, scaled down to an
+    /// 8-entry queue): a table of more entries than the queue is refused before it is read, a table of exactly as
+    /// many is served, and direct buffers plus a table's may not add up past the queue either.
+    @Test func chainsAreBoundedByTheQueueSize() throws {
+        let queue = try driver.queue(features: VirtioFeature.version1 | VirtioFeature.indirectDescriptors)
+        #expect(queue.size == 8)
+        let table = GuestAddress(0x20000)
+        for entry in 0..<9 {
+            try driver.setDescriptor(entry, address: 0x10000, length: 1, flags: FakeDriver.next, next: UInt16(entry + 1),
+                                     table: table)
+        }
+        try driver.setDescriptor(0, address: table.rawValue, length: 9 * 16, flags: FakeDriver.indirect)
+        try driver.publish(0)
+        expectInvalid(queue, .indirectTableTooLarge(entries: 9, limit: 8))
+        // Millions of entries: refused on its length alone, before any of them is looked at.
+        try driver.setDescriptor(1, address: table.rawValue, length: 0xFFFF_FFF0, flags: FakeDriver.indirect)
+        try driver.publish(1)
+        expectInvalid(queue, .indirectTableTooLarge(entries: 0x0FFF_FFFF, limit: 8))
+
+        // Exactly the queue size: served.
+        try driver.setDescriptor(7, address: 0x10000, length: 1, flags: 0, table: table)
+        try driver.setDescriptor(2, address: table.rawValue, length: 8 * 16, flags: FakeDriver.indirect)
+        try driver.publish(2)
+        let chain = try #require(try pop(queue))
+        #expect(chain.buffers.count == 8)
+
+        // Two direct buffers, then a full table: ten buffers in an eight-entry queue.
+        try driver.setDescriptor(3, address: 0x11000, length: 4, flags: FakeDriver.next, next: 4)
+        try driver.setDescriptor(4, address: 0x11000, length: 4, flags: FakeDriver.next, next: 5)
+        try driver.setDescriptor(5, address: table.rawValue, length: 8 * 16, flags: FakeDriver.indirect)
+        try driver.publish(3)
+        expectInvalid(queue, .tooLong)
+    }
+
     @Test func indirectNeedsTheFeature() throws {
         let queue = try driver.queue()
         try driver.setDescriptor(0, address: 0x20000, length: 32, flags: FakeDriver.indirect)
