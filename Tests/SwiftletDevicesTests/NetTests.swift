@@ -233,6 +233,48 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
         #expect(driver.availableEvent == 3) // out of chains: notify at the next one
     }
 
+    /// Receive chains of many tiny buffers (each an indirect table of 256 one-byte buffers, the most a chain may
+    /// have): the device holds chains only up to IOV_MAX buffers, so the readv that carries them works and the frame
+    /// lands (before, 256 such chains went into one readv of 65536 buffers, which failed with EINVAL on every try).
+    @Test func heldReceiveBuffersStayWithinIOVMax() throws {
+        let big = try FakeDriver(size: 256)
+        let features = VirtioFeature.version1 | VirtioFeature.indirectDescriptors | NetFeature.mergeableReceiveBuffers
+        var transmit = big.configuration
+        transmit.descriptorTable = Self.transmitTable
+        transmit.availableRing = Self.transmitAvailable
+        transmit.usedRing = Self.transmitUsed
+        let device = try Net(NetConfiguration(tap: "test", mac: [0x52, 0x54, 0, 0, 0, 1]), endpoint: endpoint)
+        device.attach(interrupt: VirtioInterrupt(line: line)) {}
+        try device.activate(VirtioActivation(
+            queues: [try big.queue(features: features),
+                     try SplitQueue(transmit, maximumSize: 256, memory: big.memory, features: features)],
+            features: features, memory: big.memory))
+        for chain in 0..<6 {
+            let table = GuestAddress(0x20000 + UInt64(chain) * 0x1000)
+            for entry in 0..<256 {
+                try big.setDescriptor(entry, address: 0x80000 + UInt64(chain * 256 + entry), length: 1,
+                                      flags: FakeDriver.write | (entry < 255 ? FakeDriver.next : 0),
+                                      next: UInt16(entry + 1), table: table)
+            }
+            try big.setDescriptor(chain, address: table.rawValue, length: 256 * 16, flags: FakeDriver.indirect)
+            try big.publish(UInt16(chain))
+        }
+        let frame = [UInt8](repeating: 0, count: 12) + [UInt8](repeating: 0x5a, count: 100)
+        endpoint.send(frame)
+        device.endpointReadable()
+        #expect(big.usedIndex == 1)
+        #expect(try big.usedElement(0) == (0, 112))
+        #expect(try big.memory.read(count: 100, at: GuestAddress(0x80000 + 12)).allSatisfy { $0 == 0x5a })
+        #expect(device.counters.guestErrors == 0)
+        // The chains given back are popped again once the held ones are used: the next frames land in order.
+        for _ in 0..<5 {
+            endpoint.send(frame)
+            device.endpointReadable()
+        }
+        #expect(big.usedIndex == 6)
+        #expect(try big.usedElement(5) == (5, 112))
+    }
+
     @Test func heldChainsAreNotReturnedTwiceAroundAHostileOne() throws {
         _ = try activate(features: VirtioFeature.version1 | NetFeature.mergeableReceiveBuffers)
         try postReceive(0, at: 0x10000, length: 1500)

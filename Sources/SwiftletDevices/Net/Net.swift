@@ -44,6 +44,9 @@ public final class Net: LoopDevice {
     public static let maximumFrame = 65562
     /// The smallest: the header and an Ethernet header.
     public static let minimumFrame = VirtioNetHeader.size + 14
+    /// The most buffers one readv takes (IOV_MAX: Linux's UIO_MAXIOV); more makes it fail with EINVAL. A chain has
+    /// at most `queueSize` buffers (SplitQueue's bound), so one chain always fits; held receive chains stop there.
+    public static let maximumVectors = 1024
     static let receiveQueue = 0, transmitQueue = 1
 
     public let configuration: NetConfiguration
@@ -238,6 +241,13 @@ public final class Net: LoopDevice {
                 queue.addUsed(head: state.chain.head, length: 0)
                 completed = true
                 continue
+            }
+            guard state.heldVectors.count + state.chain.writable.count <= Self.maximumVectors else {
+                // One readv carries the held chains: this one waits in the ring (given back) until frames have used
+                // some of them. A guest whose tiny buffers cannot hold the largest frame within IOV_MAX buffers gets
+                // such frames dropped and counted, never a readv that fails again and again.
+                queue.rewind(1)
+                return
             }
             for buffer in state.chain.writable {
                 state.heldVectors.append(iovec(iov_base: buffer.host, iov_len: Int(buffer.length)))
