@@ -233,6 +233,30 @@ import Testing
         #expect(vsock.connectionCount == 0)
     }
 
+    /// A receive buffer with room for the header only (44 bytes) cannot carry data: it comes back with length 0 and
+    /// counted, and the data goes into the next proper buffer the guest posts. (It used to mark the connection not
+    /// readable, and the data came only when the host wrote again.)
+    @Test func aHeaderOnlyReceiveBufferDoesNotStallTheConnection() throws {
+        let listener = try UnixSocket.listen(path: "\(path)_5000")
+        try postReceive(1)
+        try send(.request, from: 40000, to: 5000)
+        #expect(try received().map { $0.header.op } == [.response])
+        let host = try #require(try listener.accept())
+        try driver.setDescriptor(15, address: Self.receiveBuffers + 7 * 0x2000, length: 44, flags: FakeDriver.write)
+        try driver.publish(15)
+        try host.writeAll(Array("after the tiny buffer".utf8))
+        _ = host.wait(milliseconds: 100)
+        vsock.pollerReady()
+        #expect(driver.usedIndex == 2)
+        #expect(try driver.usedElement(1) == (15, 0))
+        #expect(vsock.counters.guestErrors == 1)
+        receiveUsedSeen = 2
+        try postReceive(1) // a proper buffer, and its notification: nothing more from the host
+        let data = try received()
+        #expect(data.map { $0.header.op } == [.readWrite])
+        #expect(data.first?.payload == Array("after the tiny buffer".utf8))
+    }
+
     @Test func hostConnectsThroughTheHybridSocket() throws {
         try postReceive(4)
         let client = try UnixSocket.connect(path: path, nonBlocking: true)

@@ -690,6 +690,15 @@ public final class Vsock: LoopDevice {
                         continue
                     }
                     if let connection = dataConnection {
+                        guard chain.writableLength > UInt64(VsockHeader.size) else {
+                            // A buffer with room for the header only can carry no data: it goes back unused and
+                            // counted, and the connection stays readable for the guest's next, proper buffer (it
+                            // used to be marked not readable here, and its edge-triggered socket never woke it).
+                            device.counters.errorCount.add(1, ordering: .relaxed)
+                            queue.addUsed(head: chain.head, length: 0)
+                            completed = true
+                            continue
+                        }
                         if let length = sendData(device, connection) {
                             queue.addUsed(head: chain.head, length: UInt32(VsockHeader.size + length))
                             completed = true
