@@ -19,7 +19,11 @@ struct MachineOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Guest memory: a size such as 256M, 3.5G or 512MiB; a bare number is MiB. At least 64M.", valueName: "size"))
     var memory: MemorySize = MemorySize(argument: "256M")!
 
-    @Option(name: .long, help: ArgumentHelp("Where the guest console goes: stdio, none, or a file path (default: stdio for run, none for exec).", valueName: "stdio|none|file"))
+    @Option(name: .long, help: ArgumentHelp(
+        "Where the guest console goes: stdio, none, or a file: PATH or file=PATH[,max-size=SIZE] (default: stdio for "
+            + "run, none for exec). A console file stops at max-size (default 64M; a bare number is MiB): the guest's "
+            + "further output is dropped and counted (--stats).",
+        valueName: "stdio|none|file=PATH[,max-size=SIZE]"))
     var console: String?
 
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
@@ -53,13 +57,10 @@ struct MachineOptions: ParsableArguments {
     /// The machine these options describe; `console` and `commandLine` are the command's defaults.
     func configuration(console defaultConsole: String, commandLine defaultCommandLine: String) throws -> MachineConfiguration {
         guard let kernel else { throw ValidationError("--kernel is required: the guest kernel (bzImage or vmlinux) to boot") }
-        let consoleSetting: MachineConfiguration.Console = switch console ?? defaultConsole {
-        case "stdio": .stdio
-        case "none": .none
-        case let path: .file(path)
-        }
+        let (consoleSetting, consoleLimit) = try Self.console(console ?? defaultConsole)
         var configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline ?? defaultCommandLine,
                                                  cpus: cpus, memorySize: memory.bytes, console: consoleSetting, kvmPath: kvm)
+        if let consoleLimit { configuration.consoleFileMaximumSize = consoleLimit }
         configuration.disks = disk.map(\.configuration)
         configuration.networks = net.enumerated().map { index, option in
             var network = option.configuration
@@ -90,6 +91,31 @@ struct VsockOption: ExpressibleByArgument {
             }
         }
         guard !configuration.socketPath.isEmpty else { return nil }
+    }
+}
+
+extension MachineOptions {
+    /// `--console`: stdio, none, a bare path, or file=PATH[,max-size=SIZE] (the path may itself hold commas).
+    static func console(_ value: String) throws -> (MachineConfiguration.Console, UInt64?) {
+        switch value {
+        case "stdio": return (.stdio, nil)
+        case "none": return (.none, nil)
+        default: break
+        }
+        guard value.hasPrefix("file=") else { return (.file(value), nil) }
+        var path = Substring(value.dropFirst("file=".count))
+        var limit: UInt64?
+        let marker = ",max-size="
+        if let start = path.indices.last(where: { path[$0...].hasPrefix(marker) }) {
+            let size = String(path[path.index(start, offsetBy: marker.count)...])
+            guard let parsed = MemorySize(argument: size) else {
+                throw ValidationError("--console \(value): max-size=\(size) is not a size (such as 64M, 1G, 512K)")
+            }
+            limit = parsed.bytes
+            path = path[..<start]
+        }
+        guard !path.isEmpty else { throw ValidationError("--console \(value): file= needs a path") }
+        return (.file(String(path)), limit)
     }
 }
 

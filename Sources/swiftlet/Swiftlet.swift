@@ -82,6 +82,9 @@ struct Run: AsyncParsableCommand {
                 Run.report("stats device-thread scheduling=\(vm.deviceSchedulingError == nil ? machine.deviceScheduling.rawValue : "normal") "
                     + "rounds=\(loop.rounds) batch_rounds=\(loop.batchRounds) batch_switches=\(loop.batchSwitches)")
             }
+            if let console = vm.consoleStatistics {
+                Run.report("stats console written=\(console.written) dropped=\(console.dropped)")
+            }
             if vm.balloonStatus() != nil {
                 Run.report("stats device=balloon0 " + BalloonControl.answer("get", vm: vm).dropFirst(3))
             }

@@ -27,7 +27,7 @@ public struct MachineConfiguration: Sendable {
         case stdio
         /// The console is discarded.
         case none
-        /// The console is written to a file (created or truncated).
+        /// The console is written to a file (created or truncated), up to `consoleFileMaximumSize` bytes.
         case file(String)
     }
 
@@ -37,6 +37,9 @@ public struct MachineConfiguration: Sendable {
     public var cpus: Int
     public var memorySize: UInt64
     public var console: Console
+    /// The most bytes a console file receives (`.file`); past it the guest's output is dropped and counted
+    /// (`MicroVM.consoleStatistics`), so a guest printing in a loop cannot fill the host's disk.
+    public var consoleFileMaximumSize: UInt64 = MachineConfiguration.defaultConsoleFileMaximumSize
     public var kvmPath: String
     /// virtio-blk disks, in the order the guest sees them (/dev/vda, /dev/vdb, ...).
     public var disks: [DiskConfiguration] = []
@@ -52,6 +55,8 @@ public struct MachineConfiguration: Sendable {
     public var onFirstRun: (@Sendable (UInt64) -> Void)?
 
     public static let defaultCommandLine = "console=ttyS0 reboot=k panic=1"
+    /// 64 MiB: a verbose boot log is well under 1 MiB.
+    public static let defaultConsoleFileMaximumSize: UInt64 = 64 << 20
     public static let minimumMemory: UInt64 = 64 << 20
     public static let maximumCPUs = 64
 

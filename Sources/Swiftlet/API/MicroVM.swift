@@ -77,6 +77,9 @@ public final class MicroVM: Sendable {
         machine.withLock { $0?.balloon }?.status()
     }
 
+    /// What the guest's serial console wrote, and what was dropped past a console file's cap; nil before `start()`.
+    public var consoleStatistics: ConsoleStatistics? { machine.withLock { $0?.console.statistics } }
+
     /// The device thread's rounds, those run under SCHED_BATCH, and its switches to it; nil without virtio devices.
     public var deviceThreadStatistics: EventLoop.Statistics? { machine.withLock { $0?.eventLoop?.statistics } }
 
@@ -93,6 +96,12 @@ public final class MicroVM: Sendable {
 
     /// CLOCK_MONOTONIC nanoseconds when the guest wrote the boot-timer port (its init reached userspace).
     public var userspaceReachedAt: UInt64? { machine.withLock { $0?.bootTimer.userspaceReachedAt } }
+}
+
+/// What the serial console carried: bytes written to its output, and bytes dropped past a console file's cap.
+public struct ConsoleStatistics: Sendable, Equatable {
+    public var written: UInt64
+    public var dropped: UInt64
 }
 
 /// What a device counted while the VM ran.

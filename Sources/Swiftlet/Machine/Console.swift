@@ -1,33 +1,57 @@
 import Glibc
+import Synchronization
 import SwiftletDevices
 import SwiftletHost
 
-/// The UART's output: a file descriptor (stdout or a console file), or nowhere.
+/// The UART's output: a file descriptor (stdout or a console file), or nowhere. A console file stops growing at its
+/// cap: what the guest writes past it is counted and dropped, after one line in the file that says so.
 final class ConsoleSink: SerialOutput {
     private let descriptor: OwnedFileDescriptor?
     private let raw: Int32
+    /// The cap of a console file; nil for stdout and for nowhere.
+    let limit: UInt64?
+    /// Bytes the guest wrote, those past the cap included (vCPUs write concurrently: Serial calls `write` unlocked).
+    private let offered = Atomic<UInt64>(0)
 
-    init(configuration: MachineConfiguration.Console) throws(SwiftletError) {
+    init(configuration: MachineConfiguration.Console, fileLimit: UInt64) throws(SwiftletError) {
         switch configuration {
         case .stdio:
             descriptor = nil
             raw = STDOUT_FILENO
+            limit = nil
         case .none:
             descriptor = nil
             raw = -1
+            limit = nil
         case .file(let path):
             do {
                 let owned = try OwnedFileDescriptor(opening: path, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
                 descriptor = owned
                 raw = owned.rawValue
+                limit = fileLimit
             } catch {
                 throw SwiftletError(.invalidConfiguration, "cannot open console file \(path)", cause: error)
             }
         }
     }
 
+    /// Bytes that reached the output, and bytes dropped past the file's cap.
+    var statistics: ConsoleStatistics {
+        let total = offered.load(ordering: .relaxed)
+        guard let limit else { return ConsoleStatistics(written: raw >= 0 ? total : 0, dropped: 0) }
+        return ConsoleStatistics(written: min(total, limit), dropped: total > limit ? total - limit : 0)
+    }
+
     func write(_ byte: UInt8) {
         guard raw >= 0 else { return }
+        let total = offered.wrappingAdd(1, ordering: .relaxed).newValue
+        if let limit, total > limit {
+            if total == limit + 1 {
+                let notice = Array("\n[swiftlet: the console file reached its cap of \(limit) bytes; the guest's further output is dropped]\n".utf8)
+                _ = notice.withUnsafeBytes { Glibc.write(raw, $0.baseAddress, $0.count) }
+            }
+            return
+        }
         var byte = byte
         _ = Glibc.write(raw, &byte, 1)
     }

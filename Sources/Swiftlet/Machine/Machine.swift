@@ -95,7 +95,7 @@ final class Machine: Sendable {
         }
         self.vcpus = vcpus
 
-        console = try ConsoleSink(configuration: configuration.console)
+        console = try ConsoleSink(configuration: configuration.console, fileLimit: configuration.consoleFileMaximumSize)
         do { serialInterrupt = try EventFd() } catch {
             throw SwiftletError(.systemCall, "cannot create the serial interrupt eventfd", cause: error)
         }
