@@ -340,6 +340,28 @@ import Testing
         #expect(vsock.connectionCount == 0)
     }
 
+    /// A malformed packet on a connection's ports (here: a length past its buffer, and an unknown type) gets RST,
+    /// and the connection ends on the host side too: its socket closes, and no later data of the guest reaches it.
+    @Test func aMalformedPacketEndsItsConnection() throws {
+        let listener = try UnixSocket.listen(path: "\(path)_5000")
+        try postReceive(4)
+        try send(.request, from: 40000, to: 5000)
+        #expect(try received().map { $0.header.op } == [.response])
+        let host = try #require(try listener.accept())
+        #expect(vsock.connectionCount == 1)
+        let before = vsock.counters.guestErrors
+        try send(.readWrite, from: 40000, to: 5000, payload: [1, 2, 3], length: 4096) // length past the buffer
+        #expect(vsock.counters.guestErrors == before + 1)
+        #expect(try received().map { $0.header.op } == [.reset])
+        #expect(vsock.connectionCount == 0)
+        #expect(host.wait(milliseconds: 1000))
+        var buffer = [UInt8](repeating: 0, count: 16)
+        #expect(try host.read(into: &buffer) == 0) // closed, nothing delivered
+        // The guest goes on as if the connection existed: its data gets RST, as for any unknown connection.
+        try send(.readWrite, from: 40000, to: 5000, payload: [4, 5, 6])
+        #expect(try received().map { $0.header.op } == [.reset])
+    }
+
     @Test func resetClosesEveryConnection() throws {
         let listener = try UnixSocket.listen(path: "\(path)_7000")
         try postReceive(2)

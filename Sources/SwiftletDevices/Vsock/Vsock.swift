@@ -538,7 +538,13 @@ public final class Vsock: LoopDevice {
                   UInt64(header.length) <= available, Int(header.length) <= Vsock.maximumPayload,
                   operation != nil, operation != .invalid else {
                 device.counters.errorCount.add(1, ordering: .relaxed)
-                if operation != .reset { resetUnknown(device, header) }
+                // The guest hears RST for these ports, so a connection on them ends here too: the host socket
+                // closes, and guest and device agree that it is gone (it used to stay open and go on delivering).
+                if let connection = byPorts[ports].flatMap({ connections[$0] }) {
+                    if operation == .reset { remove(device, connection) } else { reset(device, connection) }
+                } else if operation != .reset {
+                    resetUnknown(device, header)
+                }
                 return
             }
             let connection = byPorts[ports].flatMap { connections[$0] }
