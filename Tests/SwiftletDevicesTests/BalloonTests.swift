@@ -133,9 +133,58 @@ import Testing
         let balloon = try device(queue: 1)
         try fill(frame: 0x70)
         try send(balloon, frames: [0x70, 0x71], queue: 1)
-        #expect(balloon.status().deflatedPages == 2)
+        // Neither page was in the balloon: nothing came out of it, and the memory is the guest's as it was.
+        #expect(balloon.status().deflatedPages == 0)
         #expect(balloon.status().inflatedPages == 0)
         #expect(try firstByte(frame: 0x70) == Self.pattern)
+    }
+
+    /// What the balloon reports follows the pages it holds (issue 14: 1M page numbers covering 4096 pages reported
+    /// 4 GiB released): a page inflated again counts once and is released once; deflating counts the pages that
+    /// were in it; `actual` is clamped to guest RAM.
+    @Test func repeatedPageNumbersCountOnce() throws {
+        let balloon = try device()
+        let frames = (0..<2000).map { UInt32(0x40 + $0 % 8) } // 8 distinct pages, 250 times each: two batches
+        try send(balloon, frames: frames, queue: 0)
+        try send(balloon, frames: [0x40, 0x41], queue: 0)     // again, in a later request
+        var status = balloon.status()
+        #expect(status.inflatedPages == 8)
+        #expect(status.releasedBytes == 8 * 4096)
+        try balloon.activate(VirtioActivation(queues: [nil, try driver.queue()], features: balloon.offeredFeatures,
+                                              memory: driver.memory))
+        // A new activation starts with an empty balloon: deflating pages that were never inflated since counts 0.
+        try send(balloon, frames: [0x40, 0x41], queue: 1)
+        #expect(balloon.status().deflatedPages == 0)
+        [UInt8](repeating: 0xff, count: 4).withUnsafeBytes { balloon.writeConfiguration(offset: 4, from: $0) }
+        status = balloon.status()
+        #expect(status.actualPages == UInt32(FakeDriver.memorySize / 4096))
+    }
+
+    @Test func deflatingCountsOnlyPagesInTheBalloon() throws {
+        // Inflate on the fake driver's ring, deflate on a second ring above it in the same memory.
+        let balloon = try Balloon(BalloonConfiguration(), guestMemorySize: FakeDriver.memorySize)
+        balloon.attach(interrupt: VirtioInterrupt(line: line)) {}
+        var deflate = driver.configuration
+        deflate.descriptorTable = GuestAddress(0x5000)
+        deflate.availableRing = GuestAddress(0x6000)
+        deflate.usedRing = GuestAddress(0x7000)
+        try balloon.activate(VirtioActivation(
+            queues: [try driver.queue(), try SplitQueue(deflate, maximumSize: 256, memory: driver.memory, features: balloon.offeredFeatures)],
+            features: balloon.offeredFeatures, memory: driver.memory))
+        try send(balloon, frames: [0x40, 0x41, 0x42], queue: 0)
+        // Deflate 0x41 (in the balloon), 0x43 (never inflated) and 0x41 again.
+        let frames: [UInt8] = [0x41, 0, 0, 0, 0x43, 0, 0, 0, 0x41, 0, 0, 0]
+        try driver.memory.write(frames, at: GuestAddress(0x11000))
+        try driver.setDescriptor(0, address: 0x11000, length: UInt32(frames.count), table: deflate.descriptorTable)
+        try driver.memory.write(UInt16(0), at: GuestAddress(0x6000 + 4))
+        try driver.memory.write(UInt16(1), at: GuestAddress(0x6000 + 2))
+        balloon.queueEvents[1].signal()
+        balloon.handleQueueEvent(1)
+        #expect(balloon.status().deflatedPages == 1)
+        // 0x41 can go in again: it counts again, and is released again.
+        try send(balloon, frames: [0x41, 0x40], queue: 0)
+        #expect(balloon.status().inflatedPages == 4)
+        #expect(balloon.status().releasedBytes == 4 * 4096)
     }
 
     @Test func targetAndActualLiveInConfigurationSpace() throws {
@@ -157,7 +206,8 @@ import Testing
         var byte: UInt8 = 0xff
         withUnsafeBytes(of: &byte) { balloon.writeConfiguration(offset: 0, from: $0) } // num_pages is read-only
         #expect(word(0) == 32)
-        #expect(balloon.status().actualPages == 0x0102_0304)
+        // The register keeps what the guest wrote; the status says no more than guest RAM (1 MiB: 256 pages).
+        #expect(balloon.status().actualPages == 256)
         #expect(throws: SwiftletError.self) { try balloon.setTarget(bytes: 2 << 20) }
 
         try balloon.activate(VirtioActivation(queues: [nil, nil], features: VirtioFeature.version1, memory: driver.memory))

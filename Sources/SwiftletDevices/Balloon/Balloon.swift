@@ -25,12 +25,14 @@ public struct BalloonConfiguration: Sendable, Equatable {
 
 /// Where the balloon stands, and what it did.
 public struct BalloonStatus: Sendable, Equatable {
-    /// The balloon size the host asks for, and the size the guest says it has reached, in 4 KiB pages.
+    /// The balloon size the host asks for, and the size the guest says it has reached (its own word, clamped to
+    /// guest RAM), in 4 KiB pages.
     public var targetPages: UInt32
     public var actualPages: UInt32
     /// The guest's latest memory statistics, when the statistics queue is on and the guest sent some.
     public var statistics: BalloonStatistics?
-    /// Pages the guest put into the balloon (inflate) and took back out (deflate), valid ones only.
+    /// Pages that went into the balloon (inflate) and came back out (deflate): a page counts when it changes sides,
+    /// so page numbers sent again, outside RAM, or deflated without being in the balloon count nothing.
     public var inflatedPages: UInt64
     public var deflatedPages: UInt64
     /// Bytes of free memory the guest reported (free page reporting).
@@ -101,6 +103,8 @@ public final class Balloon: VirtioDevice {
         var chain = DescriptorChain(capacity: Int(Balloon.queueSize))
         var frames: [UInt64] = []
         var ranges: [PageRange] = []
+        /// The pages in the balloon now (inflated and not deflated), below the end of guest RAM.
+        var pages: PageSet
         /// The statistics buffer the device holds until it wants fresh statistics (§5.5.6.3).
         var statisticsHead: UInt16?
     }
@@ -155,7 +159,9 @@ public final class Balloon: VirtioDevice {
 
     public func status() -> BalloonStatus {
         let current = sizes.withLock { $0 }
-        return BalloonStatus(targetPages: current.target, actualPages: current.actual,
+        // `actual` is whatever the guest wrote: no more than guest RAM is reported.
+        let actual = min(current.actual, UInt32(guestMemorySize / Self.pageSize))
+        return BalloonStatus(targetPages: current.target, actualPages: actual,
                              statistics: latestStatistics.withLock { $0 },
                              inflatedPages: inflated.load(ordering: .relaxed), deflatedPages: deflated.load(ordering: .relaxed),
                              reportedBytes: reported.load(ordering: .relaxed), releasedBytes: released.load(ordering: .relaxed),
@@ -194,7 +200,9 @@ public final class Balloon: VirtioDevice {
         if activation.features & Feature.pageReporting != 0 { roles.append(.reporting) }
         while roles.count < queueEvents.count { roles.append(nil) }
         // A queue the driver left unused stays nil: its notifications are ignored.
-        var state = Active(memory: activation.memory, queues: Array(activation.queues.prefix(queueEvents.count)), roles: roles)
+        let end = activation.memory.regions.map { $0.end.rawValue }.max() ?? 0
+        var state = Active(memory: activation.memory, queues: Array(activation.queues.prefix(queueEvents.count)), roles: roles,
+                           pages: PageSet(frames: end / Self.pageSize))
         state.frames.reserveCapacity(Self.batchFrames)
         active.withLock { $0 = state }
         // Buffers the driver queued before DRIVER_OK (Linux hands over its first statistics buffer then).
@@ -309,11 +317,20 @@ public final class Balloon: VirtioDevice {
         state.ranges.removeAll(keepingCapacity: true)
         PageRanges.merge(&state.frames, into: &state.ranges)
         state.frames.removeAll(keepingCapacity: true)
+        // Only pages that change sides count (and an inflated page is released once): a guest that sends the same
+        // page numbers again and again moves no counter.
         var pages: UInt64 = 0
+        let memory = state.memory
         for range in state.ranges {
-            pages += range.count
-            // Deflating needs nothing from the host: a released page faults back in as zeroes when the guest uses it.
-            if inflate { release(state.memory, start: range.first * Self.pageSize, length: range.count * Self.pageSize) }
+            if inflate {
+                state.pages.insert(range) { added in
+                    pages += added.count
+                    release(memory, start: added.first * Self.pageSize, length: added.count * Self.pageSize)
+                }
+            } else {
+                // Deflating needs nothing from the host: a released page faults back in as zeroes when used.
+                state.pages.remove(range) { removed in pages += removed.count }
+            }
         }
         if inflate { inflated.add(pages, ordering: .relaxed) } else { deflated.add(pages, ordering: .relaxed) }
     }
