@@ -1,0 +1,151 @@
+import CSwiftlet
+import Glibc
+import Synchronization
+import SwiftletHost
+import SwiftletMemory
+import SwiftletVirtio
+import SystemPackage
+
+/// Host to guest: control packets and connection data into the receive queue's buffers.
+extension Vsock.State {
+    // MARK: Host to guest (rx queue)
+
+    /// Fills receive buffers: control packets first (they are few and small), then data from connections in
+    /// turn, each packet as large as the buffer, the guest's credit and the socket allow.
+    mutating func sendToGuest(_ device: Vsock) -> Outcome {
+        var outcome = Outcome()
+        guard let queue = receive else { return outcome }
+        var completed = false
+        while true {
+            var ringEmpty = false
+            while controlStart < control.count || dataStart < dataReady.count {
+                // Data first checks that it can send, so a chain is popped only for a packet that goes.
+                var dataConnection: Connection?
+                if controlStart == control.count {
+                    let id = dataReady[dataStart]
+                    guard let connection = connections[id], connection.phase == .connected,
+                          connection.hostReadable, !connection.hostEnded, connection.credit.peerFree > 0 else {
+                        connections[id]?.queued = false
+                        dataStart += 1
+                        continue
+                    }
+                    dataConnection = connection
+                }
+                guard let popped = popChain(device, queue, completed: &completed) else {
+                    outcome.fatal = true
+                    return outcome
+                }
+                guard popped else { ringEmpty = true; break }
+                // A receive chain is device-writable only and holds at least a header.
+                guard chain.readableCount == 0, chain.writableLength >= UInt64(VsockHeader.size) else {
+                    device.counters.errorCount.add(1, ordering: .relaxed)
+                    queue.addUsed(head: chain.head, length: 0)
+                    completed = true
+                    continue
+                }
+                if let connection = dataConnection {
+                    guard chain.writableLength > UInt64(VsockHeader.size) else {
+                        // A buffer with room for the header only can carry no data: it goes back unused and
+                        // counted, and the connection stays readable for the guest's next, proper buffer (it
+                        // used to be marked not readable here, and its edge-triggered socket never woke it).
+                        device.counters.errorCount.add(1, ordering: .relaxed)
+                        queue.addUsed(head: chain.head, length: 0)
+                        completed = true
+                        continue
+                    }
+                    if let length = sendData(device, connection) {
+                        queue.addUsed(head: chain.head, length: UInt32(VsockHeader.size + length))
+                        completed = true
+                    } else {
+                        queue.rewind(1)
+                    }
+                } else {
+                    var packet = control[controlStart]
+                    controlStart += 1
+                    if let id = packet.connection, let connection = connections[id] {
+                        packet.header.bufferAllocation = connection.credit.bufferAllocation
+                        packet.header.forwardCount = connection.credit.forwarded
+                        connection.credit.didAdvertise()
+                        if packet.header.op == .creditUpdate { connection.creditUpdateQueued = false }
+                    } else if packet.header.op != .reset {
+                        queue.rewind(1) // its connection is gone: only an RST still makes sense
+                        continue
+                    }
+                    writeHeader(packet.header)
+                    queue.addUsed(head: chain.head, length: UInt32(VsockHeader.size))
+                    completed = true
+                }
+            }
+            compact()
+            // Work left and no buffers: ask to be notified when the guest posts some (and look once more).
+            if ringEmpty, queue.enableNotification() { continue }
+            if !ringEmpty { _ = queue.enableNotification() }
+            break
+        }
+        outcome.interrupt = completed && queue.needsInterrupt()
+        return outcome
+    }
+
+    /// Reads from the host socket into the chain after a header; the payload length, or nil when nothing was sent
+    /// (the chain then goes back).
+    mutating func sendData(_ device: Vsock, _ connection: Connection) -> Int? {
+        let limit = min(Int(chain.writableLength) - VsockHeader.size, Int(connection.credit.peerFree), Vsock.maximumPayload)
+        payloadVectors(chain.writable, length: limit)
+        let count = limit == 0 ? 0 : vectors.withUnsafeBufferPointer { readv(connection.socket.rawValue, $0.baseAddress, Int32($0.count)) }
+        if count > 0 {
+            device.counters.addBytes(count)
+            var header = VsockHeader(sourceCID: Vsock.hostCID, destinationCID: device.configuration.guestCID,
+                                     sourcePort: connection.ports.local, destinationPort: connection.ports.peer,
+                                     operation: .readWrite, length: UInt32(count))
+            header.bufferAllocation = connection.credit.bufferAllocation
+            header.forwardCount = connection.credit.forwarded
+            connection.credit.didAdvertise()
+            connection.credit.didSend(UInt32(count))
+            writeHeader(header)
+            // Round robin: this connection goes to the back of the list.
+            dataStart += 1
+            dataReady.append(connection.id)
+            return count
+        }
+        dataStart += 1
+        connection.queued = false
+        if count == 0 && limit > 0 {
+            // The host program will send no more: tell the guest (it reads to the end, then closes).
+            connection.hostEnded = true
+            queueControl(device, connection, .shutdown, flags: VsockHeader.shutdownSend)
+        } else if count < 0 && errno != EAGAIN && errno != EINTR {
+            reset(device, connection)
+        } else {
+            connection.hostReadable = false // EAGAIN: the next edge brings it back
+        }
+        return nil
+    }
+
+    /// Writes a header across the chain's first writable buffers.
+    mutating func writeHeader(_ header: VsockHeader) {
+        headerBytes.withUnsafeMutableBytes { header.encode(into: $0) }
+        var copied = 0
+        for buffer in chain.writable where copied < VsockHeader.size {
+            let count = min(Int(buffer.length), VsockHeader.size - copied)
+            headerBytes.withUnsafeBytes { buffer.host.copyMemory(from: $0.baseAddress! + copied, byteCount: count) }
+            copied += count
+        }
+    }
+
+    mutating func compact() {
+        if controlStart == control.count {
+            control.removeAll(keepingCapacity: true)
+            controlStart = 0
+        } else if controlStart > 1024 {
+            control.removeFirst(controlStart)
+            controlStart = 0
+        }
+        if dataStart == dataReady.count {
+            dataReady.removeAll(keepingCapacity: true)
+            dataStart = 0
+        } else if dataStart > 1024 {
+            dataReady.removeFirst(dataStart)
+            dataStart = 0
+        }
+    }
+}
