@@ -1,4 +1,5 @@
 import Synchronization
+import SwiftletHost
 
 /// Counters a device exposes; read at any time from any thread.
 public final class DeviceCounters: Sendable {
@@ -17,4 +18,24 @@ public final class DeviceCounters: Sendable {
     /// device loop's adaptive scheduling watches (`ThreadScheduling.adaptive`).
     public var bytes: UInt64 { byteCount.load(ordering: .relaxed) }
     func addBytes(_ count: Int) { if count > 0 { byteCount.add(UInt64(count), ordering: .relaxed) } }
+
+    /// Signals a device gave its own queue eventfds, per queue, to come back for the rest of a drain that used up
+    /// its budget (`DrainResult.more`): the loop serves its other sources first. They are not the driver's.
+    private let resumes = Mutex<[Int: UInt64]>([:])
+    private let resumeCount = Atomic<UInt64>(0)
+    /// Drains that stopped at their budget and came back later.
+    public var resumedDrains: UInt64 { resumeCount.load(ordering: .relaxed) }
+
+    /// Comes back to queue `index` on the loop's next round, through its eventfd.
+    func resume(queue index: Int, _ event: EventFd) {
+        resumes.withLock { $0[index, default: 0] += 1 }
+        resumeCount.add(1, ordering: .relaxed)
+        event.signal()
+    }
+
+    /// Counts what queue `index`'s eventfd delivered, less the device's own resume signals.
+    func countNotifications(queue index: Int, _ count: UInt64) {
+        let own = resumes.withLock { $0.removeValue(forKey: index) ?? 0 }
+        if count > own { notificationCount.add(count - own, ordering: .relaxed) }
+    }
 }

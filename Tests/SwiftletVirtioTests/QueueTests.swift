@@ -151,6 +151,37 @@ import Testing
         expectInvalid(queue, .tooLong)
     }
 
+    /// The one drain every device uses: well-formed chains go to the handler, malformed ones back with length 0 and
+    /// counted, the budget stops it with `more`, a chain the handler keeps is not returned, a corrupt ring is fatal.
+    @Test func drainReturnsMalformedChainsAndStopsAtItsBudget() throws {
+        let queue = try driver.queue()
+        struct State { var chain = DescriptorChain(capacity: 8); var seen: [UInt16] = [] }
+        var state = State()
+        for index in 0..<5 { try driver.setDescriptor(index, address: 0x10000, length: 8, flags: FakeDriver.write) }
+        try driver.setDescriptor(5, address: 0x10000, length: 0) // zero length: malformed
+        for head: UInt16 in [0, 5, 1, 2, 3, 4] { try driver.publish(head) }
+        var malformed = 0
+        var result = queue.drain(&state, chain: \.chain, budget: 3, onMalformed: { malformed += 1 }) { state, completion in
+            state.seen.append(state.chain.head)
+            if state.chain.head != 1 { completion.use(state.chain.head, length: 8) } // chain 1 is kept
+        }
+        #expect(state.seen == [0, 1] && malformed == 1) // the malformed chain counts against the budget
+        #expect(result.more && !result.fatal && result.interrupt)
+        #expect(driver.usedIndex == 2)
+        #expect(try driver.usedElement(0) == (0, 8))
+        #expect(try driver.usedElement(1) == (5, 0))
+        result = queue.drain(&state, chain: \.chain, onMalformed: { malformed += 1 }) { state, completion in
+            state.seen.append(state.chain.head)
+            completion.use(state.chain.head, length: 4)
+        }
+        #expect(state.seen == [0, 1, 2, 3, 4] && !result.more && !result.fatal)
+        #expect(driver.usedIndex == 5)
+
+        try driver.setAvailableIndex(driver.availableIndex &+ 20) // far more than the ring holds
+        result = queue.drain(&state, chain: \.chain, onMalformed: { malformed += 1 }) { _, _ in Issue.record("no chain expected") }
+        #expect(result.fatal && malformed == 2)
+    }
+
     @Test func indirectNeedsTheFeature() throws {
         let queue = try driver.queue()
         try driver.setDescriptor(0, address: 0x20000, length: 32, flags: FakeDriver.indirect)

@@ -219,15 +219,16 @@ public final class Balloon: VirtioDevice {
     /// The event-loop handler of queue `index`'s ioeventfd.
     public func handleQueueEvent(_ index: Int) {
         guard let count = queueEvents[index].consume() else { return }
-        counters.notificationCount.add(count, ordering: .relaxed)
-        let (raise, fatal) = active.withLock { state -> (Bool, Bool) in
+        counters.countNotifications(queue: index, count)
+        let result = active.withLock { state -> DrainResult in
             guard state != nil, index < state!.queues.count, let queue = state!.queues[index], let role = state!.roles[index] else {
-                return (false, false)
+                return DrainResult()
             }
             return drain(queue, role: role, state: &state!)
         }
-        if raise { link.signalUsedBuffers() }
-        if fatal {
+        if result.interrupt { link.signalUsedBuffers() }
+        if result.more { counters.resume(queue: index, queueEvents[index]) }
+        if result.fatal {
             active.withLock { $0 = nil }
             link.reportFatalError()
         }
@@ -246,45 +247,25 @@ public final class Balloon: VirtioDevice {
         if raise { link.signalUsedBuffers() }
     }
 
-    /// Drains one queue; returns whether to interrupt the driver and whether the queue is broken beyond use.
-    private func drain(_ queue: SplitQueue, role: Role, state: inout Active) -> (interrupt: Bool, fatal: Bool) {
-        var completed = false
-        repeat {
-            while true {
-                let popped: Bool
-                do {
-                    popped = try queue.pop(into: &state.chain)
-                } catch .invalidChain(let head, _) {
-                    // Includes buffers outside guest RAM: nothing in them is acted on.
-                    counters.errorCount.add(1, ordering: .relaxed)
-                    queue.addUsed(head: head, length: 0)
-                    completed = true
-                    continue
-                } catch {
-                    counters.errorCount.add(1, ordering: .relaxed)
-                    return (completed && queue.needsInterrupt(), true)
+    /// Drains one queue (SplitQueue.drain). Buffers outside guest RAM are malformed chains: nothing in them is acted on.
+    private func drain(_ queue: SplitQueue, role: Role, state: inout Active) -> DrainResult {
+        queue.drain(&state, chain: \.chain, onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
+            counters.requestCount.add(1, ordering: .relaxed)
+            switch role {
+            case .inflate, .deflate:
+                handleFrames(state: &state, inflate: role == .inflate)
+            case .reporting:
+                handleReport(state: &state)
+            case .statistics:
+                handleStatistics(state: &state)
+                if let previous = state.statisticsHead, previous != state.chain.head {
+                    completion.use(previous, length: 0) // the driver sent another: the older one goes back
                 }
-                guard popped else { break }
-                counters.requestCount.add(1, ordering: .relaxed)
-                switch role {
-                case .inflate, .deflate:
-                    handleFrames(state: &state, inflate: role == .inflate)
-                case .reporting:
-                    handleReport(state: &state)
-                case .statistics:
-                    handleStatistics(state: &state)
-                    if let previous = state.statisticsHead, previous != state.chain.head {
-                        queue.addUsed(head: previous, length: 0) // the driver sent another: the older one goes back
-                        completed = true
-                    }
-                    state.statisticsHead = state.chain.head
-                    continue // held, not returned
-                }
-                queue.addUsed(head: state.chain.head, length: 0)
-                completed = true
+                state.statisticsHead = state.chain.head
+                return // held, not returned
             }
-        } while queue.enableNotification()
-        return (completed && queue.needsInterrupt(), false)
+            completion.use(state.chain.head, length: 0)
+        }
     }
 
     /// An inflate or deflate request: an array of le32 page frame numbers in the device-readable buffers.

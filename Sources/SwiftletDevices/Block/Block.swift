@@ -151,44 +151,28 @@ public final class Block: VirtioDevice {
     /// The event-loop handler of the request queue's ioeventfd.
     public func handleQueueEvent() {
         guard let count = queueEvents[0].consume() else { return }
-        counters.notificationCount.add(count, ordering: .relaxed)
-        let (raise, fatal) = active.withLock { state -> (Bool, Bool) in
-            guard state != nil else { return (false, false) }
+        counters.countNotifications(queue: 0, count)
+        let result = active.withLock { state -> DrainResult in
+            guard state != nil else { return DrainResult() }
             return processQueue(&state!)
         }
-        if raise { link.signalUsedBuffers() }
-        if fatal {
+        if result.interrupt { link.signalUsedBuffers() }
+        if result.more { counters.resume(queue: 0, queueEvents[0]) }
+        if result.fatal {
             active.withLock { $0 = nil }
             link.reportFatalError()
         }
     }
 
-    /// Drains the queue; returns whether to interrupt the driver and whether the queue is broken beyond use.
-    private func processQueue(_ state: inout Active) -> (interrupt: Bool, fatal: Bool) {
-        var completed = false
-        repeat {
-            while true {
-                let popped: Bool
-                do {
-                    popped = try state.queue.pop(into: &state.chain)
-                } catch .invalidChain(let head, _) {
-                    counters.errorCount.add(1, ordering: .relaxed)
-                    state.queue.addUsed(head: head, length: 0)
-                    completed = true
-                    continue
-                } catch {
-                    counters.errorCount.add(1, ordering: .relaxed)
-                    return (completed && state.queue.needsInterrupt(), true)
-                }
-                guard popped else { break }
-                let written = execute(state.chain, vectors: &state.vectors)
-                state.queue.addUsed(head: state.chain.head, length: written)
-                counters.requestCount.add(1, ordering: .relaxed)
-                counters.addBytes(Int(state.chain.readableLength + state.chain.writableLength))
-                completed = true
-            }
-        } while state.queue.enableNotification()
-        return (completed && state.queue.needsInterrupt(), false)
+    /// Drains the queue (SplitQueue.drain: malformed chains, a corrupt ring, the budget), one request per chain.
+    private func processQueue(_ state: inout Active) -> DrainResult {
+        let queue = state.queue
+        return queue.drain(&state, chain: \.chain, onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
+            let written = execute(state.chain, vectors: &state.vectors)
+            completion.use(state.chain.head, length: written)
+            counters.requestCount.add(1, ordering: .relaxed)
+            counters.addBytes(Int(state.chain.readableLength + state.chain.writableLength))
+        }
     }
 
     /// Runs one request and writes its status byte; returns the bytes written into the chain's writable buffers.

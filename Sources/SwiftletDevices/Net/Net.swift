@@ -167,7 +167,7 @@ public final class Net: LoopDevice {
 
     func receiveQueueNotified() {
         guard let count = queueEvents[Self.receiveQueue].consume() else { return }
-        counters.notificationCount.add(count, ordering: .relaxed)
+        counters.countNotifications(queue: Self.receiveQueue, count)
         // New receive buffers: a parked TAP can be read again.
         endpointReadable()
     }
@@ -185,7 +185,7 @@ public final class Net: LoopDevice {
 
     func transmitQueueNotified() {
         if let count = queueEvents[Self.transmitQueue].consume() {
-            counters.notificationCount.add(count, ordering: .relaxed)
+            counters.countNotifications(queue: Self.transmitQueue, count)
         }
         let outcome = active.withLock { state -> Outcome in
             guard state != nil, let queue = state!.transmit else { return Outcome() }
@@ -213,17 +213,9 @@ public final class Net: LoopDevice {
         }
     }
 
-    /// Pops the next valid chain; malformed ones are returned with length 0 and counted. nil when the ring is empty.
+    /// Pops the next valid chain (SplitQueue.popValid: malformed ones go back with length 0 and are counted).
     private func nextChain(_ state: inout Active, _ queue: SplitQueue, completed: inout Bool) throws(QueueError) -> Bool {
-        while true {
-            do {
-                return try queue.pop(into: &state.chain)
-            } catch .invalidChain(let head, _) {
-                counters.errorCount.add(1, ordering: .relaxed)
-                queue.addUsed(head: head, length: 0)
-                completed = true
-            }
-        }
+        try queue.popValid(into: &state.chain, completed: &completed) { counters.errorCount.add(1, ordering: .relaxed) }
     }
 
     /// Pops receive chains until the held ones can take the largest frame (one chain without MRG_RXBUF). When the
@@ -333,42 +325,30 @@ public final class Net: LoopDevice {
         }
     }
 
-    /// Writes every frame the guest queued to the endpoint, each with one writev straight from its buffers.
+    /// Writes every frame the guest queued to the endpoint, each with one writev straight from its buffers
+    /// (SplitQueue.drain: malformed chains, a corrupt ring, the budget per round).
     private func transmitFrames(_ state: inout Active, queue: SplitQueue) -> Outcome {
-        var outcome = Outcome()
-        var completed = false
-        repeat {
-            while true {
-                let popped: Bool
-                do { popped = try nextChain(&state, queue, completed: &completed) } catch {
-                    counters.errorCount.add(1, ordering: .relaxed)
-                    outcome.fatal = true
-                    outcome.interrupt = completed && queue.needsInterrupt()
-                    return outcome
+        let result = queue.drain(&state, chain: \.chain, onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
+            let length = state.chain.readableLength
+            // A transmit chain is device-readable only, holds at least the headers and at most the largest frame.
+            if state.chain.readableCount == state.chain.buffers.count, length >= UInt64(Self.minimumFrame),
+               length <= UInt64(Self.maximumFrame) {
+                state.transmitVectors.removeAll(keepingCapacity: true)
+                for buffer in state.chain.readable {
+                    state.transmitVectors.append(iovec(iov_base: buffer.host, iov_len: Int(buffer.length)))
                 }
-                guard popped else { break }
-                let length = state.chain.readableLength
-                // A transmit chain is device-readable only, holds at least the headers and at most the largest frame.
-                if state.chain.readableCount == state.chain.buffers.count, length >= UInt64(Self.minimumFrame),
-                   length <= UInt64(Self.maximumFrame) {
-                    state.transmitVectors.removeAll(keepingCapacity: true)
-                    for buffer in state.chain.readable {
-                        state.transmitVectors.append(iovec(iov_base: buffer.host, iov_len: Int(buffer.length)))
-                    }
-                    let written = state.transmitVectors.withUnsafeBufferPointer { writev(endpoint.rawValue, $0.baseAddress, Int32($0.count)) }
-                    if written < 0 { counters.errorCount.add(1, ordering: .relaxed) } // dropped, as a wire would
-                    else {
-                        counters.requestCount.add(1, ordering: .relaxed)
-                        counters.addBytes(written)
-                    }
-                } else {
-                    counters.errorCount.add(1, ordering: .relaxed)
+                let written = state.transmitVectors.withUnsafeBufferPointer { writev(endpoint.rawValue, $0.baseAddress, Int32($0.count)) }
+                if written < 0 { counters.errorCount.add(1, ordering: .relaxed) } // dropped, as a wire would
+                else {
+                    counters.requestCount.add(1, ordering: .relaxed)
+                    counters.addBytes(written)
                 }
-                queue.addUsed(head: state.chain.head, length: 0)
-                completed = true
+            } else {
+                counters.errorCount.add(1, ordering: .relaxed)
             }
-        } while queue.enableNotification()
-        outcome.interrupt = completed && queue.needsInterrupt()
-        return outcome
+            completion.use(state.chain.head, length: 0)
+        }
+        if result.more { counters.resume(queue: Self.transmitQueue, queueEvents[Self.transmitQueue]) }
+        return Outcome(interrupt: result.interrupt, fatal: result.fatal)
     }
 }

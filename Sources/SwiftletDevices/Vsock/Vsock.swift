@@ -140,13 +140,13 @@ public final class Vsock: LoopDevice {
 
     func receiveQueueNotified() {
         guard let count = queueEvents[Self.receiveQueue].consume() else { return }
-        counters.notificationCount.add(count, ordering: .relaxed)
+        counters.countNotifications(queue: Self.receiveQueue, count)
         run { $0.sendToGuest(self) }
     }
 
     func transmitQueueNotified() {
         if let count = queueEvents[Self.transmitQueue].consume() {
-            counters.notificationCount.add(count, ordering: .relaxed)
+            counters.countNotifications(queue: Self.transmitQueue, count)
         }
         run { state in
             var outcome = state.receiveFromGuest(self)

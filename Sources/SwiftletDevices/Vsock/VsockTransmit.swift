@@ -10,39 +10,28 @@ import SystemPackage
 extension Vsock.State {
     // MARK: Guest to host (tx queue)
 
-    /// Pops the next valid chain into `chain`: malformed ones go back with length 0 and are counted. false when
-    /// the ring is empty, nil when it is corrupt beyond use (the device then needs a reset).
+    /// Pops the next valid chain into `chain` (SplitQueue.popValid: malformed ones go back with length 0 and are
+    /// counted). false when the ring is empty, nil when it is corrupt beyond use (the device then needs a reset).
     mutating func popChain(_ device: Vsock, _ queue: SplitQueue, completed: inout Bool) -> Bool? {
-        while true {
-            do { return try queue.pop(into: &chain) } catch .invalidChain(let head, _) {
-                device.counters.errorCount.add(1, ordering: .relaxed)
-                queue.addUsed(head: head, length: 0)
-                completed = true
-            } catch {
-                device.counters.errorCount.add(1, ordering: .relaxed)
-                return nil
-            }
+        do {
+            return try queue.popValid(into: &chain, completed: &completed) { device.counters.errorCount.add(1, ordering: .relaxed) }
+        } catch {
+            device.counters.errorCount.add(1, ordering: .relaxed)
+            return nil
         }
     }
 
-
+    /// The guest's packets (SplitQueue.drain: malformed chains, a corrupt ring, the budget per round).
     mutating func receiveFromGuest(_ device: Vsock) -> Outcome {
         var outcome = Outcome()
         guard let queue = transmit else { return outcome }
-        var completed = false
-        repeat {
-            while true {
-                guard let popped = popChain(device, queue, completed: &completed) else {
-                    outcome.fatal = true
-                    return outcome
-                }
-                guard popped else { break }
-                handleTransmitChain(device)
-                queue.addUsed(head: chain.head, length: 0)
-                completed = true
-            }
-        } while queue.enableNotification()
-        outcome.interrupt = completed && queue.needsInterrupt()
+        let result = queue.drain(&self, chain: \.chain, onMalformed: { device.counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
+            state.handleTransmitChain(device)
+            completion.use(state.chain.head, length: 0)
+        }
+        if result.more { device.counters.resume(queue: Vsock.transmitQueue, device.queueEvents[Vsock.transmitQueue]) }
+        outcome.interrupt = result.interrupt
+        outcome.fatal = result.fatal
         return outcome
     }
 
