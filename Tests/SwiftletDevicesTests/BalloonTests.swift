@@ -160,6 +160,21 @@ import Testing
         #expect(status.actualPages == UInt32(FakeDriver.memorySize / 4096))
     }
 
+    /// A request of more page numbers than `maximumFramesPerRequest` is refused whole, without a look at them.
+    @Test func anOverlongRequestIsAGuestError() throws {
+        let balloon = try device()
+        try fill(frame: 0x40)
+        try driver.memory.write([0x40, 0, 0, 0], at: request)
+        try driver.setDescriptor(0, address: request.rawValue, length: UInt32(4 * Balloon.maximumFramesPerRequest + 4))
+        try driver.publish(0)
+        balloon.queueEvents[0].signal()
+        balloon.handleQueueEvent(0)
+        #expect(balloon.counters.guestErrors == 1)
+        #expect(balloon.status().inflatedPages == 0)
+        #expect(try firstByte(frame: 0x40) == Self.pattern)
+        #expect(driver.usedIndex == 1)
+    }
+
     @Test func deflatingCountsOnlyPagesInTheBalloon() throws {
         // Inflate on the fake driver's ring, deflate on a second ring above it in the same memory.
         let balloon = try Balloon(BalloonConfiguration(), guestMemorySize: FakeDriver.memorySize)

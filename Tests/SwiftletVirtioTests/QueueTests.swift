@@ -1,3 +1,4 @@
+import Glibc
 import SwiftletHost
 import SwiftletMemory
 import SwiftletTestSupport
@@ -180,6 +181,38 @@ import Testing
         try driver.setAvailableIndex(driver.availableIndex &+ 20) // far more than the ring holds
         result = queue.drain(&state, chain: \.chain, onMalformed: { malformed += 1 }) { _, _ in Issue.record("no chain expected") }
         #expect(result.fatal && malformed == 2)
+    }
+
+    /// The chain cursors read and write across buffer boundaries, give iovecs without copying, and stop at the end.
+    @Test func cursorsCrossBufferBoundaries() throws {
+        let queue = try driver.queue()
+        try driver.memory.write([1, 0, 0], at: GuestAddress(0x10000))                  // a u32 split 3 + 1
+        try driver.memory.write([0, 0xaa, 0xbb, 0xcc, 0xdd], at: GuestAddress(0x11000))
+        try driver.setDescriptor(0, address: 0x10000, length: 3, flags: FakeDriver.next, next: 1)
+        try driver.setDescriptor(1, address: 0x11000, length: 5, flags: FakeDriver.next, next: 2)
+        try driver.setDescriptor(2, address: 0x12000, length: 2, flags: FakeDriver.write | FakeDriver.next, next: 3)
+        try driver.setDescriptor(3, address: 0x13000, length: 6, flags: FakeDriver.write)
+        try driver.publish(0)
+        let chain = try #require(try pop(queue))
+
+        var reader = ChainReader(chain)
+        #expect(reader.remaining == 8)
+        #expect(reader.read(UInt32.self) == 1)
+        #expect(reader.read(UInt16.self) == 0xbbaa)
+        var vectors: [iovec] = []
+        #expect(reader.vectors(10, into: &vectors) == 2 && vectors.count == 1 && vectors[0].iov_len == 2)
+        #expect(reader.read(UInt8.self) == nil && reader.remaining == 0)
+
+        var writer = ChainWriter(chain)
+        #expect(writer.remaining == 8)
+        #expect([UInt8](1...3).withUnsafeBytes { writer.write($0) } == 3) // 2 bytes in one buffer, 1 in the next
+        #expect(try driver.memory.read(count: 2, at: GuestAddress(0x12000)) == [1, 2])
+        #expect(try driver.memory.read(count: 1, at: GuestAddress(0x13000)) == [3])
+        vectors.removeAll()
+        #expect(writer.skip(1) == 1)
+        #expect(writer.vectors(100, into: &vectors) == 4 && vectors.count == 1)
+        #expect(vectors[0].iov_base == (try driver.memory.hostPointer(GuestAddress(0x13002), count: 4)))
+        #expect([UInt8](repeating: 9, count: 4).withUnsafeBytes { writer.write($0) } == 0)
     }
 
     @Test func indirectNeedsTheFeature() throws {

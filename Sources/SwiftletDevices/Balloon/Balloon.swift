@@ -61,6 +61,9 @@ public final class Balloon: VirtioDevice {
     public static let queueSize: UInt16 = 256
     /// Frames gathered before they are merged and released: bounds the scratch space whatever a chain's length.
     static let batchFrames = 1024
+    /// Page frame numbers one request may carry (Linux sends at most 256, VIRTIO_BALLOON_ARRAY_PFNS_MAX): bounds
+    /// the work of one request; a longer one is a guest error, and its frames past the bound are not looked at.
+    public static let maximumFramesPerRequest = 1 << 16
     /// A statistics buffer longer than this is malformed (Linux sends 10 entries of 10 bytes).
     static let statisticsMaximumBytes = 64 * BalloonStatistics.entrySize
 
@@ -271,25 +274,21 @@ public final class Balloon: VirtioDevice {
     /// An inflate or deflate request: an array of le32 page frame numbers in the device-readable buffers.
     private func handleFrames(state: inout Active, inflate: Bool) {
         state.frames.removeAll(keepingCapacity: true)
-        var value: UInt64 = 0
-        var filled = 0
-        for buffer in state.chain.readable {
-            for offset in 0..<Int(buffer.length) {
-                value |= UInt64(buffer.host.load(fromByteOffset: offset, as: UInt8.self)) << (8 * filled)
-                filled += 1
-                guard filled == 4 else { continue }
-                let address = value << 12
-                if state.memory.contains(GuestAddress(address), count: Self.pageSize) {
-                    state.frames.append(value)
-                    if state.frames.count == Self.batchFrames { flushFrames(state: &state, inflate: inflate) }
-                } else {
-                    ignored.add(1, ordering: .relaxed)
-                }
-                value = 0
-                filled = 0
+        var reader = ChainReader(state.chain)
+        guard reader.remaining <= 4 * Self.maximumFramesPerRequest else {
+            counters.errorCount.add(1, ordering: .relaxed)
+            return
+        }
+        while reader.remaining >= 4, let frame = reader.read(UInt32.self) {
+            let value = UInt64(frame)
+            if state.memory.contains(GuestAddress(value << 12), count: Self.pageSize) {
+                state.frames.append(value)
+                if state.frames.count == Self.batchFrames { flushFrames(state: &state, inflate: inflate) }
+            } else {
+                ignored.add(1, ordering: .relaxed)
             }
         }
-        if filled != 0 { counters.errorCount.add(1, ordering: .relaxed) } // a trailing partial frame number
+        if reader.remaining != 0 { counters.errorCount.add(1, ordering: .relaxed) } // a trailing partial frame number
         flushFrames(state: &state, inflate: inflate)
     }
 
@@ -343,12 +342,14 @@ public final class Balloon: VirtioDevice {
 
     /// A statistics buffer: tag/value entries in the device-readable buffers.
     private func handleStatistics(state: inout Active) {
-        var bytes: [UInt8] = []
-        for buffer in state.chain.readable where bytes.count <= Self.statisticsMaximumBytes {
-            let take = min(Int(buffer.length), Self.statisticsMaximumBytes + 1 - bytes.count)
-            bytes.append(contentsOf: UnsafeRawBufferPointer(start: buffer.host, count: take))
+        var reader = ChainReader(state.chain)
+        guard reader.remaining <= Self.statisticsMaximumBytes else {
+            counters.errorCount.add(1, ordering: .relaxed)
+            return
         }
-        guard bytes.count <= Self.statisticsMaximumBytes, var statistics = BalloonStatistics(parsing: bytes) else {
+        var bytes = [UInt8](repeating: 0, count: reader.remaining)
+        _ = bytes.withUnsafeMutableBytes { reader.read(into: $0) }
+        guard var statistics = BalloonStatistics(parsing: bytes) else {
             counters.errorCount.add(1, ordering: .relaxed)
             return
         }

@@ -268,40 +268,25 @@ public final class Block: VirtioDevice {
         guard count % UInt64(BlockRangeSegment.size) == 0, count / UInt64(BlockRangeSegment.size) <= UInt64(Self.discardSegmentMaximum) else {
             return nil
         }
-        var bytes: [UInt8] = []
-        var skip = BlockRequestHeader.size
-        for buffer in chain.readable {
-            let length = Int(buffer.length)
-            if skip >= length { skip -= length; continue }
-            bytes.append(contentsOf: UnsafeRawBufferPointer(start: buffer.host + skip, count: length - skip))
-            skip = 0
+        var reader = ChainReader(chain)
+        reader.skip(BlockRequestHeader.size)
+        var segments: [BlockRangeSegment] = []
+        while let sector = reader.read(UInt64.self), let sectorCount = reader.read(UInt32.self),
+              let flags = reader.read(UInt32.self) {
+            segments.append(BlockRangeSegment(sector: sector, sectorCount: sectorCount, unmap: flags & 1 != 0))
         }
-        return stride(from: 0, to: bytes.count, by: BlockRangeSegment.size).map { base in
-            func field<T: FixedWidthInteger>(_: T.Type, _ offset: Int) -> T {
-                (0..<MemoryLayout<T>.size).reduce(T(0)) { $0 | T(bytes[base + offset + $1]) << (8 * $1) }
-            }
-            return BlockRangeSegment(sector: field(UInt64.self, 0), sectorCount: field(UInt32.self, 8),
-                                     unmap: field(UInt32.self, 12) & 1 != 0)
-        }
+        return segments
     }
 
     /// Builds the iovecs for the data part of a request: readable buffers after `skippingReadable` bytes, then up
     /// to `writableLimit` bytes of writable buffers (the status byte excluded).
     private func collect(_ chain: DescriptorChain, skippingReadable: Int, writableLimit: UInt64, into vectors: inout [iovec]) {
         vectors.removeAll(keepingCapacity: true)
-        var skip = skippingReadable
-        for buffer in chain.readable {
-            let length = Int(buffer.length)
-            if skip >= length { skip -= length; continue }
-            vectors.append(iovec(iov_base: buffer.host + skip, iov_len: length - skip))
-            skip = 0
-        }
-        var remaining = writableLimit
-        for buffer in chain.writable where remaining > 0 {
-            let take = min(UInt64(buffer.length), remaining)
-            vectors.append(iovec(iov_base: buffer.host, iov_len: Int(take)))
-            remaining -= take
-        }
+        var reader = ChainReader(chain)
+        reader.skip(skippingReadable)
+        reader.vectors(reader.remaining, into: &vectors)
+        var writer = ChainWriter(chain)
+        writer.vectors(Int(writableLimit), into: &vectors)
     }
 
     /// preadv/pwritev of `length` bytes at `offset`, continuing after short transfers. false on an I/O error.

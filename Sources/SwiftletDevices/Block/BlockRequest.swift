@@ -23,18 +23,11 @@ public struct BlockRequestHeader: Equatable, Sendable {
 
     /// Gathers the header from the chain's device-readable buffers; nil when they hold fewer than 16 bytes.
     public static func parse(_ chain: DescriptorChain) -> BlockRequestHeader? {
-        var bytes = (UInt64(0), UInt64(0))
-        var filled = 0
-        withUnsafeMutableBytes(of: &bytes) { header in
-            for buffer in chain.readable where filled < size {
-                let count = min(Int(buffer.length), size - filled)
-                header.baseAddress!.advanced(by: filled).copyMemory(from: buffer.host, byteCount: count)
-                filled += count
-            }
+        var reader = ChainReader(chain)
+        guard let type = reader.read(UInt32.self), reader.skip(4) == 4, let sector = reader.read(UInt64.self) else {
+            return nil
         }
-        guard filled == size else { return nil }
-        return BlockRequestHeader(type: UInt32(truncatingIfNeeded: UInt64(littleEndian: bytes.0)),
-                                  sector: UInt64(littleEndian: bytes.1))
+        return BlockRequestHeader(type: type, sector: sector)
     }
 }
 

@@ -90,7 +90,10 @@ extension Vsock.State {
     /// (the chain then goes back).
     mutating func sendData(_ device: Vsock, _ connection: Connection) -> Int? {
         let limit = min(Int(chain.writableLength) - VsockHeader.size, Int(connection.credit.peerFree), Vsock.maximumPayload)
-        payloadVectors(chain.writable, length: limit)
+        vectors.removeAll(keepingCapacity: true)
+        var writer = ChainWriter(chain)
+        writer.skip(VsockHeader.size)
+        writer.vectors(limit, into: &vectors)
         let count = limit == 0 ? 0 : vectors.withUnsafeBufferPointer { readv(connection.socket.rawValue, $0.baseAddress, Int32($0.count)) }
         if count > 0 {
             device.counters.addBytes(count)
@@ -121,15 +124,11 @@ extension Vsock.State {
         return nil
     }
 
-    /// Writes a header across the chain's first writable buffers.
+    /// Writes a header across the chain's first writable buffers (ChainWriter).
     mutating func writeHeader(_ header: VsockHeader) {
         headerBytes.withUnsafeMutableBytes { header.encode(into: $0) }
-        var copied = 0
-        for buffer in chain.writable where copied < VsockHeader.size {
-            let count = min(Int(buffer.length), VsockHeader.size - copied)
-            headerBytes.withUnsafeBytes { buffer.host.copyMemory(from: $0.baseAddress! + copied, byteCount: count) }
-            copied += count
-        }
+        var writer = ChainWriter(chain)
+        _ = headerBytes.withUnsafeBytes { writer.write($0) }
     }
 
     mutating func compact() {

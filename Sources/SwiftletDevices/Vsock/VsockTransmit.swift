@@ -35,35 +35,19 @@ extension Vsock.State {
         return outcome
     }
 
-    /// Gathers the header from the chain's first readable bytes; nil when the chain is too short.
+    /// Gathers the header from the chain's first readable bytes (ChainReader); nil when the chain is too short.
     mutating func readHeader() -> VsockHeader? {
-        var copied = 0
-        for buffer in chain.readable where copied < VsockHeader.size {
-            let count = min(Int(buffer.length), VsockHeader.size - copied)
-            headerBytes.withUnsafeMutableBytes { ($0.baseAddress! + copied).copyMemory(from: buffer.host, byteCount: count) }
-            copied += count
-        }
-        guard copied == VsockHeader.size else { return nil }
+        var reader = ChainReader(chain)
+        guard headerBytes.withUnsafeMutableBytes({ reader.read(into: $0) }) == VsockHeader.size else { return nil }
         return headerBytes.withUnsafeBytes { VsockHeader($0) }
     }
 
-    /// The payload part of `buffers` (what follows the header), up to `length` bytes, as iovecs in `vectors`.
-    mutating func payloadVectors(_ buffers: ArraySlice<DescriptorBuffer>, length: Int) {
+    /// The payload after the header in the chain's readable buffers, up to `length` bytes, as iovecs in `vectors`.
+    mutating func readablePayloadVectors(length: Int) {
         vectors.removeAll(keepingCapacity: true)
-        var skip = VsockHeader.size
-        var remaining = length
-        for buffer in buffers where remaining > 0 {
-            var start = 0
-            if skip > 0 {
-                start = min(skip, Int(buffer.length))
-                skip -= start
-            }
-            let count = min(Int(buffer.length) - start, remaining)
-            if count > 0 {
-                vectors.append(iovec(iov_base: buffer.host + start, iov_len: count))
-                remaining -= count
-            }
-        }
+        var reader = ChainReader(chain)
+        reader.skip(VsockHeader.size)
+        reader.vectors(length, into: &vectors)
     }
 
     mutating func handleTransmitChain(_ device: Vsock) {
@@ -181,7 +165,7 @@ extension Vsock.State {
         }
         guard length > 0 else { return }
         device.counters.addBytes(length)
-        payloadVectors(chain.readable, length: length)
+        readablePayloadVectors(length: length)
         var written = 0
         if connection.pendingCount == 0 {
             let count = vectors.withUnsafeBufferPointer { writev(connection.socket.rawValue, $0.baseAddress, Int32($0.count)) }
