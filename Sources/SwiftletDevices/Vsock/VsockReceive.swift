@@ -132,19 +132,19 @@ extension Vsock.State {
     }
 
     mutating func compact() {
-        if controlStart == control.count {
-            control.removeAll(keepingCapacity: true)
-            controlStart = 0
-        } else if controlStart > 1024 {
-            control.removeFirst(controlStart)
-            controlStart = 0
-        }
-        if dataStart == dataReady.count {
-            dataReady.removeAll(keepingCapacity: true)
-            dataStart = 0
-        } else if dataStart > 1024 {
-            dataReady.removeFirst(dataStart)
-            dataStart = 0
+        Self.compact(&control, start: &controlStart)
+        Self.compact(&dataReady, start: &dataStart)
+    }
+
+    /// Drops the consumed front of a list used as a queue (entries before `start`): at once when all were consumed,
+    /// otherwise when more than 1024 are, so the lists stay bounded without a shift per packet.
+    static func compact<Element>(_ list: inout [Element], start: inout Int) {
+        if start == list.count {
+            list.removeAll(keepingCapacity: true)
+            start = 0
+        } else if start > 1024 {
+            list.removeFirst(start)
+            start = 0
         }
     }
 }
