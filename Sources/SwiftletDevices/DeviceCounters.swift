@@ -21,21 +21,24 @@ public final class DeviceCounters: Sendable {
 
     /// Signals a device gave its own queue eventfds, per queue, to come back for the rest of a drain that used up
     /// its budget (`DrainResult.more`): the loop serves its other sources first. They are not the driver's.
+    /// `resumesPending` is their total not yet consumed, so a notification takes the lock only while there are any.
     private let resumes = Mutex<[Int: UInt64]>([:])
-    private let resumeCount = Atomic<UInt64>(0)
-    /// Drains that stopped at their budget and came back later.
-    public var resumedDrains: UInt64 { resumeCount.load(ordering: .relaxed) }
+    private let resumesPending = Atomic<UInt64>(0)
 
     /// Comes back to queue `index` on the loop's next round, through its eventfd.
     func resume(queue index: Int, _ event: EventFd) {
         resumes.withLock { $0[index, default: 0] += 1 }
-        resumeCount.add(1, ordering: .relaxed)
+        resumesPending.add(1, ordering: .relaxed)
         event.signal()
     }
 
     /// Counts what queue `index`'s eventfd delivered, less the device's own resume signals.
     func countNotifications(queue index: Int, _ count: UInt64) {
-        let own = resumes.withLock { $0.removeValue(forKey: index) ?? 0 }
+        var own: UInt64 = 0
+        if resumesPending.load(ordering: .relaxed) != 0 {
+            own = resumes.withLock { $0.removeValue(forKey: index) ?? 0 }
+            if own > 0 { resumesPending.subtract(own, ordering: .relaxed) }
+        }
         if count > own { notificationCount.add(count - own, ordering: .relaxed) }
     }
 }

@@ -20,7 +20,7 @@ public struct DrainResult: Sendable, Equatable {
 
 /// What a drain's handler reports: chains it used (returned to the driver), directly or on its behalf.
 public struct DrainCompletion {
-    public let queue: SplitQueue
+    private let queue: SplitQueue
     public private(set) var completed = false
     init(queue: SplitQueue) { self.queue = queue }
 

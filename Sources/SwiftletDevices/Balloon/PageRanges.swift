@@ -44,16 +44,10 @@ public enum PageRanges {
 /// balloon counts nothing.
 public struct PageSet: Sendable {
     private var words: [UInt64]
-    public private(set) var count: UInt64 = 0
 
     /// A set for frames 0 ..< `frames`.
     public init(frames: UInt64) {
         words = [UInt64](repeating: 0, count: Int((frames + 63) / 64))
-    }
-
-    public func contains(_ frame: UInt64) -> Bool {
-        let word = Int(frame / 64)
-        return word < words.count && words[word] & (1 << (frame % 64)) != 0
     }
 
     /// Adds the frames of `range`; calls `added` with each run of frames that were not in the set yet (in order).
@@ -67,11 +61,6 @@ public struct PageSet: Sendable {
         update(range, inserting: false, changed: removed)
     }
 
-    public mutating func removeAll() {
-        for index in words.indices { words[index] = 0 }
-        count = 0
-    }
-
     private mutating func update(_ range: PageRange, inserting: Bool, changed: (PageRange) -> Void) {
         let end = min(range.first + range.count, UInt64(words.count) * 64)
         var run: PageRange?
@@ -80,7 +69,6 @@ public struct PageSet: Sendable {
             let word = Int(frame / 64), bit: UInt64 = 1 << (frame % 64)
             if (words[word] & bit != 0) != inserting {
                 words[word] ^= bit
-                count = inserting ? count + 1 : count - 1
                 if let current = run, current.first + current.count == frame { run!.count += 1 } else {
                     if let current = run { changed(current) }
                     run = PageRange(first: frame, count: 1)

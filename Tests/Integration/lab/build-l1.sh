@@ -90,8 +90,16 @@ QEMU_FIRMWARE_PATH="/usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu"
 # The L1 kernel is pinned (l1-kernel.pin: package and exact version), so that a Debian update cannot change the lab
 # under a passing suite unnoticed; moving the pin is a change of its own, with the lab's stall rates measured again.
 PIN_FILE=$LAB_DIR/l1-kernel.pin
+# What linux-image-cloud-amd64 depends on today: "PACKAGE VERSION" (one apt-cache call: about 0.5 s here). The
+# metapackage's Depends names the kernel package and, normally, its exact version: "linux-image-6.1.0-NN-cloud-amd64 (= V)".
+metapackage_kernel() {
+    apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
+        sed -n -E 's/^Depends:.*\<(linux-image-[0-9][^ ,]*-cloud-amd64)( \(= ([^)]*)\))?.*/\1 \3/p' | sed -n 1p
+}
 KPKG=${SWIFTLET_LAB_KERNEL_PKG:-}
+PINNED=0
 if [ -z "$KPKG" ]; then
+    PINNED=1
     KPKG=$(sed -n -E 's/^(linux-image-[^ #=]+)[ =]+([^ #]+).*/\1=\2/p' "$PIN_FILE" 2>/dev/null | sed -n 1p)
     [ -n "$KPKG" ] || die "$PIN_FILE names no kernel package and version (a line 'linux-image-... VERSION')"
 fi
@@ -99,11 +107,7 @@ fi
 KPKG_VERSION=""
 case "$KPKG" in *=*) KPKG_VERSION=${KPKG#*=}; KPKG=${KPKG%%=*} ;; esac
 if [ -z "$KPKG" ]; then
-    # One apt-cache call (each costs ~0.5 s here): the metapackage's Depends names the kernel
-    # package and, normally, its exact version: "linux-image-6.1.0-NN-cloud-amd64 (= V)".
-    read -r KPKG KPKG_VERSION < <(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
-        sed -n -E 's/^Depends:.*\<(linux-image-[0-9][^ ,]*-cloud-amd64)( \(= ([^)]*)\))?.*/\1 \3/p' |
-        sed -n 1p) || true
+    read -r KPKG KPKG_VERSION < <(metapackage_kernel) || true
     if [ -z "$KPKG" ]; then
         # No apt lists (offline, fresh container): fall back to the newest cached image.
         # shellcheck disable=SC2012  # names are KVER-KEY, no odd characters
@@ -128,9 +132,9 @@ QEMU_VERSION="$(pkgver qemu-system-x86) $("$QEMU_BIN" --version | sed -n 1p)"
 BUSYBOX_VERSION="$(pkgver busybox-static) $("$BUSYBOX" | sed -n 1p)"
 IPERF3_VERSION=$(pkgver iperf3)   # "unknown" when it is not installed (then L1 has none)
 
-LATEST=$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
-    sed -n -E 's/^Depends:.*\<(linux-image-[0-9][^ ,]*-cloud-amd64)( \(= ([^)]*)\))?.*/\1 \3/p' | sed -n 1p || true)
-if [ -n "$LATEST" ] && [ "$LATEST" != "$KPKG $KPKG_VERSION" ] && [ -z "${SWIFTLET_LAB_KERNEL_PKG:-}" ]; then
+LATEST=""
+[ "$PINNED" = 0 ] || LATEST=$(metapackage_kernel || true)
+if [ -n "$LATEST" ] && [ "$LATEST" != "$KPKG $KPKG_VERSION" ]; then
     log "note: the lab's L1 kernel is pinned to $KPKG $KPKG_VERSION ($PIN_FILE); Debian's linux-image-cloud-amd64 now depends on $LATEST"
 fi
 
@@ -181,8 +185,7 @@ if [ -z "$DEB" ]; then
     log "downloading $KPKG $KPKG_VERSION"
     mkdir "$WORK/dl"
     if ! (cd "$WORK/dl" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KPKG_VERSION" >&2); then
-        current=$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
-            sed -n -E 's/^Depends:.*\<(linux-image-[0-9][^ ,]*-cloud-amd64)( \(= ([^)]*)\))?.*/\1 \3/p' | sed -n 1p)
+        current=${LATEST:-$(metapackage_kernel || true)}
         die "apt-get download $KPKG=$KPKG_VERSION failed. If Debian no longer serves that version, move the pin in" \
             "$PIN_FILE to one it serves (linux-image-cloud-amd64 depends on ${current:-?} today), rerun the lab" \
             "tests and measure the stall rate again (lab README); otherwise: network? apt-get update?"
