@@ -34,6 +34,18 @@ import Testing
         #expect(throws: SwiftletError.self, "\(name)") { try KernelLoader.load(BytesBootSource(image), into: memory) }
     }
 
+    /// Found by the loaders fuzz target: a bzImage whose protected-mode code ends before the 64-bit entry point
+    /// (startup_64, 0x200 bytes in) was loaded, and the vCPU would have started in whatever memory followed it.
+    @Test func rejectsABzImageWhoseCodeEndsBeforeTheEntryPoint() throws {
+        let memory = try Images.memory()
+        let image = Images.bzImage(payload: [UInt8](repeating: 0x90, count: 0x200))
+        let error = try #require(throws: SwiftletError.self) { try KernelLoader.load(BytesBootSource(image), into: memory) }
+        #expect(error.code == .invalidKernel)
+        #expect(error.message.contains("ends before its 64-bit entry point"))
+        #expect(try KernelLoader.load(BytesBootSource(Images.bzImage(payload: [UInt8](repeating: 0x90, count: 0x210))), into: memory).entry
+                == GuestAddress(0x100_0200))
+    }
+
     @Test func loadsELFSegmentsAtTheirPhysicalAddresses() throws {
         let memory = try Images.memory()
         try memory.write([UInt8](repeating: 0xee, count: 0x100), at: GuestAddress(0x100_0000 + 0x10))

@@ -57,6 +57,9 @@ enum BootParams {
 }
 
 public enum KernelLoader {
+    /// Where the 64-bit boot protocol enters a bzImage's protected-mode code (boot.rst, "64-bit BOOT PROTOCOL").
+    static let bzImageEntryOffset = 0x200
+
     /// Loads a bzImage or an ELF vmlinux from `source` into `memory`, telling them apart by their magic numbers.
     public static func load(_ source: BootSource, into memory: GuestMemory) throws(SwiftletError) -> LoadedKernel {
         guard source.size >= 64 else {
@@ -95,6 +98,11 @@ public enum KernelLoader {
         guard UInt64(payloadSize) >= declaredSize else {
             throw SwiftletError(.invalidKernel, "bzImage is truncated: its header declares \(declaredSize) bytes of kernel after the setup, the file has \(payloadSize)")
         }
+        // The 64-bit entry (startup_64) is 0x200 bytes into the protected-mode code: code that ends before it
+        // would start the vCPU in whatever memory follows.
+        guard payloadSize > Self.bzImageEntryOffset else {
+            throw SwiftletError(.invalidKernel, "bzImage's protected-mode code (\(payloadSize) bytes) ends before its 64-bit entry point at offset 0x200")
+        }
         let loadAddress = GuestAddress(header.le(UInt64.self, BootParams.preferredAddress))
         let initSize = UInt64(header.le(UInt32.self, BootParams.initSize))
         let footprint = max(UInt64(payloadSize), initSize)
@@ -107,7 +115,7 @@ public enum KernelLoader {
         guard headerEnd > BootParams.setupSects, headerEnd <= 1024 else {
             throw SwiftletError(.invalidKernel, "bzImage setup header length \(headerEnd) is invalid")
         }
-        return LoadedKernel(format: .bzImage, entry: GuestAddress(loadAddress.rawValue + 0x200), start: loadAddress, end: end,
+        return LoadedKernel(format: .bzImage, entry: GuestAddress(loadAddress.rawValue + UInt64(Self.bzImageEntryOffset)), start: loadAddress, end: end,
                             setupHeader: Array(header[BootParams.setupSects..<headerEnd]),
                             commandLineLimit: Int(header.le(UInt32.self, BootParams.commandLineSize)) + 1,
                             initrdAddressMax: UInt64(header.le(UInt32.self, BootParams.initrdAddressMax)))
