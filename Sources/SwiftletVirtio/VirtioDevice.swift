@@ -71,13 +71,13 @@ public protocol VirtioDevice: AnyObject, Sendable {
 /// it calls when the driver broke a queue beyond use (the transport then sets DEVICE_NEEDS_RESET).
 public final class DeviceLink: Sendable {
     private let interrupt = Mutex<VirtioInterrupt?>(nil)
-    private let onFatalError = Mutex<(@Sendable () -> Void)?>(nil)
+    private let onFatalError = Mutex<Callback?>(nil) // a Callback, not a closure: see Callback
 
     public init() {}
 
     public func attach(interrupt: VirtioInterrupt, onFatalError: @escaping @Sendable () -> Void) {
         self.interrupt.withLock { $0 = interrupt }
-        self.onFatalError.withLock { $0 = onFatalError }
+        self.onFatalError.withLock { $0 = Callback(onFatalError) }
     }
 
     public func signalUsedBuffers() { interrupt.withLock { $0 }?.signal(VirtioInterrupt.usedBuffer) }

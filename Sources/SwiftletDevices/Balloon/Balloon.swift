@@ -92,7 +92,7 @@ public final class Balloon: VirtioDevice {
     private struct Sizes { var target: UInt32; var actual: UInt32 = 0 }
     private let sizes: Mutex<Sizes>
     private let latestStatistics = Mutex<BalloonStatistics?>(nil)
-    private let configurationNotifier = Mutex<(@Sendable () -> Void)?>(nil)
+    private let configurationNotifier = Mutex<Callback?>(nil)
     private let inflated = Atomic<UInt64>(0), deflated = Atomic<UInt64>(0), reported = Atomic<UInt64>(0)
     private let released = Atomic<UInt64>(0), unreleased = Atomic<UInt64>(0), ignored = Atomic<UInt64>(0)
     private let releaseCalls = Atomic<UInt64>(0)
@@ -145,7 +145,7 @@ public final class Balloon: VirtioDevice {
 
     /// What the device calls when it changed `num_pages` (the transport's configuration change notice).
     public func attachConfigurationNotifier(_ notify: @escaping @Sendable () -> Void) {
-        configurationNotifier.withLock { $0 = notify }
+        configurationNotifier.withLock { $0 = Callback(notify) }
     }
 
     // MARK: Control
