@@ -201,6 +201,23 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
         #expect(try driver.memory.read(count: 3, at: GuestAddress(0x11001)) == [8, 8, 8])
     }
 
+    /// A TAP flooded with frames (here runts, each dropped while the buffer stays held) used to keep the device loop
+    /// in one call for as long as frames kept coming, starving the loop's other sources. Now one call reads at most
+    /// `Net.receiveBudget` frames; the TAP, level-triggered, brings the loop back for the rest next round.
+    @Test func oneRoundReadsAtMostTheReceiveBudget() throws {
+        _ = try activate(features: VirtioFeature.version1)
+        try postReceive(0, at: 0x10000, length: 2048)
+        let flood = Net.receiveBudget + 36
+        for _ in 0..<flood { endpoint.send([1, 2, 3]) }
+        net.endpointReadable()
+        #expect(net.counters.guestErrors == UInt64(Net.receiveBudget))
+        net.endpointReadable()
+        #expect(net.counters.guestErrors == UInt64(flood))
+        endpoint.send([UInt8](repeating: 0, count: 12) + [4, 5])
+        net.endpointReadable()
+        #expect(try driver.usedElement(0) == (0, 14))
+    }
+
     @Test func receiveStallsWithoutBuffersAndLosesNothing() throws {
         _ = try activate(features: VirtioFeature.version1 | VirtioFeature.eventIndex)
         endpoint.send([UInt8](repeating: 0, count: 12) + [1, 2, 3])

@@ -375,3 +375,53 @@ import Testing
         #expect(try host.read(into: &buffer) == 0)
     }
 }
+
+/// The receive budget: one round fills at most `Vsock.receiveBudget` chains, and comes back for the rest.
+@Suite struct VsockReceiveBudgetTests {
+    @Test func oneRoundFillsAtMostTheReceiveBudget() throws {
+        let size: UInt16 = 128
+        let driver = try FakeDriver(size: size)
+        let path = "/tmp/swiftlet-vsock-budget-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
+        let vsock = try Vsock(VsockConfiguration(guestCID: 3, socketPath: path), clock: monotonicNanoseconds)
+        defer { vsock.shutDown() }
+        vsock.attach(interrupt: VirtioInterrupt(line: CountingLine())) {}
+        var transmit = driver.configuration
+        transmit.descriptorTable = GuestAddress(0x5000)
+        transmit.availableRing = GuestAddress(0x6000)
+        transmit.usedRing = GuestAddress(0x7000)
+        let features = VirtioFeature.version1
+        try vsock.activate(VirtioActivation(queues: [try driver.queue(features: features),
+                                                     try SplitQueue(transmit, maximumSize: 256, memory: driver.memory, features: features), nil],
+                                            features: features, memory: driver.memory))
+        // 100 connection requests to a port nobody listens on: 100 RSTs wait, with no receive buffer yet.
+        let requests = 100
+        for index in 0..<requests {
+            var header = VsockHeader(sourceCID: 3, destinationCID: 2, sourcePort: 40000 + UInt32(index), destinationPort: 5555,
+                                     operation: .request, length: 0)
+            header.bufferAllocation = 1 << 18
+            let address = GuestAddress(0x40000 + UInt64(index) * 64)
+            var bytes = [UInt8](repeating: 0, count: VsockHeader.size)
+            bytes.withUnsafeMutableBytes { header.encode(into: $0) }
+            try bytes.withUnsafeBytes { try driver.memory.write($0, at: address) }
+            try driver.setDescriptor(index, address: address.rawValue, length: 44, table: transmit.descriptorTable)
+            try driver.memory.write(UInt16(index), at: GuestAddress(0x6000 + 4 + 2 * UInt64(index)))
+        }
+        try driver.memory.write(UInt16(requests), at: GuestAddress(0x6002))
+        _ = vsock.queueEvents[1].consume()
+        vsock.queueEvents[1].signal()
+        vsock.transmitQueueNotified()
+        #expect(driver.usedIndex == 0)
+        // The guest posts 100 receive buffers: one round fills the budget's worth and signals itself to go on.
+        for index in 0..<requests {
+            try driver.setDescriptor(index, address: 0x60000 + UInt64(index) * 64, length: 64, flags: FakeDriver.write)
+            try driver.publish(UInt16(index))
+        }
+        _ = vsock.queueEvents[0].consume()
+        vsock.queueEvents[0].signal()
+        vsock.receiveQueueNotified()
+        #expect(driver.usedIndex == UInt16(Vsock.receiveBudget))
+        vsock.receiveQueueNotified() // on the device's own resume signal: without it, this would do nothing
+        #expect(driver.usedIndex == UInt16(requests))
+        #expect(vsock.counters.notifications == 2) // one per queue from the guest; the resume is not counted
+    }
+}

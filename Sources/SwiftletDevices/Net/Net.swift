@@ -47,6 +47,9 @@ public final class Net: LoopDevice {
     /// The most buffers one readv takes (IOV_MAX: Linux's UIO_MAXIOV); more makes it fail with EINVAL. A chain has
     /// at most `queueSize` buffers (SplitQueue's bound), so one chain always fits; held receive chains stop there.
     public static let maximumVectors = 1024
+    /// Frames one receive round reads from the TAP at most, dropped ones included: a flooded TAP cannot keep the
+    /// device loop from its other sources. The TAP is level-triggered, so the loop comes back for the rest.
+    public static let receiveBudget = 64
     static let receiveQueue = 0, transmitQueue = 1
 
     public let configuration: NetConfiguration
@@ -250,11 +253,12 @@ public final class Net: LoopDevice {
         }
     }
 
-    /// Reads frames from the endpoint into receive chains until it has no more or the guest has no buffers.
+    /// Reads frames from the endpoint into receive chains until it has no more, the guest has no buffers, or the
+    /// round's budget (`receiveBudget`) is spent.
     private func receiveFrames(_ state: inout Active, queue: SplitQueue) -> Outcome {
         var outcome = Outcome()
         var completed = false
-        while true {
+        for _ in 0..<Self.receiveBudget {
             do {
                 try holdReceiveChains(&state, queue, completed: &completed)
             } catch {

@@ -33,6 +33,9 @@ public final class Vsock: LoopDevice {
     /// The largest payload of one packet (VIRTIO_VSOCK_MAX_PKT_BUF_SIZE).
     public static let maximumPayload = 64 << 10
     public static let maximumConnections = 1024
+    /// Receive chains one round fills at most: a guest that keeps posting buffers while a flood of host data and
+    /// control packets waits cannot keep the device loop from its other sources (the rest goes next round).
+    public static let receiveBudget = 64
     /// Host sockets that connected but have not sent their CONNECT line.
     public static let maximumPendingClients = 64
     /// How long a host CONNECT waits for the guest's answer, and a new host socket for its CONNECT line.
@@ -165,15 +168,19 @@ public final class Vsock: LoopDevice {
     struct Outcome {
         var interrupt = false
         var fatal = false
+        /// The receive budget ran out with packets still to send.
+        var more = false
         mutating func merge(_ other: Outcome) {
             interrupt = interrupt || other.interrupt
             fatal = fatal || other.fatal
+            more = more || other.more
         }
     }
 
     private func run(_ body: (inout State) -> Outcome) {
         let outcome = state.withLock { body(&$0) }
         if outcome.interrupt { link.signalUsedBuffers() }
+        if outcome.more { counters.resume(queue: Self.receiveQueue, queueEvents[Self.receiveQueue]) }
         if outcome.fatal {
             state.withLock { state in
                 state.closeAll(poller: poller)

@@ -11,14 +11,21 @@ extension Vsock.State {
     // MARK: Host to guest (rx queue)
 
     /// Fills receive buffers: control packets first (they are few and small), then data from connections in
-    /// turn, each packet as large as the buffer, the guest's credit and the socket allow.
+    /// turn, each packet as large as the buffer, the guest's credit and the socket allow. At most
+    /// `Vsock.receiveBudget` chains per call: with more to send, `more` brings the loop back after its other sources.
     mutating func sendToGuest(_ device: Vsock) -> Outcome {
         var outcome = Outcome()
         guard let queue = receive else { return outcome }
         var completed = false
-        while true {
+        var chains = 0
+        budget: while true {
             var ringEmpty = false
             while controlStart < control.count || dataStart < dataReady.count {
+                guard chains < Vsock.receiveBudget else {
+                    outcome.more = true
+                    compact()
+                    break budget
+                }
                 // Data first checks that it can send, so a chain is popped only for a packet that goes.
                 var dataConnection: Connection?
                 if controlStart == control.count {
@@ -36,6 +43,7 @@ extension Vsock.State {
                     return outcome
                 }
                 guard popped else { ringEmpty = true; break }
+                chains += 1
                 // A receive chain is device-writable only and holds at least a header.
                 guard chain.readableCount == 0, chain.writableLength >= UInt64(VsockHeader.size) else {
                     device.counters.errorCount.add(1, ordering: .relaxed)
@@ -89,12 +97,19 @@ extension Vsock.State {
     /// Reads from the host socket into the chain after a header; the payload length, or nil when nothing was sent
     /// (the chain then goes back).
     mutating func sendData(_ device: Vsock, _ connection: Connection) -> Int? {
+        // Never 0: the caller checked the chain has room past the header and the guest has credit. (A readv of
+        // nothing would read as the host's end of stream.)
         let limit = min(Int(chain.writableLength) - VsockHeader.size, Int(connection.credit.peerFree), Vsock.maximumPayload)
+        guard limit > 0 else { // as the caller's own check does: off the list until credit or a buffer comes
+            dataStart += 1
+            connection.queued = false
+            return nil
+        }
         vectors.removeAll(keepingCapacity: true)
         var writer = ChainWriter(chain)
         writer.skip(VsockHeader.size)
         writer.vectors(limit, into: &vectors)
-        let count = limit == 0 ? 0 : vectors.withUnsafeBufferPointer { readv(connection.socket.rawValue, $0.baseAddress, Int32($0.count)) }
+        let count = vectors.withUnsafeBufferPointer { readv(connection.socket.rawValue, $0.baseAddress, Int32($0.count)) }
         if count > 0 {
             device.counters.addBytes(count)
             var header = VsockHeader(sourceCID: Vsock.hostCID, destinationCID: device.configuration.guestCID,
@@ -112,7 +127,7 @@ extension Vsock.State {
         }
         dataStart += 1
         connection.queued = false
-        if count == 0 && limit > 0 {
+        if count == 0 {
             // The host program will send no more: tell the guest (it reads to the end, then closes).
             connection.hostEnded = true
             queueControl(device, connection, .shutdown, flags: VsockHeader.shutdownSend)
