@@ -7,7 +7,7 @@ GUEST_OUT := .build/guest
 PYTHON ?= python3
 HARNESS := $(PYTHON) Tests/Integration/harness.py
 
-.PHONY: all deps build guest probe test unit bench lab run clean help
+.PHONY: all deps build guest probe test unit bench fuzz lab run clean help
 
 all: build guest
 
@@ -15,6 +15,7 @@ help:
 	@echo "make run            boot the bundled guest and show its console (host KVM, or the nested lab)"
 	@echo "make test           unit tests, then integration tests; ends with 'N passed, N failed'"
 	@echo "make bench [BENCH=boot] [RUNS=10]   Swiftlet and QEMU side by side, one 'bench:' line per metric"
+	@echo "make fuzz [TARGET=queue] [SECONDS=60]   run the libFuzzer targets (all of them by default; Fuzz/README.md)"
 	@echo "make lab CMD='...'  run a command in the nested lab (/job holds swiftlet, the guest, the tests)"
 	@echo "make probe          does this host's /dev/kvm boot guests?"
 
@@ -54,6 +55,11 @@ unit: deps
 
 bench: build guest
 	@$(HARNESS) bench $(if $(BENCH),--bench $(BENCH)) $(if $(RUNS),--runs $(RUNS))
+
+# The fuzz targets build in their own scratch directory (.build/fuzz) with -sanitize=fuzzer,address.
+fuzz: deps
+	@tools/fuzz.sh build
+	@tools/fuzz.sh run $(TARGET) $(SECONDS)
 
 lab: build guest
 	@$(HARNESS) lab -- $(CMD)

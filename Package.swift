@@ -37,3 +37,20 @@ let package = Package(
         .testTarget(name: "SwiftletHostTests", dependencies: ["SwiftletHost"]),
     ]
 )
+
+// Fuzz targets (libFuzzer), only when SWIFTLET_FUZZ is set: `make fuzz` builds them with
+// -sanitize=fuzzer,address in their own scratch directory (tools/fuzz.sh). A plain build never sees them.
+if Context.environment["SWIFTLET_FUZZ"] != nil {
+    package.targets += [
+        .target(name: "CFuzzSupport", path: "Fuzz/CFuzzSupport"),
+        .target(name: "FuzzSupport", dependencies: ["CFuzzSupport", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"],
+                path: "Fuzz/FuzzSupport"),
+        .executableTarget(name: "FuzzQueue", dependencies: ["FuzzSupport", "SwiftletVirtio", "SwiftletMemory"], path: "Fuzz/Targets/Queue"),
+        .executableTarget(name: "FuzzMmio", dependencies: ["FuzzSupport", "SwiftletDevices", "SwiftletVirtio"], path: "Fuzz/Targets/Mmio"),
+        .executableTarget(name: "FuzzBlock", dependencies: ["FuzzSupport", "SwiftletDevices", "SwiftletVirtio"], path: "Fuzz/Targets/Block"),
+        .executableTarget(name: "FuzzNet", dependencies: ["FuzzSupport", "SwiftletDevices", "SwiftletVirtio", "SwiftletHost"], path: "Fuzz/Targets/Net"),
+        .executableTarget(name: "FuzzVsock", dependencies: ["FuzzSupport", "SwiftletDevices", "SwiftletVirtio", "SwiftletHost"], path: "Fuzz/Targets/Vsock"),
+        .executableTarget(name: "FuzzBalloon", dependencies: ["FuzzSupport", "SwiftletDevices", "SwiftletVirtio"], path: "Fuzz/Targets/Balloon"),
+        .executableTarget(name: "FuzzLoaders", dependencies: ["FuzzSupport", "SwiftletBoot", "SwiftletMemory"], path: "Fuzz/Targets/Loaders"),
+    ]
+}

@@ -306,6 +306,41 @@ def host_kvm_diagnosis():
     return (1, 0) if ok else (0, 1)
 
 
+# Seconds each fuzz target runs in `make test`, after its committed corpus is replayed (`make fuzz` runs longer).
+FUZZ_CHECK_SECONDS = 10
+FUZZ_RESULT_RE = re.compile(r"^FUZZ-RESULT (\S+) (ok|fail) (.*)$")
+
+
+def fuzz_tests():
+    """The libFuzzer targets (Fuzz/, tools/fuzz.sh): build them, replay every committed corpus, fuzz each target
+    briefly. One result per target and phase. Returns (passed, failed)."""
+    say(f"fuzz targets: replay the corpora, then {FUZZ_CHECK_SECONDS} s each (tools/fuzz.sh check)")
+    proc = subprocess.Popen([os.path.join(REPO, "tools", "fuzz.sh"), "check", str(FUZZ_CHECK_SECONDS)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    passed = failed = 0
+    phase = {}
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        m = FUZZ_RESULT_RE.match(line.strip())
+        if not m:
+            continue
+        target = m.group(1)
+        name = f"fuzz.{target}.{'replay' if target not in phase else 'run'}"
+        phase[target] = True
+        ok = m.group(2) == "ok"
+        print(f"TEST-RESULT {name} {'ok' if ok else 'fail'}{'' if ok else ' ' + m.group(3)}", flush=True)
+        if ok:
+            passed += 1
+        else:
+            failed += 1
+            say(f"FAILED {name}: {m.group(3)}")
+    status = proc.wait()
+    if status != 0 and failed == 0:
+        failed += 1
+        say(f"FAILED fuzz: tools/fuzz.sh check exited {status} without a failing target (build failure?)")
+    return passed, failed
+
+
 def host_agent_tests():
     """The guest agent (guest/agent) on this host, over a Unix socket: the protocol, exec errors, hostile frames,
     concurrency, a dropped connection. Needs no KVM. Runs the binary the initramfs holds (`make guest` builds it
@@ -452,6 +487,9 @@ def cmd_test(args):
     if not args.only:
         p, f, s = host_describe_tests()
         passed, failed, skipped = passed + p, failed + f, skipped + s
+    if not args.only or "fuzz" in args.only:
+        p, f = fuzz_tests()
+        passed, failed = passed + p, failed + f
     if not args.only or "agent" in args.only:
         p, f, s = host_agent_tests()
         passed, failed, skipped = passed + p, failed + f, skipped + s
