@@ -6,7 +6,7 @@
 #                                                (FUZZ_RUNS=N: N executions each instead)
 #   tools/fuzz.sh replay [TARGET...]              run every input of the committed corpora once
 #   tools/fuzz.sh check [SECONDS]                 replay, then fuzz each target SECONDS (default 10): make test
-#   tools/fuzz.sh totals                          executions so far per target, summed over runs (.build/fuzz/runs.tsv)
+#   tools/fuzz.sh totals                          a table of executions per target over all runs (.build/fuzz/runs.tsv)
 #
 # Targets: queue mmio blk net vsock balloon loaders agent. Each run prints one line per target:
 #   FUZZ-RESULT <target> ok|fail execs=N execs_per_s=N cov=N features=N corpus=N seconds=N [artifact=PATH]
@@ -106,7 +106,8 @@ fuzz() {
     local verdict=ok
     if [ "$status" -ne 0 ] || [ -n "$artifact" ]; then verdict=fail; fi
     echo "FUZZ-RESULT $target $verdict execs=${execs:-0} execs_per_s=${rate:-0} cov=${cov:-0} features=${ft:-0} corpus=$corpus seconds=$elapsed${artifact:+ artifact=$artifact}"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$target" "$mode" "${execs:-0}" "${rate:-0}" "${cov:-0}" "$verdict" >>"$OUT/runs.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$target" "$mode" "${execs:-0}" "${rate:-0}" \
+        "${cov:-0}" "$verdict" "${ft:-0}" "$elapsed" >>"$OUT/runs.tsv"
     if [ "$verdict" = fail ]; then
         echo "fuzz: $target failed (exit $status); its log: $log" >&2
         grep -m3 -e 'INVARIANT FAILED' -e 'ERROR: AddressSanitizer' -e 'ERROR: libFuzzer' -e 'Fatal error' "$log" >&2 || true
@@ -150,8 +151,14 @@ case $command in
         echo "fuzz: Fuzz/corpus/$target now holds $(find "$ROOT/Fuzz/corpus/$target" -type f | wc -l) inputs" ;;
     totals)
         [ -f "$OUT/runs.tsv" ] || { echo "fuzz: no runs recorded yet" >&2; exit 1; }
-        awk -F'\t' '$3 == "run" { execs[$2] += $4; runs[$2]++; cov[$2] = $6 }
-            END { for (t in execs) printf "%-8s %12d executions in %d runs, last coverage %s\n", t, execs[t], runs[t], cov[t] }' \
+        # A markdown table: executions over every recorded run, the rate and coverage of the longest run, failures.
+        echo "| target | executions | runs | execs/s (longest run) | coverage: edges / features (longest run) | failures |"
+        echo "|---|---|---|---|---|---|"
+        awk -F'\t' '$3 == "run" {
+                execs[$2] += $4; runs[$2]++; if ($7 != "ok") fails[$2]++
+                if ($4 >= longest[$2]) { longest[$2] = $4; rate[$2] = $5; cov[$2] = $6; ft[$2] = ($8 == "" ? "?" : $8) }
+            }
+            END { for (t in execs) printf "| `%s` | %d | %d | %d | %s / %s | %d |\n", t, execs[t], runs[t], rate[t], cov[t], ft[t], fails[t] }' \
             "$OUT/runs.tsv" | sort ;;
     -h|--help|help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) echo "fuzz: unknown command '$command' (build, run, replay, check, minimize, totals)" >&2; exit 2 ;;

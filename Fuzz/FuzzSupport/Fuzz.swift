@@ -61,6 +61,11 @@ public enum Fuzz {
         abort()
     }
 
+    /// SWIFTLET_FUZZ_REPORT_MEMORY=1: print the largest per-input growth seen when the run ends (how the bounds
+    /// in the targets were sized: replay a corpus with it).
+    nonisolated(unsafe) private static var largestGrowth = 0
+    private static let reportsMemory = getenv("SWIFTLET_FUZZ_REPORT_MEMORY") != nil
+
     /// Starts measuring what the next input makes the host allocate.
     public static func beginMemoryAccounting() { swiftlet_fuzz_memory_begin() }
 
@@ -71,6 +76,15 @@ public enum Fuzz {
     /// not grow with the input (what the guest writes must not decide how much the VMM allocates).
     public static func checkMemory(bound: Int, _ what: String, file: StaticString = #fileID, line: UInt = #line) {
         let growth = memoryGrowth
+        if reportsMemory, growth > largestGrowth {
+            if largestGrowth == 0 {
+                atexit {
+                    let text = Array("memory: the most heap one input held at once was \(Fuzz.largestGrowth) bytes\n".utf8)
+                    _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+                }
+            }
+            largestGrowth = growth
+        }
         check(growth <= bound, "\(what) held \(growth) bytes of heap at once, over the bound of \(bound)", file: file, line: line)
     }
 }
