@@ -66,6 +66,12 @@ public enum Fuzz {
     nonisolated(unsafe) private static var largestGrowth = 0
     private static let reportsMemory = getenv("SWIFTLET_FUZZ_REPORT_MEMORY") != nil
 
+    /// A line on stderr, unbuffered (an invariant failure aborts right after).
+    public static func debug(_ line: String) {
+        let text = Array((line + "\n").utf8)
+        _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+
     /// Starts measuring what the next input makes the host allocate.
     public static func beginMemoryAccounting() { swiftlet_fuzz_memory_begin() }
 

@@ -72,11 +72,15 @@ public struct FuzzDriverQueue {
     public let index: Int
     public let configuration: QueueConfiguration
     public var size: UInt16 { configuration.size }
-    /// Heads published in the available ring (in order), each with the reference walk's verdict.
-    public private(set) var published: [(head: UInt16, walk: ReferenceWalk.Result?)] = []
-    /// avail->idx jumped: `published` is not what the device pops; `anyWalks` has every head's walk instead.
+    /// Heads published in the available ring, in order (what the device will pop, unless avail->idx jumped).
+    public private(set) var published: [UInt16] = []
+    /// avail->idx jumped: the device may pop any slot, so `published` no longer says which heads come back.
     private var jumped = false
-    private var anyWalks: [ReferenceWalk.Result?] = []
+    /// Every verdict the reference walk gave each head, one per `snapshot()`. The harness writes guest memory at
+    /// a few points (each queue's tables, then publishing); between them the device pops. A chain it pops saw the
+    /// memory of one of those points, so a used length must fit one of its verdicts.
+    private var versions: [UInt16: [ReferenceWalk.Result]] = [:]
+    private var indirect = false
 
     /// A queue of a fuzzed size: mostly a power of two up to `maximumSize`, sometimes any value (the transport
     /// refuses those, so the device never sees them; the queue target checks that SplitQueue refuses them too).
@@ -136,11 +140,14 @@ public struct FuzzDriverQueue {
     var canaryAddress: GuestAddress { GuestAddress(configuration.usedRing.rawValue + 0xfff) }
     public var usedRingIntact: Bool { (try? memory.read(UInt8.self, at: canaryAddress)) == Self.canary }
 
+    static let debug = getenv("SWIFTLET_FUZZ_DEBUG") != nil
+
     /// Whether the transport would accept this queue's size (the device never sees any other).
     public var isValid: Bool { size > 0 && size <= 256 && size & (size - 1) == 0 }
 
     public mutating func post(_ input: inout FuzzInput, indirect: Bool, reference: Bool = true) {
         guard isValid else { return }
+        self.indirect = indirect
         let descriptors = Int(input.u8()) % (Int(size) + 1)
         for slot in 0..<descriptors {
             let entry = GuestAddress(configuration.descriptorTable.rawValue + 16 * UInt64(slot))
@@ -161,6 +168,7 @@ public struct FuzzDriverQueue {
     /// never wrote). What the device will pop is read back from the ring, so `published` is what the device sees.
     public mutating func publish(_ input: inout FuzzInput, indirect: Bool, reference: Bool = true) {
         guard isValid else { return }
+        self.indirect = indirect
         let available = configuration.availableRing
         let start = try! memory.read(UInt16.self, at: GuestAddress(available.rawValue + 2))
         var index = start
@@ -176,22 +184,29 @@ public struct FuzzDriverQueue {
         try! memory.write(input.u16(), at: GuestAddress(available.rawValue + 4 + 2 * UInt64(size))) // used_event
         try! memory.write(index, at: GuestAddress(available.rawValue + 2))
         if flags & 0x10 != 0 {
-            // Where the device's next pop is, the harness no longer knows: it may find any slot's head. Every head's
-            // chain is walked, so lengths can still be checked, whichever the device takes.
-            jumped = true
-            if reference {
-                anyWalks = (0..<size).map { ReferenceWalk.walk(head: $0, table: configuration.descriptorTable, size: size,
-                                                               memory: memory, indirect: indirect) }
+            jumped = true // where the device's next pop is, the harness no longer knows
+        } else {
+            var slot = start
+            while slot != index {
+                published.append(try! memory.read(UInt16.self, at: GuestAddress(available.rawValue + 4 + 2 * UInt64(slot % size))))
+                slot &+= 1
             }
-            return
         }
-        var slot = start
-        while slot != index {
-            let head = try! memory.read(UInt16.self, at: GuestAddress(available.rawValue + 4 + 2 * UInt64(slot % size)))
-            published.append((head, reference ? ReferenceWalk.walk(head: head, table: configuration.descriptorTable,
-                                                                      size: size, memory: memory, indirect: indirect) : nil))
-            slot &+= 1
+        if reference { snapshot() }
+    }
+
+    /// Walks every head the device may pop now, recording each verdict. `publish` does it; a target calls it for
+    /// every queue once all queues are written, before activating the device (a later queue's tables may have
+    /// changed what an earlier queue's chains read).
+    public mutating func snapshot() {
+        guard isValid else { return }
+        let heads = jumped ? Array(0..<size) : Array(Set(published.filter { $0 < size }))
+        for head in heads {
+            guard let walk = ReferenceWalk.walk(head: head, table: configuration.descriptorTable, size: size,
+                                                memory: memory, indirect: indirect) else { continue }
+            if versions[head]?.contains(walk) != true { versions[head, default: []].append(walk) }
         }
+        if Self.debug { Fuzz.debug("fuzz: queue \(index) published \(published), jumped \(jumped), verdicts \(versions)") }
     }
 
     /// A SplitQueue over this layout, as the transport builds one at DRIVER_OK.
@@ -200,60 +215,40 @@ public struct FuzzDriverQueue {
     }
 
     /// Checks every used element the device added:
-    /// - its id is a head the driver published and the device had not yet returned;
-    /// - a chain the reference walk found malformed came back with length 0;
-    /// - a used length never exceeds the writable bytes the chain offered.
+    /// - its id is below the queue size, and a head the driver published and the device had not yet returned;
+    /// - a used length is 0, or fits a verdict of the reference walk: a chain it found well-formed, with at least
+    ///   that many writable bytes (so a malformed chain comes back with length 0, and no used length exceeds the
+    ///   writable bytes the chain offered).
     /// When a well-formed chain's writable buffers overlap rings or tables, the device may have rewritten what the
     /// reference walked (and the used ring itself), and nothing is checked; nor when the used ring's page was
     /// released (`usedRingIntact`).
     public func checkUsed(_ what: String) {
-        guard isValid, usedRingIntact, !published.contains(where: { $0.walk?.writesMetadata ?? false }) else { return }
+        guard isValid, usedRingIntact, !versions.values.joined().contains(where: \.writesMetadata) else { return }
         let used = configuration.usedRing
         let usedIndex = try! memory.read(UInt16.self, at: GuestAddress(used.rawValue + 2))
-        if jumped {
-            guard !anyWalks.contains(where: { $0?.writesMetadata ?? false }) else { return }
-            for slot in (usedIndex > size ? usedIndex - size : 0)..<usedIndex {
-                let element = GuestAddress(used.rawValue + 4 + 8 * UInt64(slot % size))
-                let id = try! memory.read(UInt32.self, at: element)
-                let length = try! memory.read(UInt32.self, at: GuestAddress(element.rawValue + 4))
-                Fuzz.check(id < UInt32(size), "\(what): used id \(id) is beyond the queue of \(size)")
-                Self.checkLength(length, head: UInt16(id), anyWalks.isEmpty ? nil : anyWalks[Int(id)], what)
-            }
-            return
-        }
-        let availableIndex = try! memory.read(UInt16.self, at: GuestAddress(configuration.availableRing.rawValue + 2))
-        Fuzz.check(Int(usedIndex) <= published.count,
-                   "\(what): \(usedIndex) used elements for \(published.count) published chains (avail->idx \(availableIndex), size \(size))")
-        var outstanding: [UInt16: Int] = [:]
-        var walks: [UInt16: ReferenceWalk.Result] = [:]
-        for entry in published {
-            outstanding[entry.head, default: 0] += 1
-            if let walk = entry.walk { walks[entry.head] = walk }
-        }
         // The ring holds the last `size` elements; older ones were overwritten, and with them which heads came back
-        // (then only ids and lengths are checked, not that each head came back once).
+        // (then ids and lengths are checked, not that each head came back once).
         let wrapped = usedIndex > size
+        var outstanding: [UInt16: Int] = [:]
+        for head in published { outstanding[head, default: 0] += 1 }
+        if !jumped {
+            Fuzz.check(Int(usedIndex) <= published.count, "\(what): \(usedIndex) used elements for \(published.count) published chains")
+        }
         for slot in (wrapped ? usedIndex - size : 0)..<usedIndex {
             let element = GuestAddress(used.rawValue + 4 + 8 * UInt64(slot % size))
             let id = try! memory.read(UInt32.self, at: element)
             let length = try! memory.read(UInt32.self, at: GuestAddress(element.rawValue + 4))
+            if Self.debug { Fuzz.debug("fuzz: queue \(index) used[\(slot)] = (\(id), \(length))") }
             Fuzz.check(id < UInt32(size), "\(what): used id \(id) is beyond the queue of \(size)")
             let head = UInt16(id)
-            Fuzz.check(wrapped || outstanding[head, default: 0] > 0, "\(what): used id \(id) (used slot \(slot) of \(usedIndex)) was not published, or was returned twice; published \(published.map(\.head))")
-            outstanding[head, default: 0] -= 1
-            Self.checkLength(length, head: head, walks[head], what)
-        }
-    }
-
-    static func checkLength(_ length: UInt32, head: UInt16, _ walk: ReferenceWalk.Result?, _ what: String) {
-        switch walk {
-        case .malformed(let why)?:
-            Fuzz.check(length == 0, "\(what): malformed chain \(head) (\(why)) came back with length \(length)")
-        case .chain(_, let writable, _)?:
-            Fuzz.check(UInt64(length) <= writable,
-                       "\(what): chain \(head) came back with length \(length), over the \(writable) writable bytes it offered")
-        case nil:
-            break
+            if !jumped && !wrapped {
+                Fuzz.check(outstanding[head, default: 0] > 0, "\(what): used id \(id) (used slot \(slot) of \(usedIndex)) was not published, or was returned twice; published \(published)")
+                outstanding[head, default: 0] -= 1
+            }
+            guard length > 0 else { continue }
+            let verdicts = versions[head] ?? []
+            let fits = verdicts.contains { if case .chain(_, let writable, _) = $0 { return UInt64(length) <= writable } else { return false } }
+            Fuzz.check(fits, "\(what): chain \(head) came back with length \(length); the reference walk said \(verdicts)")
         }
     }
 }

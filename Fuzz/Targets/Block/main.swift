@@ -50,7 +50,7 @@ Fuzz.main { input in
     // again. Each round handles at most the drain budget, so 2 rounds cover a full ring and a third must find it empty.
     for round in 0..<4 {
         device.handleQueueEvent()
-        if round == 1, !input.isExhausted, input.bool() { driver.publish(&input, indirect: false) }
+        if round == 1, !input.isExhausted, input.bool() { driver.publish(&input, indirect: features & VirtioFeature.indirectDescriptors != 0) }
     }
     driver.checkUsed("virtio-blk")
     Fuzz.checkMemory(bound: memoryBound, "virtio-blk")

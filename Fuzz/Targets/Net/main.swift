@@ -60,6 +60,7 @@ Fuzz.main { input in
     let queues = [receive.queue(maximumSize: Net.queueSize, features: features), transmit.queue(maximumSize: Net.queueSize, features: features)]
     if queues[0] != nil { receive.post(&input, indirect: indirect) }
     if queues[1] != nil { transmit.post(&input, indirect: indirect) }
+    receive.snapshot() // the transmit tables may have changed what receive chains read
     do {
         try net.activate(VirtioActivation(queues: queues, features: features, memory: guest.memory))
     } catch {
@@ -76,6 +77,8 @@ Fuzz.main { input in
             net.endpointReadable()
         default:
             if input.bool() { receive.publish(&input, indirect: indirect) } else { transmit.publish(&input, indirect: indirect) }
+            receive.snapshot()
+            transmit.snapshot()
             if input.bool() { net.receiveQueueNotified() } else { net.transmitQueueNotified() }
         }
     }

@@ -59,6 +59,7 @@ Fuzz.main { input in
                   event.queue(maximumSize: Vsock.queueSize, features: features)]
     if queues[0] != nil { receive.post(&input, indirect: indirect) }
     if queues[1] != nil { transmit.post(&input, indirect: indirect) }
+    receive.snapshot() // the transmit tables may have changed what receive chains read
     do {
         try vsock.activate(VirtioActivation(queues: queues, features: features, memory: guest.memory))
     } catch {
@@ -89,6 +90,8 @@ Fuzz.main { input in
             vsock.pollerReady()
         default:
             if input.bool() { receive.publish(&input, indirect: indirect) } else { transmit.publish(&input, indirect: indirect) }
+            receive.snapshot()
+            transmit.snapshot()
             if input.bool() { vsock.receiveQueueNotified() } else { vsock.transmitQueueNotified() }
         }
     }
