@@ -40,6 +40,7 @@ guest: deps
 	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs.cpio
 	@gcc -static -O2 -Wall -Wextra -o $(GUEST_OUT)/tcppeer Tests/Integration/tools/tcppeer.c
 	@gcc -static -O2 -Wall -Wextra -o $(GUEST_OUT)/vsockpeer Tests/Integration/tools/vsockpeer.c
+	@Tests/Integration/hostile/build.sh $(GUEST_OUT)
 	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs-full.cpio $(GUEST_OUT)/fio:/usr/bin/fio $(GUEST_OUT)/tcppeer:/usr/bin/tcppeer $(GUEST_OUT)/vsockpeer:/usr/bin/vsockpeer \
 		/usr/sbin/mke2fs:/usr/sbin/mkfs.ext4 /usr/sbin/e2fsck:/usr/sbin/e2fsck /etc/mke2fs.conf:/etc/mke2fs.conf \
 		/usr/bin/iperf3:/usr/bin/iperf3

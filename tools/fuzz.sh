@@ -105,6 +105,8 @@ fuzz() {
     artifact=$(sed -n "s/.*Test unit written to \(.*\)$/\1/p" "$log" | tail -1)
     local verdict=ok
     if [ "$status" -ne 0 ] || [ -n "$artifact" ]; then verdict=fail; fi
+    # Stopped with SIGINT (a long run cut short): what it ran counts, and nothing failed.
+    if [ -z "$artifact" ] && grep -q 'libFuzzer: run interrupted' "$log"; then verdict=stopped; fi
     echo "FUZZ-RESULT $target $verdict execs=${execs:-0} execs_per_s=${rate:-0} cov=${cov:-0} features=${ft:-0} corpus=$corpus seconds=$elapsed${artifact:+ artifact=$artifact}"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$target" "$mode" "${execs:-0}" "${rate:-0}" \
         "${cov:-0}" "$verdict" "${ft:-0}" "$elapsed" >>"$OUT/runs.tsv"
@@ -155,7 +157,7 @@ case $command in
         echo "| target | executions | runs | execs/s (longest run) | coverage: edges / features (longest run) | failures |"
         echo "|---|---|---|---|---|---|"
         awk -F'\t' '$3 == "run" {
-                execs[$2] += $4; runs[$2]++; if ($7 != "ok") fails[$2]++
+                execs[$2] += $4; runs[$2]++; if ($7 == "fail") fails[$2]++
                 if ($4 >= longest[$2]) { longest[$2] = $4; rate[$2] = $5; cov[$2] = $6; ft[$2] = ($8 == "" ? "?" : $8) }
             }
             END { for (t in execs) printf "| `%s` | %d | %d | %d | %s / %s | %d |\n", t, execs[t], runs[t], rate[t], cov[t], ft[t], fails[t] }' \

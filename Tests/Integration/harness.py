@@ -34,7 +34,7 @@ SWIFTLET = os.path.join(BUILD, "release", "swiftlet")
 TOOLS = os.path.join(BUILD, "tools")
 PAYLOAD = os.path.join(BUILD, "lab-payload")
 LAB = os.path.join(INTEGRATION, "lab", "lab.py")
-GUEST_FILES = ("bzImage", "vmlinux", "initramfs.cpio", "initramfs-full.cpio")
+GUEST_FILES = ("bzImage", "vmlinux", "initramfs.cpio", "initramfs-full.cpio", "hostile.elf")
 # The lab's L1 gets enough memory for a 3.5 GiB guest (TCG allocates it lazily).
 LAB_MEM_MIB = 4608
 
