@@ -46,6 +46,16 @@ import Testing
                 == GuestAddress(0x100_0200))
     }
 
+    /// Found by the loaders fuzz target in make test: a bzImage's cmdline_size was reported as it was written (up to
+    /// 4 GiB). The zero page clamped it when writing the command line, but the loaded kernel's limit is what the
+    /// VMM honours, so it is clamped where it is read.
+    @Test func aBzImageCommandLineLimitIsClampedToTheLayout() throws {
+        var image = Images.bzImage()
+        Images.le(UInt32.max - 1, into: &image, at: 0x238) // cmdline_size
+        let kernel = try KernelLoader.load(BytesBootSource(image), into: try Images.memory())
+        #expect(kernel.commandLineLimit == Int(X86Layout.commandLineLimit))
+    }
+
     @Test func loadsELFSegmentsAtTheirPhysicalAddresses() throws {
         let memory = try Images.memory()
         try memory.write([UInt8](repeating: 0xee, count: 0x100), at: GuestAddress(0x100_0000 + 0x10))

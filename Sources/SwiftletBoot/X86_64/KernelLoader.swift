@@ -117,7 +117,9 @@ public enum KernelLoader {
         }
         return LoadedKernel(format: .bzImage, entry: GuestAddress(loadAddress.rawValue + UInt64(Self.bzImageEntryOffset)), start: loadAddress, end: end,
                             setupHeader: Array(header[BootParams.setupSects..<headerEnd]),
-                            commandLineLimit: Int(header.le(UInt32.self, BootParams.commandLineSize)) + 1,
+                            // cmdline_size comes from the file: no more than the layout's room for a command line
+                            commandLineLimit: min(Int(header.le(UInt32.self, BootParams.commandLineSize)) + 1,
+                                                  Int(X86Layout.commandLineLimit)),
                             initrdAddressMax: UInt64(header.le(UInt32.self, BootParams.initrdAddressMax)))
     }
 
