@@ -118,6 +118,19 @@ fuzz() {
     fi
 }
 
+# A target's files (/dev/shm/swiftlet-fuzz-NAME-PID, /tmp/swiftlet-fuzz-vsock-PID.sock*) are removed at its exit,
+# but not when it aborts on a finding or is interrupted: remove those whose process is gone.
+clean_leftovers() {
+    local file pid
+    for file in /dev/shm/swiftlet-fuzz-* /tmp/swiftlet-fuzz-*; do
+        [ -e "$file" ] || continue
+        pid=$(basename "$file" | sed -n 's/^swiftlet-fuzz-[a-z]*-\([0-9]*\).*/\1/p')
+        [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && rm -f "$file"
+    done
+    return 0
+}
+trap clean_leftovers EXIT
+
 targets_or_all() { if [ $# -gt 0 ]; then echo "$@"; else echo "${ALL_TARGETS[@]}"; fi; }
 
 command=${1:-check}
