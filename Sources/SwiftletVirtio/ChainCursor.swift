@@ -6,29 +6,62 @@ import Glibc
 /// never allocates: copies go to and from the caller's memory, and `vectors` appends iovecs into guest memory for one
 /// readv/writev. Everything is bounded by the chain, whose buffers were all checked against guest memory.
 public struct ChainCursor {
-    private let buffers: ArraySlice<DescriptorBuffer>
+    /// The pieces the cursor walks: a chain's buffers, or iovecs already made from chains (virtio-net holds its
+    /// receive chains as the iovecs of one readv).
+    private enum Pieces {
+        case buffers(ArraySlice<DescriptorBuffer>)
+        case vectors(ArraySlice<iovec>)
+    }
+    private let pieces: Pieces
     private var index: Int
     private var offset = 0
     /// Bytes left from the cursor to the end of this side of the chain.
     public private(set) var remaining: Int
 
     init(_ buffers: ArraySlice<DescriptorBuffer>) {
-        self.buffers = buffers
+        pieces = .buffers(buffers)
         index = buffers.startIndex
         remaining = buffers.reduce(0) { $0 + Int($1.length) }
+    }
+
+    /// Over the first `limit` bytes of `vectors` (fewer if they hold fewer); only the vectors within them are
+    /// looked at, so the cost is bounded by `limit`'s span, not by how many vectors follow.
+    init(_ vectors: ArraySlice<iovec>, limit: Int) {
+        pieces = .vectors(vectors)
+        index = vectors.startIndex
+        var total = 0
+        for vector in vectors {
+            if total >= limit { break }
+            total += vector.iov_len
+        }
+        remaining = min(total, max(limit, 0))
+    }
+
+    private var endIndex: Int {
+        switch pieces {
+        case .buffers(let buffers): buffers.endIndex
+        case .vectors(let vectors): vectors.endIndex
+        }
+    }
+
+    private func piece(_ index: Int) -> (host: UnsafeMutableRawPointer?, length: Int) {
+        switch pieces {
+        case .buffers(let buffers): (buffers[index].host, Int(buffers[index].length))
+        case .vectors(let vectors): (vectors[index].iov_base, vectors[index].iov_len)
+        }
     }
 
     /// Calls `body` with each piece of the next `count` bytes (fewer at the end) and moves past them.
     private mutating func advance(_ count: Int, _ body: (UnsafeMutableRawPointer, Int) -> Void) -> Int {
         var left = min(count, remaining)
         let total = left
-        while left > 0, index < buffers.endIndex {
-            let buffer = buffers[index]
-            let take = min(Int(buffer.length) - offset, left)
-            body(buffer.host + offset, take)
+        while left > 0, index < endIndex {
+            let (host, length) = piece(index)
+            let take = min(length - offset, left)
+            if take > 0, let host { body(host + offset, take) }
             left -= take
             offset += take
-            if offset == Int(buffer.length) {
+            if offset == length {
                 index += 1
                 offset = 0
             }
@@ -92,6 +125,8 @@ public struct ChainReader {
 public struct ChainWriter {
     public private(set) var cursor: ChainCursor
     public init(_ chain: DescriptorChain) { cursor = ChainCursor(chain.writable) }
+    /// Over the first `limit` bytes of iovecs made from device-writable buffers (virtio-net's held receive chains).
+    public init(vectors: ArraySlice<iovec>, limit: Int) { cursor = ChainCursor(vectors, limit: limit) }
     public var remaining: Int { cursor.remaining }
 
     /// Copies up to `source.count` bytes; returns how many were written (fewer at the end of the chain).

@@ -201,6 +201,20 @@ final class SocketEndpoint: PacketEndpoint, @unchecked Sendable {
         #expect(try driver.memory.read(count: 3, at: GuestAddress(0x11001)) == [8, 8, 8])
     }
 
+    /// Chains smaller than the header (a hostile or careless driver; §5.1.6.3.1 asks for bigger ones) split it over
+    /// two chains: num_buffers lands in the second one, and nothing past the header is touched.
+    @Test func numBuffersLandsInAHeaderSplitAcrossChains() throws {
+        _ = try activate(features: VirtioFeature.version1 | NetFeature.mergeableReceiveBuffers)
+        try postReceive(0, at: 0x10000, length: 8)
+        try postReceive(1, at: 0x11000, length: 2048)
+        try driver.memory.write([UInt8](repeating: 0xee, count: 16), at: GuestAddress(0x11000))
+        endpoint.send([UInt8](repeating: 0, count: 12) + [5, 5, 5])
+        net.endpointReadable()
+        #expect(try driver.usedElement(0) == (0, 8))
+        #expect(try driver.usedElement(1) == (1, 7))
+        #expect(try driver.memory.read(count: 8, at: GuestAddress(0x11000)) == [0, 0, 2, 0, 5, 5, 5, 0xee])
+    }
+
     /// A TAP flooded with frames (here runts, each dropped while the buffer stays held) used to keep the device loop
     /// in one call for as long as frames kept coming, starving the loop's other sources. Now one call reads at most
     /// `Net.receiveBudget` frames; the TAP, level-triggered, brings the loop back for the rest next round.

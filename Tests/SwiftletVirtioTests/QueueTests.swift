@@ -215,6 +215,29 @@ import Testing
         #expect([UInt8](repeating: 9, count: 4).withUnsafeBytes { writer.write($0) } == 0)
     }
 
+    /// virtio-net holds receive chains as one readv's iovecs and writes num_buffers through them: a writer over
+    /// iovecs covers only the bytes it was limited to, skipping empty vectors and crossing vector boundaries.
+    @Test func writerOverIovecsStaysWithinItsLimit() {
+        var storage = [UInt8](repeating: 0, count: 115)
+        storage.withUnsafeMutableBytes { bytes in
+            let base = bytes.baseAddress!
+            let vectors = [iovec(iov_base: base, iov_len: 3), iovec(iov_base: base + 3, iov_len: 0),
+                           iovec(iov_base: base + 3, iov_len: 5), iovec(iov_base: base + 8, iov_len: 100),
+                           iovec(iov_base: base + 108, iov_len: 7)]
+            var writer = ChainWriter(vectors: vectors[...], limit: 12)
+            #expect(writer.remaining == 12)
+            #expect(writer.skip(10) == 10)
+            #expect([UInt8]([0xAA, 0xBB, 0xCC]).withUnsafeBytes { writer.write($0) } == 2) // the limit stops the third
+            #expect(writer.remaining == 0)
+            var short = ChainWriter(vectors: vectors[2..<3], limit: 12)
+            #expect(short.remaining == 5)
+            #expect([UInt8](repeating: 7, count: 9).withUnsafeBytes { short.write($0) } == 5)
+            #expect(ChainWriter(vectors: vectors[...], limit: -1).remaining == 0)
+        }
+        #expect(storage[10] == 0xAA && storage[11] == 0xBB && storage[12] == 0)
+        #expect(storage[3..<8] == [7, 7, 7, 7, 7][...] && storage[8] == 0)
+    }
+
     @Test func indirectNeedsTheFeature() throws {
         let queue = try driver.queue()
         try driver.setDescriptor(0, address: 0x20000, length: 32, flags: FakeDriver.indirect)

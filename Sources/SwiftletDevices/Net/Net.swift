@@ -314,19 +314,12 @@ public final class Net: LoopDevice {
         return outcome
     }
 
-    /// num_buffers (the last field of the header at the start of the first chain), wherever the header's bytes lie.
+    /// num_buffers (the last field of the header at the start of the first chain), wherever the header's bytes lie
+    /// (with MRG_RXBUF, tiny chains may split the header over several).
     private func setNumBuffers(_ value: UInt16, in vectors: [iovec]) {
-        var position = 0 // of the first byte of the current vector within the frame
-        for vector in vectors {
-            for byteIndex in 0..<2 {
-                let offset = VirtioNetHeader.numBuffersOffset + byteIndex - position
-                if offset >= 0 && offset < vector.iov_len {
-                    vector.iov_base.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * byteIndex)), toByteOffset: offset, as: UInt8.self)
-                }
-            }
-            position += vector.iov_len
-            if position >= VirtioNetHeader.size { return }
-        }
+        var writer = ChainWriter(vectors: vectors[...], limit: VirtioNetHeader.size)
+        writer.skip(VirtioNetHeader.numBuffersOffset)
+        withUnsafeBytes(of: value.littleEndian) { writer.write($0) }
     }
 
     /// Writes every frame the guest queued to the endpoint, each with one writev straight from its buffers
