@@ -15,6 +15,7 @@ help:
 	@echo "make run            boot the bundled guest and show its console (host KVM, or the nested lab)"
 	@echo "make test           unit tests, then integration tests; ends with 'N passed, N failed'"
 	@echo "make bench [BENCH=boot] [RUNS=10]   Swiftlet and QEMU side by side, one 'bench:' line per metric"
+	@echo "make bench BENCH=net BASELINE=REV    ... with the build of git revision REV in the same rounds (blk, net)"
 	@echo "make fuzz [TARGET=queue] [SECONDS=60]   run the libFuzzer targets (all of them by default; Fuzz/README.md)"
 	@echo "make lab CMD='...'  run a command in the nested lab (/job holds swiftlet, the guest, the tests)"
 	@echo "make probe          does this host's /dev/kvm boot guests?"
@@ -55,7 +56,7 @@ unit: deps
 	$(SWIFT) test
 
 bench: build guest
-	@$(HARNESS) bench $(if $(BENCH),--bench $(BENCH)) $(if $(RUNS),--runs $(RUNS))
+	@$(HARNESS) bench $(if $(BENCH),--bench $(BENCH)) $(if $(RUNS),--runs $(RUNS)) $(if $(BASELINE),--baseline $(BASELINE))
 
 # The fuzz targets build in their own scratch directory (.build/fuzz) with -sanitize=fuzzer,address.
 fuzz: deps

@@ -4,7 +4,8 @@
   harness.py probe                 does this host's /dev/kvm boot guests? (prints the verdict)
   harness.py test [--only PATTERN] unit tests, then integration tests on the host or in the nested lab;
                                    ends with "N passed, N failed[, N skipped]"
-  harness.py bench [--bench NAME] [--runs N]   side-by-side benchmarks (Swiftlet and QEMU, same guest, same run)
+  harness.py bench [--bench NAME] [--runs N] [--baseline REV]   side-by-side benchmarks (Swiftlet and QEMU, same
+                                               guest, same run; REV: an older Swiftlet build in the same rounds)
   harness.py lab -- CMD            run CMD in the nested lab with the payload staged under /job
   harness.py run                   boot the bundled guest with its console here (host) or in the lab
 
@@ -20,6 +21,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -90,12 +92,15 @@ def require_artifacts():
         sys.exit(f"harness: missing {', '.join(missing)}: run `make build guest` first")
 
 
-def stage_payload():
-    """The /job tree for the lab, rebuilt each time (it is small next to the L1 image)."""
+def stage_payload(baseline=None):
+    """The /job tree for the lab, rebuilt each time (it is small next to the L1 image). baseline: the path of an
+    older swiftlet executable (tools/build-baseline.sh) to stage as /job/bin/swiftlet-baseline."""
     require_artifacts()
     shutil.rmtree(PAYLOAD, ignore_errors=True)
     bindir = os.path.join(PAYLOAD, "bin")
     subprocess.run([sys.executable, LAB, "stage-binary", SWIFTLET, bindir], check=True)
+    if baseline:
+        shutil.copy2(baseline, os.path.join(bindir, "swiftlet-baseline"))
     # Libraries go to /job/lib (lab.py's run.sh puts it on LD_LIBRARY_PATH); stage-binary put them in bin/lib.
     if os.path.isdir(os.path.join(bindir, "lib")):
         shutil.move(os.path.join(bindir, "lib"), os.path.join(PAYLOAD, "lib"))
@@ -134,18 +139,24 @@ LAB_ENV = "SWIFTLET=/job/bin/swiftlet GUEST=/job/guest VMMBENCH=/job/bin/vmmbenc
           "QEMU_FIRMWARE=/usr/share/qemu"
 
 
-def run_guest_side(native, script, label, timeout, retries=None):
+def run_guest_side(native, script, label, timeout, retries=None, baseline=None):
     """Run an integration-side shell command where guests boot; return (status, output lines of the final try).
-    retries: how often lab.py reruns the whole job after L1 hangs (None: its default)."""
+    retries: how often lab.py reruns the whole job after L1 hangs (None: its default). baseline: an older swiftlet
+    executable, given to the script as $SWIFTLET_BASELINE."""
     if native:
-        proc = subprocess.Popen(["sh", "-c", script.replace("/job/integration", INTEGRATION)], env=native_env(),
+        env = native_env()
+        if baseline:
+            env["SWIFTLET_BASELINE"] = baseline
+        proc = subprocess.Popen(["sh", "-c", script.replace("/job/integration", INTEGRATION)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = []
         for line in proc.stdout:
             print(line, end="", flush=True)
             lines.append(line.rstrip("\n"))
         return proc.wait(), lines
-    stage_payload()
+    stage_payload(baseline)
+    if baseline:
+        script = f"SWIFTLET_BASELINE=/job/bin/swiftlet-baseline {script}"
     log = os.path.join(BUILD, "lab", f"{label}.log")
     command = [sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB), "--label", label,
                "--log", log, "--timeout", str(timeout)]
@@ -546,6 +557,11 @@ BENCHES = {
 # Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab; a net round is
 # five boots with up to 2 x 10 s of iperf3 each (about 4 minutes).
 DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3}
+# The bench scripts' own settings (their headers explain them), passed on from this process's environment, so that
+# `NET_ORDER=swiftlet,qemu make bench BENCH=net` reaches the lab too.
+BENCH_KNOBS = ("NET_ORDER", "NET_TIME", "NET_RR", "BLK_RUNTIME", "BLK_RAMP", "VSOCK_MIB")
+# Benchmarks whose script runs an older build beside this one ($SWIFTLET_BASELINE, vmm=baseline): bench --baseline.
+BASELINE_BENCHES = {"blk", "net"}
 
 
 def start_to_first_run(runs):
@@ -571,6 +587,20 @@ def cmd_bench(args):
     for name in names:
         if name not in BENCHES:
             sys.exit(f"harness: no benchmark {name!r}; there are: {', '.join(BENCHES)}")
+    baseline = baseline_commit = None
+    if args.baseline:
+        unable = [name for name in names if name not in BASELINE_BENCHES]
+        if unable:
+            sys.exit(f"harness: --baseline works for {', '.join(sorted(BASELINE_BENCHES))}, not {', '.join(unable)}"
+                     " (pick one with BENCH=...)")
+        baseline_commit = subprocess.run(["git", "rev-parse", "--short=12", f"{args.baseline}^{{commit}}"], cwd=REPO,
+                                         capture_output=True, text=True).stdout.strip()
+        proc = subprocess.run([os.path.join(REPO, "tools", "build-baseline.sh"), args.baseline], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            sys.exit(f"harness: could not build the baseline {args.baseline} (tools/build-baseline.sh said why above)")
+        baseline = proc.stdout.strip().splitlines()[-1]
+        say(f"baseline: {args.baseline} ({baseline_commit}) is {baseline}; it runs beside this build in every round")
     native = where(args)
     os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
     status = 0
@@ -578,8 +608,10 @@ def cmd_bench(args):
         samples = {}  # (metric, vmm) -> [values]
         units = {}
         runs = args.runs or DEFAULT_RUNS.get(name, 10)
-        script = f"INTEGRATION=/job/integration RUNS={runs} sh /job/integration/bench/{name}.sh"
-        rc, lines = run_guest_side(native, script, f"bench-{name}", timeout=3000)
+        knobs = "".join(f"{knob}={shlex.quote(os.environ[knob])} " for knob in BENCH_KNOBS if knob in os.environ)
+        script = f"{knobs}INTEGRATION=/job/integration RUNS={runs} sh /job/integration/bench/{name}.sh"
+        rc, lines = run_guest_side(native, script, f"bench-{name}", timeout=3000 + (1500 if baseline else 0),
+                                   baseline=baseline)
         for line in lines:
             m = SAMPLE_RE.match(line)
             if m:
@@ -603,10 +635,27 @@ def cmd_bench(args):
             where_note = " (host)" if metric == "start_to_first_run" else ""
             print(f"bench: {metric} swiftlet={fmt(med_ours)} qemu={fmt(med_peer)} unit={unit} better={better} "
                   f"ratio={fmt(ratio)} runs={max(len(ours), len(peer))}{where_note}", flush=True)
-            report["metrics"].append({"name": metric, "unit": unit, "better": better, "swiftlet": med_ours,
-                                      "qemu": med_peer, "ratio": ratio, "runs": max(len(ours), len(peer)),
-                                      "swiftlet_samples": ours, "qemu_samples": peer,
-                                      "where": "host" if metric == "start_to_first_run" else where_ran})
+            entry = {"name": metric, "unit": unit, "better": better, "swiftlet": med_ours,
+                     "qemu": med_peer, "ratio": ratio, "runs": max(len(ours), len(peer)),
+                     "swiftlet_samples": ours, "qemu_samples": peer,
+                     "where": "host" if metric == "start_to_first_run" else where_ran}
+            base = samples.get((metric, "baseline"), [])
+            if base:
+                # The same metric for the older build, from the same rounds. Round by round, both builds' ratios
+                # to that round's QEMU figure, so that the lab's drift between rounds cancels out.
+                med_base = statistics.median(base)
+                per_round = lambda xs: [x / q for x, q in zip(xs, peer) if q] if len(xs) == len(peer) else []
+                ours_rounds, base_rounds = per_round(ours), per_round(base)
+                to_base = med_ours / med_base if med_ours is not None and med_base else None
+                rounds = lambda xs: ",".join(f"{x:.2f}" for x in xs) or "-"
+                print(f"bench: {metric} baseline={fmt(med_base)} swiftlet={fmt(med_ours)} unit={unit} "
+                      f"better={better} swiftlet/baseline={fmt(to_base)} baseline/qemu={fmt(med_base / med_peer if med_peer else None)} "
+                      f"per-round vs qemu: swiftlet={rounds(ours_rounds)} baseline={rounds(base_rounds)} "
+                      f"(baseline {baseline_commit})", flush=True)
+                entry.update(baseline=med_base, baseline_samples=base, baseline_commit=baseline_commit,
+                             swiftlet_to_baseline=to_base, swiftlet_round_ratios=ours_rounds,
+                             baseline_round_ratios=base_rounds)
+            report["metrics"].append(entry)
         with open(os.path.join(BUILD, "bench", f"{name}.json"), "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
@@ -653,6 +702,8 @@ def main():
     p = sub.add_parser("bench")
     p.add_argument("--bench", metavar="NAME")
     p.add_argument("--runs", type=int, default=None, help="rounds (default: 10 for boot, 3 for blk and net)")
+    p.add_argument("--baseline", metavar="REV", help="also run the build of git revision REV in every round (blk, "
+                   "net), for an A/B in one lab run (tools/build-baseline.sh builds and caches it)")
     p = sub.add_parser("lab")
     p.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("run")

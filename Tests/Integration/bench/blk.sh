@@ -8,6 +8,9 @@
 # cache=writeback,aio=threads (its defaults, said explicitly). The image is a pre-filled (allocated) 256 MiB file in
 # $TMPDIR: in the lab that is L1's RAM, so the figures measure the virtio path and the VMMs' I/O handling, not a disk.
 #
+# SWIFTLET_BASELINE (make bench BASELINE=REV): an older swiftlet executable that runs in every round as well, reported
+# as vmm=baseline, for an A/B of two builds in the same lab run. The order rotates from round to round.
+#
 # Swiftlet only: `--stats` says how many queue notifications (guest -> device) and interrupts a disk had for how many
 # requests; with VIRTIO_RING_F_EVENT_IDX (default) and, in one extra run, without it (--disk PATH,event-idx=off).
 . "$INTEGRATION/lib.sh"
@@ -26,8 +29,8 @@ img=$work/disk.img
 echo "step: blk bench: filling a 256 MiB image"
 dd if=/dev/zero of="$img" bs=1M count=256 conv=fsync 2>/dev/null || { echo "blk bench: cannot write $img"; exit 1; }
 
-swiftlet_run() { # LOG DISK-OPTIONS
-    timeout "$limit" "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
+swiftlet_run() { # LOG DISK-OPTIONS (BINARY: the executable, default $SWIFTLET)
+    timeout "$limit" "${BINARY:-$SWIFTLET}" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
         --cpus 1 --console "$1" --stats --cmdline "$cmdline" --disk "$img$2" 2>"$1.err"
 }
 qemu_run() { # LOG
@@ -77,11 +80,11 @@ stats() {
 one() { # VMM ROUND
     _log=$work/$1-$2.console
     echo "step: blk bench round $2/$runs: $1"
-    if [ "$1" = swiftlet ]; then
-        HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" ""
-    else
-        HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log"
-    fi
+    case $1 in
+        swiftlet) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
+        baseline) BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
+        qemu) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" ;;
+    esac
     _rc=$?
     echo "step: $1 exited $_rc"
     samples "$1" "$_log" $_rc || status=1
@@ -90,8 +93,15 @@ one() { # VMM ROUND
 
 status=0
 i=1
+if [ -n "${SWIFTLET_BASELINE:-}" ]; then
+    [ -x "$SWIFTLET_BASELINE" ] || { echo "blk bench: SWIFTLET_BASELINE=$SWIFTLET_BASELINE is not an executable"; exit 1; }
+    echo "step: blk bench: the baseline $SWIFTLET_BASELINE ($(wc -c <"$SWIFTLET_BASELINE") bytes) runs in every round too"
+fi
 while [ $i -le "$runs" ]; do
-    if [ $((i % 2)) = 1 ]; then one swiftlet $i; one qemu $i; else one qemu $i; one swiftlet $i; fi
+    if [ -n "${SWIFTLET_BASELINE:-}" ]; then
+        case $((i % 3)) in 1) order="swiftlet baseline qemu" ;; 2) order="qemu swiftlet baseline" ;; 0) order="baseline qemu swiftlet" ;; esac
+    elif [ $((i % 2)) = 1 ]; then order="swiftlet qemu"; else order="qemu swiftlet"; fi
+    for c in $order; do one $c $i; done
     i=$((i + 1))
 done
 

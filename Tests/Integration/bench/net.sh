@@ -31,8 +31,11 @@
 #   net_rr_latency_us_sched_normal   swiftlet with its device thread always under SCHED_OTHER (what the default,
 #                         adaptive scheduling, buys: see ThreadScheduling), against QEMU vhost=off
 #   net_*_sched_batch     the same with the device thread always under SCHED_BATCH (NET_ORDER=...,swiftlet-batch)
-# NET_ORDER=CONFIG,CONFIG,... runs just those configurations in each round, in that order (no offloads-off run):
-# for focused comparisons, e.g. NET_ORDER=swiftlet,qemu.
+#   baseline       (only with SWIFTLET_BASELINE, see below) the same as swiftlet, with the older build
+# NET_ORDER=CONFIG,CONFIG,... runs just those configurations in each round (no offloads-off run), in that order in odd
+# rounds and reversed in even ones: for focused comparisons, e.g. NET_ORDER=swiftlet,qemu.
+# SWIFTLET_BASELINE (make bench BASELINE=REV): an older swiftlet executable that runs in every round as config
+# `baseline`, reported as vmm=baseline under the swiftlet metric names, for an A/B of two builds in the same lab run.
 . "$INTEGRATION/lib.sh"
 runs=${RUNS:-3}
 secs=${NET_TIME:-10}
@@ -119,10 +122,10 @@ trace_counts() {
     echo $(($4 - $1)) $(($5 - $2)) $7 $8 $9
 }
 
-swiftlet_run() { # LOG EXTRA-CMDLINE [SWIFTLET-OPTION...]
+swiftlet_run() { # LOG EXTRA-CMDLINE [SWIFTLET-OPTION...] (BINARY: the executable, default $SWIFTLET)
     _log=$1 _extra=$2
     shift 2
-    timeout "$limit" "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
+    timeout "$limit" "${BINARY:-$SWIFTLET}" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
         --cpus 1 --console "$_log" --stats --cmdline "$cmdline $_extra" --net "tap=tap0,mac=$mac" "$@" 2>"$_log.err"
 }
 qemu_run() { # LOG VHOST
@@ -142,12 +145,13 @@ sample() {
     fi
 }
 
-one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off | swiftlet-normal | swiftlet-batch
+one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off | swiftlet-normal | swiftlet-batch | baseline
     _log=$work/$1-$2.console
     echo "step: net bench round $2/$runs: $1"
     [ $1 = swiftlet-offloads-off ] || trace_start "$_log"
     case $1 in
         swiftlet) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
+        baseline) BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
         swiftlet-offloads-off) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" \
             "virtio_net.csum=0 virtio_net.gso=0 swiftlet.net.offloads=off swiftlet.iperf.dirs=g2h swiftlet.iperf.rr=0" ;;
         swiftlet-normal|swiftlet-batch) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" --device-scheduling ${1#swiftlet-} ;;
@@ -156,12 +160,12 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off | s
     esac
     _rc=$?
     [ $1 = swiftlet-offloads-off ] || trace_stop "$_log"
-    case $1 in swiftlet*) grep 'stats device-thread' "$_log.err" | sed 's/^/step: /' ;; esac
+    case $1 in swiftlet*|baseline) grep 'stats device-thread' "$_log.err" | sed 's/^/step: /' ;; esac
     echo "step: $1 exited $_rc"
     tr -d '\r' <"$_log" >"$_log.lines" && mv "$_log.lines" "$_log"
     grep '^SWIFTLET-RESULT .* fail' "$_log" | sed 's/^/step: /'
     case $1 in
-        swiftlet|qemu)
+        swiftlet|qemu|baseline)
             sample net_tcp_g2h_gbps "$1" "$_log" g2h_gbps Gbit/s || status=1
             sample net_tcp_h2g_gbps "$1" "$_log" h2g_gbps Gbit/s || status=1
             sample net_rr_latency_us "$1" "$_log" rr_us us || status=1
@@ -227,10 +231,17 @@ exits() {
 }
 
 status=0
+default_order="swiftlet qemu qemu-vhost swiftlet-normal"
+if [ -n "${SWIFTLET_BASELINE:-}" ]; then
+    [ -x "$SWIFTLET_BASELINE" ] || { echo "net bench: SWIFTLET_BASELINE=$SWIFTLET_BASELINE is not an executable"; exit 1; }
+    echo "step: net bench: the baseline $SWIFTLET_BASELINE ($(wc -c <"$SWIFTLET_BASELINE") bytes) runs in every round too"
+    default_order="swiftlet baseline qemu qemu-vhost swiftlet-normal"
+fi
 i=1
 while [ $i -le "$runs" ]; do
-    if [ $((i % 2)) = 1 ]; then order="swiftlet qemu qemu-vhost swiftlet-normal"; else order="swiftlet-normal qemu-vhost qemu swiftlet"; fi
-    for c in $(echo "${NET_ORDER:-$order}" | tr "," " "); do one $c $i; done
+    order=$(echo "${NET_ORDER:-$default_order}" | tr "," " ")
+    if [ $((i % 2)) = 0 ]; then _r=; for c in $order; do _r="$c $_r"; done; order=$_r; fi
+    for c in $order; do one $c $i; done
     [ -n "$NET_ORDER" ] || one swiftlet-offloads-off $i
     i=$((i + 1))
 done
