@@ -7,6 +7,7 @@
 # Caching is the same for both: Swiftlet does pread/pwrite on the image (the host page cache), and QEMU gets
 # cache=writeback,aio=threads (its defaults, said explicitly). The image is a pre-filled (allocated) 256 MiB file in
 # $TMPDIR: in the lab that is L1's RAM, so the figures measure the virtio path and the VMMs' I/O handling, not a disk.
+# Each VMM boots once, unmeasured and with 1 s jobs, before the first round (the warm-up below).
 #
 # SWIFTLET_BASELINE (make bench BASELINE=REV): an older swiftlet executable that runs in every round as well, reported
 # as vmm=baseline, for an A/B of two builds in the same lab run. The order rotates from round to round.
@@ -77,14 +78,18 @@ stats() {
     echo "BENCH-SAMPLE metric=blk_interrupts_per_request$1 vmm=swiftlet value=$(awk "BEGIN { printf \"%.4f\", $_i / $_r }") unit=ratio"
 }
 
+boot() { # CONFIG LOG
+    case $1 in
+        swiftlet) HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
+        baseline) BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
+        qemu) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" ;;
+    esac
+}
+
 one() { # VMM ROUND
     _log=$work/$1-$2.console
     echo "step: blk bench round $2/$runs: $1"
-    case $1 in
-        swiftlet) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
-        baseline) BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
-        qemu) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" ;;
-    esac
+    boot "$1" "$_log"
     _rc=$?
     echo "step: $1 exited $_rc"
     samples "$1" "$_log" $_rc || status=1
@@ -97,6 +102,16 @@ if [ -n "${SWIFTLET_BASELINE:-}" ]; then
     [ -x "$SWIFTLET_BASELINE" ] || { echo "blk bench: SWIFTLET_BASELINE=$SWIFTLET_BASELINE is not an executable"; exit 1; }
     echo "step: blk bench: the baseline $SWIFTLET_BASELINE ($(wc -c <"$SWIFTLET_BASELINE") bytes) runs in every round too"
 fi
+# Warm-up: one short, unmeasured boot of each VMM first. The first VM in a fresh lab L1 runs slower (TCG has yet to
+# translate L1's KVM and block paths, and each VMM's own code), and would otherwise cost whichever VMM comes first.
+full_cmdline=$cmdline
+cmdline=$(echo "$cmdline" | sed 's/swiftlet\.fio\.runtime=[0-9]*/swiftlet.fio.runtime=1/')
+for c in swiftlet qemu ${SWIFTLET_BASELINE:+baseline}; do
+    echo "step: blk bench warm-up: $c (1 s per job, not measured)"
+    boot $c "$work/warm-up-$c.console"
+    echo "step: $c exited $?"
+done
+cmdline=$full_cmdline
 while [ $i -le "$runs" ]; do
     if [ -n "${SWIFTLET_BASELINE:-}" ]; then
         case $((i % 3)) in 1) order="swiftlet baseline qemu" ;; 2) order="qemu swiftlet baseline" ;; 0) order="baseline qemu swiftlet" ;; esac

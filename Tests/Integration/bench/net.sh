@@ -237,6 +237,21 @@ if [ -n "${SWIFTLET_BASELINE:-}" ]; then
     echo "step: net bench: the baseline $SWIFTLET_BASELINE ($(wc -c <"$SWIFTLET_BASELINE") bytes) runs in every round too"
     default_order="swiftlet baseline qemu qemu-vhost swiftlet-normal"
 fi
+# Warm-up: one short, unmeasured boot of each VMM first (2 s per direction, 100 round trips). The first VM in a
+# fresh lab L1 runs slower (TCG has yet to translate L1's KVM, TAP and TCP paths, and each VMM's own code), and would
+# otherwise cost whichever configuration comes first.
+full_cmdline=$cmdline
+cmdline=$(echo "$cmdline" | sed 's/swiftlet\.iperf\.time=[0-9]*/swiftlet.iperf.time=2/; s/swiftlet\.iperf\.rr=[0-9]*/swiftlet.iperf.rr=100/')
+for c in swiftlet qemu ${SWIFTLET_BASELINE:+baseline}; do
+    echo "step: net bench warm-up: $c (not measured)"
+    case $c in
+        swiftlet) HEARTBEAT_LOG=$work/warm-up-$c.console heartbeat swiftlet_run "$work/warm-up-$c.console" "" ;;
+        baseline) BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$work/warm-up-$c.console heartbeat swiftlet_run "$work/warm-up-$c.console" "" ;;
+        qemu) HEARTBEAT_LOG=$work/warm-up-$c.console heartbeat qemu_run "$work/warm-up-$c.console" off ;;
+    esac
+    echo "step: $c exited $?"
+done
+cmdline=$full_cmdline
 i=1
 while [ $i -le "$runs" ]; do
     order=$(echo "${NET_ORDER:-$default_order}" | tr "," " ")
