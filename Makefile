@@ -7,7 +7,7 @@ GUEST_OUT := .build/guest
 PYTHON ?= python3
 HARNESS := $(PYTHON) Tests/Integration/harness.py
 
-.PHONY: all deps build guest probe test unit bench fuzz lab run clean help
+.PHONY: all deps build trigger guest probe test unit bench fuzz lab run clean help
 
 all: build guest
 
@@ -30,6 +30,13 @@ build: deps
 	@set -o pipefail; $(SWIFT) build -c release --static-swift-stdlib -Xswiftc -static-executable 2>&1 | \
 		{ grep -v -e "statically linked applications requires at runtime" -e "mktemp' is dangerous" || true; }
 
+# The seccomp tests' build: the same sources with -D SWIFTLET_SECCOMP_TRIGGER, which makes a thread call execve on
+# demand (SWIFTLET_SECCOMP_TRIGGER=CLASS). Its own scratch directory; only the tests run it.
+trigger: deps
+	@set -o pipefail; $(SWIFT) build -c release --scratch-path .build/trigger --static-swift-stdlib -Xswiftc -static-executable \
+		-Xswiftc -DSWIFTLET_SECCOMP_TRIGGER 2>&1 | \
+		{ grep -v -e "statically linked applications requires at runtime" -e "mktemp' is dangerous" || true; }
+
 # The kernel build is cached under $${SWIFTLET_CACHE:-~/.cache/swiftlet}, keyed by its config and source version.
 # Two initramfs images: initramfs.cpio is the tiny guest (busybox, our init and the guest agent) that make run, the
 # boot tests and the boot benchmark use; initramfs-full.cpio adds mkfs.ext4 and e2fsck (Debian's, with their
@@ -49,7 +56,7 @@ guest: deps
 probe: deps
 	@$(HARNESS) probe || true
 
-test: build guest
+test: build trigger guest
 	@SWIFTLET_GUEST_KERNEL_DIR=$(CURDIR)/$(GUEST_OUT) $(HARNESS) test
 
 unit: deps

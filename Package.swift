@@ -18,12 +18,16 @@ let package = Package(
         // libfdt builds the device tree an aarch64 guest is described by (Debian's libfdt-dev has no .pc file).
         .systemLibrary(name: "CLibFDT", providers: [.apt(["libfdt-dev"])]),
         .target(name: "SwiftletHost", dependencies: ["CSwiftlet", .product(name: "SystemPackage", package: "swift-system")]),
+        // libseccomp (Debian's libseccomp-dev; the static executable links its libseccomp.a) and the SIGSYS reporter.
+        .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
+        // Per-thread seccomp filters (and, later, the jail): what a thread may still do once set-up is done.
+        .target(name: "SwiftletConfinement", dependencies: ["CSeccomp", "CSwiftlet", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "SwiftletMemory", dependencies: ["SwiftletHost"]),
         .target(name: "SwiftletKVM", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletBoot", dependencies: ["SwiftletMemory", "CLibFDT"]),
         .target(name: "SwiftletVirtio", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletDevices", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
-        .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletVirtio", "SwiftletKVM", "SwiftletMemory", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletVirtio", "SwiftletKVM", "SwiftletMemory", "SwiftletConfinement", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(name: "swiftlet", dependencies: ["Swiftlet", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "SwiftletMemoryTests", dependencies: ["SwiftletMemory"]),
         .testTarget(name: "SwiftletBootTests", dependencies: ["SwiftletBoot", "SwiftletMemory", "SwiftletHost", "CLibFDT"]),
@@ -35,6 +39,7 @@ let package = Package(
         .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet", "SwiftletHost", "SwiftletMemory"]),
         .testTarget(name: "SwiftletTests", dependencies: ["Swiftlet", "SwiftletHost"]),
         .testTarget(name: "SwiftletHostTests", dependencies: ["SwiftletHost"]),
+        .testTarget(name: "SwiftletConfinementTests", dependencies: ["SwiftletConfinement", "SwiftletHost"]),
     ]
 )
 

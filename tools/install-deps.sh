@@ -17,6 +17,7 @@ packages=(
     python3                       # the test harness and lab runner
     strace                        # diagnosing start-up in benchmarks
     libfdt-dev                    # the device tree an aarch64 guest boots with (CLibFDT)
+    libseccomp-dev                # seccomp filters on every thread (CSeccomp; the static executable links libseccomp.a)
     device-tree-compiler python3-venv   # device-tree tests: dtc, and a venv for dtschema's dt-validate
 )
 

@@ -118,9 +118,11 @@ public final class EventLoop: Sendable {
     /// Starts the loop thread, scheduled by `scheduling` (see `ThreadScheduling`). `workProbe`, called on the loop
     /// thread after each round, returns running totals of the bytes and requests its sources moved; `.adaptive` needs it and
     /// behaves as `.normal` without it. `onSchedulingError` is called on the loop thread when the policy cannot be
-    /// set; the loop then stays under SCHED_OTHER.
+    /// set; the loop then stays under SCHED_OTHER. `prologue` runs first on the loop thread (its seccomp filter);
+    /// when it returns false, the thread ends without running the loop.
     public func start(scheduling: ThreadScheduling = .normal, workProbe: (@Sendable () -> LoopWork)? = nil,
-                      onSchedulingError: (@Sendable (Errno) -> Void)? = nil) throws(SwiftletError) {
+                      onSchedulingError: (@Sendable (Errno) -> Void)? = nil,
+                      prologue: (@Sendable () -> Bool)? = nil) throws(SwiftletError) {
         let table = handlers.withLock { $0 }
         let roundEnd = roundEndHandlers.withLock { $0 }
         let epoll = self.epoll
@@ -128,6 +130,7 @@ public final class EventLoop: Sendable {
         let counters = self.counters
         do {
             let started = try HostThread(name: name) {
+                if let prologue, !prologue() { return }
                 var policy = SchedulingState(scheduling, workProbe: workProbe, counters: counters, onError: onSchedulingError)
                 EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table, roundEnd: roundEnd, policy: &policy)
             }

@@ -75,7 +75,10 @@ public final class UnixLineServer: Sendable {
     private let stopEvent: EventFd
     private let thread = Mutex<HostThread?>(nil)
 
-    public init(path: String, handler: @escaping @Sendable (String) -> String) throws(SwiftletError) {
+    /// `prologue` runs first on the server's thread (its seccomp filter); when it returns false, the thread ends
+    /// without serving.
+    public init(path: String, prologue: (@Sendable () -> Bool)? = nil,
+                handler: @escaping @Sendable (String) -> String) throws(SwiftletError) {
         guard var address = unixAddress(path) else {
             throw SwiftletError(.invalidConfiguration, "control socket path \(path) is empty or longer than 107 bytes")
         }
@@ -104,7 +107,10 @@ public final class UnixLineServer: Sendable {
         }
         let listenerFd = listener.rawValue, stopFd = stopEvent.rawValue
         do {
-            let started = try HostThread(name: "control") { UnixLineServer.serve(listener: listenerFd, stop: stopFd, handler: handler) }
+            let started = try HostThread(name: "control") {
+                if let prologue, !prologue() { return }
+                UnixLineServer.serve(listener: listenerFd, stop: stopFd, handler: handler)
+            }
             thread.withLock { $0 = started }
         } catch {
             unlink(path)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Swiftlet
+import SwiftletConfinement
 import SwiftletHost
 
 /// `--balloon [size=MiB][,deflate-on-oom=on][,free-page-reporting=on][,stats=SECONDS]`; `--balloon on` for the
@@ -68,7 +69,15 @@ enum BalloonControl {
 
     /// Serves the protocol at `path` for `vm` until `stop()`; the socket file goes with it.
     static func serve(at path: String, vm: MicroVM) throws(SwiftletError) -> UnixLineServer {
-        try UnixLineServer(path: path) { line in answer(line, vm: vm) }
+        try UnixLineServer(path: path, prologue: {
+            do {
+                try vm.confineCurrentThread(.control)
+                return true
+            } catch {
+                Run.report("error: \(error)")
+                return false
+            }
+        }) { line in answer(line, vm: vm) }
     }
 }
 

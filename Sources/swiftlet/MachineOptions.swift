@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Swiftlet
+import SwiftletConfinement
 
 /// The options that describe a machine, shared by `run` and `exec`.
 struct MachineOptions: ParsableArguments {
@@ -54,6 +55,11 @@ struct MachineOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
     var kvm: String = "/dev/kvm"
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Seccomp filters, once set-up is done: every thread may make only the system calls its kind needs (docs/SECURITY.md). on: any other call ends the VMM with a message naming the thread and the call (exit status 159). log: other calls go through and the kernel logs each (dmesg, `audit: type=1326`), to find out what a set-up needs. off: no filters. The default is $SWIFTLET_SECCOMP when set, else on.",
+        valueName: "on|log|off"))
+    var seccomp: SeccompMode?
+
     /// The machine these options describe; `console` and `commandLine` are the command's defaults.
     func configuration(console defaultConsole: String, commandLine defaultCommandLine: String) throws -> MachineConfiguration {
         guard let kernel else { throw ValidationError("--kernel is required: the guest kernel (bzImage or vmlinux) to boot") }
@@ -70,6 +76,13 @@ struct MachineOptions: ParsableArguments {
         configuration.vsock = vsock?.configuration
         configuration.balloon = balloon?.configuration
         configuration.deviceScheduling = deviceScheduling
+        if let seccomp { configuration.seccomp = seccomp } else if let value = getenv("SWIFTLET_SECCOMP").map({ String(cString: $0) }) {
+            guard let mode = SeccompMode(rawValue: value) else {
+                throw ValidationError("SWIFTLET_SECCOMP=\(value) is not one of on, log, off")
+            }
+            configuration.seccomp = mode
+        }
+        configuration.confineProcess = true
         return configuration
     }
 }
@@ -202,3 +215,5 @@ extension String {
 extension DeviceThreadScheduling: ExpressibleByArgument {
     public init?(argument: String) { self.init(rawValue: argument) }
 }
+
+extension SeccompMode: ExpressibleByArgument {}

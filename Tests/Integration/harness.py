@@ -33,6 +33,9 @@ REPO = os.path.abspath(os.path.join(INTEGRATION, "..", ".."))
 BUILD = os.path.join(REPO, ".build")
 GUEST = os.path.join(BUILD, "guest")
 SWIFTLET = os.path.join(BUILD, "release", "swiftlet")
+# The same sources built with -D SWIFTLET_SECCOMP_TRIGGER (`make trigger`): a forbidden system call on demand, for
+# the seccomp tests. Never the binary anything else runs.
+SWIFTLET_TRIGGER = os.path.join(BUILD, "trigger", "release", "swiftlet")
 TOOLS = os.path.join(BUILD, "tools")
 PAYLOAD = os.path.join(BUILD, "lab-payload")
 LAB = os.path.join(INTEGRATION, "lab", "lab.py")
@@ -101,6 +104,8 @@ def stage_payload(baseline=None):
     subprocess.run([sys.executable, LAB, "stage-binary", SWIFTLET, bindir], check=True)
     if baseline:
         shutil.copy2(baseline, os.path.join(bindir, "swiftlet-baseline"))
+    if os.path.exists(SWIFTLET_TRIGGER):
+        shutil.copy2(SWIFTLET_TRIGGER, os.path.join(bindir, "swiftlet-trigger"))
     # Libraries go to /job/lib (lab.py's run.sh puts it on LD_LIBRARY_PATH); stage-binary put them in bin/lib.
     if os.path.isdir(os.path.join(bindir, "lib")):
         shutil.move(os.path.join(bindir, "lib"), os.path.join(PAYLOAD, "lib"))
@@ -127,14 +132,14 @@ def integration_tools():
 def native_env():
     env = dict(os.environ)
     tools = integration_tools()
-    env.update(SWIFTLET=SWIFTLET, GUEST=GUEST, VMMBENCH=tools["vmmbench"], RUNAS=tools["runas"],
+    env.update(SWIFTLET=SWIFTLET, SWIFTLET_TRIGGER=SWIFTLET_TRIGGER, GUEST=GUEST, VMMBENCH=tools["vmmbench"], RUNAS=tools["runas"],
                TCPPEER=tools["tcppeer"], VSOCKPEER=tools["vsockpeer"], AGENTEXEC=tools["agentexec"])
     env.setdefault("QEMU", "qemu-system-x86_64")
     env.setdefault("QEMU_FIRMWARE", "/usr/share/qemu")
     return env
 
 
-LAB_ENV = "SWIFTLET=/job/bin/swiftlet GUEST=/job/guest VMMBENCH=/job/bin/vmmbench RUNAS=/job/bin/runas " \
+LAB_ENV = "SWIFTLET=/job/bin/swiftlet SWIFTLET_TRIGGER=/job/bin/swiftlet-trigger GUEST=/job/guest VMMBENCH=/job/bin/vmmbench RUNAS=/job/bin/runas " \
           "TCPPEER=/job/bin/tcppeer VSOCKPEER=/job/bin/vsockpeer AGENTEXEC=/job/bin/agentexec QEMU=qemu-system-x86_64 " \
           "QEMU_FIRMWARE=/usr/share/qemu"
 

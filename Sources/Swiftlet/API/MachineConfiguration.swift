@@ -1,3 +1,4 @@
+import SwiftletConfinement
 import SwiftletDevices
 import SwiftletHost
 
@@ -51,6 +52,13 @@ public struct MachineConfiguration: Sendable {
     public var balloon: MemoryBalloonConfiguration?
     /// How the device thread (every virtio device's event loop) is scheduled; see `DeviceThreadScheduling`.
     public var deviceScheduling: DeviceThreadScheduling = .adaptive
+    /// Seccomp filters on the VM's own threads (vCPUs, the device loop, the console input), each with the system
+    /// calls its class needs after set-up (SwiftletConfinement.SeccompPolicy). `.off` turns them off.
+    public var seccomp: SeccompMode = .on
+    /// Also load the process filter on every thread of this process at start (what `swiftlet run` does). Off by
+    /// default when embedded: it confines the embedding app's own threads as well. At most one VM per process can
+    /// do this, the first: later threads keep their creators' filters, which a second process filter cannot cover.
+    public var confineProcess = false
     /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds.
     public var onFirstRun: (@Sendable (UInt64) -> Void)?
 

@@ -1,3 +1,4 @@
+import SwiftletConfinement
 import SwiftletDevices
 import SwiftletHost
 import Synchronization
@@ -48,6 +49,15 @@ public final class MicroVM: Sendable {
         guard let built = machine.withLock({ $0 }) else { return .stopped }
         built.finish(.stopped)
         return await wait()
+    }
+
+    /// Loads `threadClass`'s seccomp filter (`MachineConfiguration.seccomp`) on the calling thread: for threads the
+    /// embedding code runs for this VM (the CLI's control socket). Needs a started VM; does nothing with `.off`.
+    public func confineCurrentThread(_ threadClass: ThreadClass) throws(SwiftletError) {
+        guard let built = machine.withLock({ $0 }) else {
+            throw SwiftletError(.invalidConfiguration, "this MicroVM is not started, and has no seccomp filters yet")
+        }
+        try built.confinement.enter(threadClass)
     }
 
     /// Per-device counters: notifications from the driver, interrupts to it, requests completed.

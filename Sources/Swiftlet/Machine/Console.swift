@@ -63,7 +63,8 @@ final class ConsoleInput: Sendable {
     private let thread: HostThread
     let terminal: RawTerminalMode
 
-    init(serial: Serial, onQuit: @escaping @Sendable () -> Void) throws(SwiftletError) {
+    /// `prologue` runs first on the input thread (its seccomp filter); when it returns false, the thread ends.
+    init(serial: Serial, prologue: @escaping @Sendable () -> Bool, onQuit: @escaping @Sendable () -> Void) throws(SwiftletError) {
         do {
             stop = try EventFd()
         } catch {
@@ -74,6 +75,7 @@ final class ConsoleInput: Sendable {
         let interactive = terminal.isRaw
         do {
             thread = try HostThread(name: "console-in") {
+                guard prologue() else { return }
                 ConsoleInput.pump(serial: serial, stop: stop, interactive: interactive, onQuit: onQuit)
             }
         } catch {

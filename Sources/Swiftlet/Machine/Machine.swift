@@ -2,6 +2,7 @@ import CSwiftlet
 import Glibc
 import Synchronization
 import SwiftletBoot
+import SwiftletConfinement
 import SwiftletDevices
 import SwiftletHost
 import SwiftletKVM
@@ -29,10 +30,15 @@ final class Machine: Sendable {
     let eventLoop: EventLoop?
     /// Set when the device thread could not take `configuration.deviceScheduling` (it runs under SCHED_OTHER).
     let deviceSchedulingError = Mutex<Errno?>(nil)
+    /// The seccomp filters, compiled during set-up (`configuration.seccomp`).
+    let confinement: Confinement
+    /// Signalled once the machine has ended. Waiters poll it from a thread of their own (`wait()`): the threads that
+    /// end a machine (vCPUs, the console) run narrow seccomp filters and must not wake the Swift concurrency pool,
+    /// which may create a thread, and that thread would inherit the narrow filter.
+    private let ended: EventFd
 
     private struct RunState {
         var exit: MachineExit?
-        var waiters: [CheckedContinuation<MachineExit, Never>] = []
         var threads: [HostThread] = []
         var input: ConsoleInput?
         var firstRunAt: UInt64?
@@ -95,6 +101,10 @@ final class Machine: Sendable {
         }
         self.vcpus = vcpus
 
+        confinement = try Confinement(mode: configuration.seccomp)
+        do { ended = try EventFd() } catch {
+            throw SwiftletError(.systemCall, "cannot create the machine's exit eventfd", cause: error)
+        }
         console = try ConsoleSink(configuration: configuration.console, fileLimit: configuration.consoleFileMaximumSize)
         do { serialInterrupt = try EventFd() } catch {
             throw SwiftletError(.systemCall, "cannot create the serial interrupt eventfd", cause: error)
@@ -197,26 +207,45 @@ final class Machine: Sendable {
         try state.withLock { (state) throws(SwiftletError) in
             guard !state.started else { throw SwiftletError(.invalidConfiguration, "the VM was already started") }
             state.started = true
+            // Set-up is done: from here on every thread runs under the process filter, and each thread started
+            // below under its own class's filter too (Confinement).
+            if configuration.confineProcess { try confinement.confineProcess() }
             let counters = virtioDevices.map { $0.device.counters }
             try eventLoop?.start(scheduling: configuration.deviceScheduling,
                                  workProbe: {
                                      counters.reduce(LoopWork(bytes: 0, requests: 0)) {
                                          LoopWork(bytes: $0.bytes &+ $1.bytes, requests: $0.requests &+ $1.requests)
                                      }
-                                 }) { [weak self] error in
-                self?.deviceSchedulingError.withLock { $0 = error }
-            }
+                                 },
+                                 onSchedulingError: { [weak self] error in self?.deviceSchedulingError.withLock { $0 = error } },
+                                 prologue: { [weak self] in self?.confineThread(.device) ?? false })
             if configuration.console == .stdio {
-                state.input = try ConsoleInput(serial: serial) { [weak self] in self?.finish(.stopped) }
+                state.input = try ConsoleInput(serial: serial, prologue: { [weak self] in self?.confineThread(.console) ?? false }) {
+                    [weak self] in self?.finish(.stopped)
+                }
             }
             for vcpu in vcpus {
                 do {
-                    let thread = try HostThread(name: "vcpu\(vcpu.id)") { [self] in self.runLoop(vcpu) }
+                    let thread = try HostThread(name: "vcpu\(vcpu.id)") { [self] in
+                        guard confineThread(.vcpu) else { return }
+                        self.runLoop(vcpu)
+                    }
                     state.threads.append(thread)
                 } catch {
                     throw SwiftletError(.systemCall, "cannot start the thread of vCPU \(vcpu.id)", cause: error as? Errno)
                 }
             }
+        }
+    }
+
+    /// Loads `threadClass`'s seccomp filter on the calling thread; on failure the machine fails, saying why.
+    func confineThread(_ threadClass: ThreadClass) -> Bool {
+        do {
+            try confinement.enter(threadClass)
+            return true
+        } catch {
+            finish(.failed(error.description))
+            return false
         }
     }
 
@@ -285,32 +314,41 @@ final class Machine: Sendable {
 
     var firstRunAt: UInt64? { state.withLock { $0.firstRunAt } }
 
-    /// Records how the machine ended (the first report wins), kicks every vCPU out of KVM_RUN and wakes waiters.
+    /// Records how the machine ended (the first report wins), kicks every vCPU out of KVM_RUN and signals `ended`.
+    /// Any thread may call it; it only makes system calls every filter allows (tgkill, write).
     func finish(_ exit: MachineExit) {
-        let waiters = state.withLock { state -> [CheckedContinuation<MachineExit, Never>]? in
-            guard state.exit == nil else { return nil }
+        let first = state.withLock { state -> Bool in
+            guard state.exit == nil else { return false }
             state.exit = exit
-            let waiters = state.waiters
-            state.waiters = []
-            return waiters
+            return true
         }
-        guard let waiters else { return }
+        guard first else { return }
         finished.store(true, ordering: .releasing)
         let threads = state.withLock { $0.threads }
         for vcpu in vcpus { vcpu.requestExit() }
         for thread in threads { thread.send(signal: KickSignal.number) }
-        for waiter in waiters { waiter.resume(returning: exit) }
+        ended.signal()
     }
 
-    /// Waits until the machine has ended.
+    /// Waits until the machine has ended. The wait is a thread's poll on `ended`, started from the caller (a thread
+    /// under the process filter only), which then resumes the caller.
     func wait() async -> MachineExit {
-        await withCheckedContinuation { continuation in
-            let done = state.withLock { state -> MachineExit? in
-                if let exit = state.exit { return exit }
-                state.waiters.append(continuation)
-                return nil
+        if let exit = state.withLock({ $0.exit }) { return exit }
+        let ended = self.ended
+        return await withCheckedContinuation { continuation in
+            do {
+                try HostThread(name: "wait") { [self] in
+                    var descriptor = pollfd(fd: ended.rawValue, events: Int16(POLLIN), revents: 0)
+                    var exit = state.withLock { $0.exit }
+                    while exit == nil {
+                        _ = poll(&descriptor, 1, -1)
+                        exit = state.withLock { $0.exit }
+                    }
+                    continuation.resume(returning: exit ?? .stopped)
+                }.detach()
+            } catch {
+                continuation.resume(returning: .failed("cannot start a thread to wait for the VM: \(error)"))
             }
-            if let done { continuation.resume(returning: done) }
         }
     }
 

@@ -319,7 +319,7 @@ public final class Net: LoopDevice {
     private func setNumBuffers(_ value: UInt16, in vectors: [iovec]) {
         var writer = ChainWriter(vectors: vectors[...], limit: VirtioNetHeader.size)
         writer.skip(VirtioNetHeader.numBuffersOffset)
-        withUnsafeBytes(of: value.littleEndian) { writer.write($0) }
+        _ = withUnsafeBytes(of: value.littleEndian) { writer.write($0) }
     }
 
     /// Writes every frame the guest queued to the endpoint, each with one writev straight from its buffers

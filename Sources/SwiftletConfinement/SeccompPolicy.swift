@@ -1,0 +1,78 @@
+import CSeccomp
+import CSwiftlet
+import Glibc
+import SwiftletHost
+
+/// The kinds of thread a Swiftlet process runs after set-up, each with the system calls it needs.
+public enum ThreadClass: String, Sendable, CaseIterable {
+    /// `vcpuN`: KVM_RUN, and the port and MMIO exits it serves (serial output, device registers, reset).
+    case vcpu
+    /// The device event loop: virtqueues, the TAP, disk images, vsock sockets, the balloon's madvise.
+    case device
+    /// `console-in`: the terminal or stdin, copied into the serial port.
+    case console
+    /// `control`: the balloon's line socket.
+    case control
+}
+
+/// What each thread may call. The process filter (`SeccompPolicy.process`) holds for every thread: the main thread,
+/// the Swift concurrency pool, the signal thread, the API's `exec` threads; each dedicated thread narrows it with its
+/// class's list. Every list includes `runtime`: what the Swift runtime, the allocator and glibc call on their own.
+public enum SeccompPolicy {
+    /// The Swift runtime, malloc and glibc on any thread, and the SIGSYS reporter (prctl PR_GET_NAME, write).
+    static let runtime: [SystemCallRule] = [
+        "read", "write", "close", "futex", "mmap", "munmap", "mprotect", "madvise", "brk", "mremap",
+        "rt_sigreturn", "rt_sigprocmask", "sigaltstack", "exit", "exit_group", "gettid", "getpid", "tgkill",
+        "clock_gettime", "clock_nanosleep", "nanosleep", "sched_yield", "restart_syscall", "rseq", "getrandom",
+        "sched_getaffinity",
+    ].map(SystemCallRule.init) + [SystemCallRule("prctl", argument: 0, in: [UInt64(PR_GET_NAME)])]
+
+    /// KVM_RUN and KVM_GET_REGS (for the report of an internal error); TUNSETOFFLOAD when the net driver's
+    /// features (its offloads) are accepted, which happens in a register write.
+    static let vcpuIoctls: [UInt64] = [CSwiftlet_KVM_RUN, CSwiftlet_KVM_GET_REGS, CSwiftlet_TUNSETOFFLOAD].map { UInt64($0) }
+
+    /// Each class's calls beyond `runtime`.
+    public static func rules(_ threadClass: ThreadClass) -> [SystemCallRule] {
+        switch threadClass {
+        case .vcpu:
+            return runtime + [SystemCallRule("ioctl", argument: 1, in: vcpuIoctls)]
+                + ["writev", "pwrite64", "fstat", "newfstatat", "fsync", "fdatasync", "epoll_ctl"].map(SystemCallRule.init)
+        case .device:
+            return runtime + [SystemCallRule("socket", argument: 0, in: [UInt64(AF_UNIX)]),
+                              SystemCallRule("ioctl", argument: 1, in: [UInt64(CSwiftlet_TUNSETOFFLOAD), UInt64(FIONREAD)])]
+                + ["epoll_wait", "epoll_pwait", "epoll_ctl", "readv", "writev", "preadv", "pwritev", "preadv2",
+                   "pwritev2", "pread64", "pwrite64", "fallocate", "fdatasync", "fsync", "accept4", "connect",
+                   "timerfd_settime", "timerfd_gettime", "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown",
+                   "getsockopt", "setsockopt", "fcntl", "sched_setscheduler", "sched_getscheduler", "lseek",
+                   "fstat", "newfstatat"].map(SystemCallRule.init)
+        case .console:
+            return runtime + ["poll", "ppoll", "epoll_wait", "epoll_pwait"].map(SystemCallRule.init)
+        case .control:
+            return runtime + ["poll", "ppoll", "accept", "accept4", "fcntl", "shutdown", "sendto", "recvfrom"].map(SystemCallRule.init)
+        }
+    }
+
+    /// The process filter: every class's calls, and what the main thread, the concurrency pool, the signal thread
+    /// and the API threads need (threads, Unix sockets to the guest's vsock, the terminal, removing the sockets
+    /// Swiftlet made at exit).
+    public static var process: [SystemCallRule] {
+        var all = ThreadClass.allCases.flatMap { threadClass in
+            rules(threadClass).filter { !["ioctl", "socket", "prctl"].contains($0.name) }
+        }
+        all += [
+            SystemCallRule("socket", argument: 0, in: [UInt64(AF_UNIX)]),
+            // A new thread names itself, then loads its class's filter (NO_NEW_PRIVS, seccomp).
+            SystemCallRule("prctl", argument: 0, in: [PR_GET_NAME, PR_SET_NAME, PR_SET_NO_NEW_PRIVS].map { UInt64($0) }),
+            SystemCallRule("ioctl", argument: 1, in: vcpuIoctls + [UInt64(CSwiftlet_TUNSETOFFLOAD), UInt64(FIONREAD),
+                                                                   UInt64(TCGETS), UInt64(TCSETS), UInt64(TCSETSW),
+                                                                   UInt64(TCSETSF), UInt64(TIOCGWINSZ)]),
+        ]
+        all += ["clone", "clone3", "set_robust_list", "rt_sigaction", "rt_sigsuspend", "rt_sigtimedwait", "signalfd4", "sigwaitinfo",
+                  "unlink", "unlinkat", "pipe2", "eventfd2", "dup", "dup3", "wait4", "kill", "getuid", "geteuid",
+                  "openat", "bind", "listen", "socketpair", "uname", "sysinfo", "getcwd", "ftruncate", "seccomp", "umask",
+                  "setpriority", "getpriority"]
+            .map(SystemCallRule.init)
+        var seen = Set<String>()
+        return all.filter { seen.insert($0.name).inserted } // each class repeats `runtime`
+    }
+}
