@@ -18,7 +18,7 @@
 runs=${RUNS:-3}
 runtime=${BLK_RUNTIME:-5}
 ramp=${BLK_RAMP:-1}
-jobs=randread,randwrite,seqread,seqwrite
+jobs=${BLK_JOBS:-randread,randwrite,seqread,seqwrite}   # BLK_JOBS: a subset, for a focused comparison
 # reboot=t: both VMMs end on the guest's triple fault, so the command line is identical.
 cmdline="console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=fio swiftlet.fio=$jobs swiftlet.fio.runtime=$runtime"
 cmdline="$cmdline swiftlet.fio.ramp=$ramp swiftlet.fio.iodepth=32"
@@ -50,6 +50,7 @@ samples() {
         IFS=: read -r _job _metric _suffix _unit <<EOF
 $_m
 EOF
+        case ",$jobs," in *",$_job,"*) ;; *) continue ;; esac
         _v=$(guest_value "$2.lines" "$_job$_suffix")
         if [ -n "$_v" ]; then
             echo "BENCH-SAMPLE metric=$_metric vmm=$1 value=$_v unit=$_unit"
