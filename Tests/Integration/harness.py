@@ -565,7 +565,7 @@ DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3}
 # The bench scripts' own settings (their headers explain them), passed on from this process's environment, so that
 # `NET_ORDER=swiftlet,qemu make bench BENCH=net` reaches the lab too.
 BENCH_KNOBS = ("NET_ORDER", "NET_TIME", "NET_RR", "BLK_RUNTIME", "BLK_RAMP", "BLK_JOBS", "VSOCK_MIB",
-               "SWIFTLET_SECCOMP")
+               "SWIFTLET_SECCOMP", "BASELINE_OPTIONS")
 # Benchmarks whose script runs an older build beside this one ($SWIFTLET_BASELINE, vmm=baseline): bench --baseline.
 BASELINE_BENCHES = {"blk", "net"}
 

@@ -11,6 +11,7 @@
 #
 # SWIFTLET_BASELINE (make bench BASELINE=REV): an older swiftlet executable that runs in every round as well, reported
 # as vmm=baseline, for an A/B of two builds in the same lab run. The order rotates from round to round.
+# BASELINE_OPTIONS: swiftlet options for the baseline's runs only (with BASELINE=HEAD, an A/B of one option).
 #
 # Swiftlet only: `--stats` says how many queue notifications (guest -> device) and interrupts a disk had for how many
 # requests; with VIRTIO_RING_F_EVENT_IDX (default) and, in one extra run, without it (--disk PATH,event-idx=off).
@@ -32,7 +33,7 @@ dd if=/dev/zero of="$img" bs=1M count=256 conv=fsync 2>/dev/null || { echo "blk 
 
 swiftlet_run() { # LOG DISK-OPTIONS (BINARY: the executable, default $SWIFTLET)
     timeout "$limit" "${BINARY:-$SWIFTLET}" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
-        --cpus 1 --console "$1" --stats --cmdline "$cmdline" --disk "$img$2" 2>"$1.err"
+        --cpus 1 --console "$1" --stats --cmdline "$cmdline" --disk "$img$2" ${OPTIONS:-} 2>"$1.err"
 }
 qemu_run() { # LOG
     timeout "$limit" "$QEMU" -M microvm,acpi=off -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config \
@@ -82,7 +83,7 @@ stats() {
 boot() { # CONFIG LOG
     case $1 in
         swiftlet) HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
-        baseline) BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
+        baseline) OPTIONS=${BASELINE_OPTIONS:-} BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
         qemu) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" ;;
     esac
 }

@@ -36,6 +36,8 @@
 # rounds and reversed in even ones: for focused comparisons, e.g. NET_ORDER=swiftlet,qemu.
 # SWIFTLET_BASELINE (make bench BASELINE=REV): an older swiftlet executable that runs in every round as config
 # `baseline`, reported as vmm=baseline under the swiftlet metric names, for an A/B of two builds in the same lab run.
+# BASELINE_OPTIONS: swiftlet options for the baseline's runs only; with BASELINE=HEAD, an A/B of one option, e.g.
+# BASELINE_OPTIONS='--seccomp off' for what seccomp costs.
 . "$INTEGRATION/lib.sh"
 runs=${RUNS:-3}
 secs=${NET_TIME:-10}
@@ -151,7 +153,7 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off | s
     [ $1 = swiftlet-offloads-off ] || trace_start "$_log"
     case $1 in
         swiftlet) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
-        baseline) BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ;;
+        baseline) BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" ${BASELINE_OPTIONS:-} ;;
         swiftlet-offloads-off) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" \
             "virtio_net.csum=0 virtio_net.gso=0 swiftlet.net.offloads=off swiftlet.iperf.dirs=g2h swiftlet.iperf.rr=0" ;;
         swiftlet-normal|swiftlet-batch) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" --device-scheduling ${1#swiftlet-} ;;
