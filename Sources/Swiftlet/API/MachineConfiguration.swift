@@ -59,7 +59,9 @@ public struct MachineConfiguration: Sendable {
     /// default when embedded: it confines the embedding app's own threads as well. At most one VM per process can
     /// do this, the first: later threads keep their creators' filters, which a second process filter cannot cover.
     public var confineProcess = false
-    /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds.
+    /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds. With
+    /// `seccomp` on, that thread runs under the vCPU filter: `write` works, but opening files, creating threads or
+    /// resuming Swift concurrency (which may create one) end the process (SeccompPolicy.rules(.vcpu)).
     public var onFirstRun: (@Sendable (UInt64) -> Void)?
 
     public static let defaultCommandLine = "console=ttyS0 reboot=k panic=1"
