@@ -34,8 +34,7 @@ public struct SeccompFilter: Sendable {
         defer { seccomp_release(context) }
         _ = seccomp_attr_set(context, SCMP_FLTATR_CTL_OPTIMIZE, 2) // a binary tree over the call numbers
         for rule in rules {
-            let number = seccomp_syscall_resolve_name(rule.name)
-            guard number >= 0 else { continue }
+            guard let number = rule.number else { continue }
             for conditions in rule.alternatives {
                 let result = conditions.withUnsafeBufferPointer {
                     seccomp_rule_add_exact_array(context, UInt32(SCMP_ACT_ALLOW), number, UInt32($0.count), $0.baseAddress)
@@ -91,6 +90,12 @@ public struct SystemCallRule: Sendable {
     public init(_ name: String, argument: UInt32, in values: [UInt64]) {
         self.name = name
         alternatives = values.map { [scmp_arg_cmp(arg: argument, op: SCMP_CMP_MASKED_EQ, datum_a: 0xffff_ffff, datum_b: $0 & 0xffff_ffff)] }
+    }
+
+    /// The call's number on this host's architecture; nil when the architecture has no such call.
+    public var number: Int32? {
+        let number = seccomp_syscall_resolve_name(name)
+        return number >= 0 ? number : nil
     }
 }
 

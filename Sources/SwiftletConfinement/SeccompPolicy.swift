@@ -30,6 +30,10 @@ public enum SeccompPolicy {
     /// KVM_RUN and KVM_GET_REGS (for the report of an internal error); TUNSETOFFLOAD when the net driver's
     /// features (its offloads) are accepted, which happens in a register write.
     static let vcpuIoctls: [UInt64] = [CSwiftlet_KVM_RUN, CSwiftlet_KVM_GET_REGS, CSwiftlet_TUNSETOFFLOAD].map { UInt64($0) }
+    /// TUNSETOFFLOAD when the guest's offloads change, FIONREAD for how much a socket holds.
+    static let deviceIoctls: [UInt64] = [UInt64(CSwiftlet_TUNSETOFFLOAD), UInt64(FIONREAD)]
+    /// The terminal, saved and restored around raw mode (`--console stdio`).
+    static let terminalIoctls: [UInt64] = [TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ].map { UInt64($0) }
 
     /// Each class's calls beyond `runtime`.
     public static func rules(_ threadClass: ThreadClass) -> [SystemCallRule] {
@@ -39,7 +43,7 @@ public enum SeccompPolicy {
                 + ["writev", "pwrite64", "fstat", "newfstatat", "fsync", "fdatasync", "epoll_ctl"].map(SystemCallRule.init)
         case .device:
             return runtime + [SystemCallRule("socket", argument: 0, in: [UInt64(AF_UNIX)]),
-                              SystemCallRule("ioctl", argument: 1, in: [UInt64(CSwiftlet_TUNSETOFFLOAD), UInt64(FIONREAD)])]
+                              SystemCallRule("ioctl", argument: 1, in: deviceIoctls)]
                 + ["epoll_wait", "epoll_pwait", "epoll_ctl", "readv", "writev", "preadv", "pwritev", "preadv2",
                    "pwritev2", "pread64", "pwrite64", "fallocate", "fdatasync", "fsync", "accept4", "connect",
                    "timerfd_settime", "timerfd_gettime", "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown",
@@ -63,11 +67,12 @@ public enum SeccompPolicy {
             SystemCallRule("socket", argument: 0, in: [UInt64(AF_UNIX)]),
             // A new thread names itself, then loads its class's filter (NO_NEW_PRIVS, seccomp).
             SystemCallRule("prctl", argument: 0, in: [PR_GET_NAME, PR_SET_NAME, PR_SET_NO_NEW_PRIVS].map { UInt64($0) }),
-            SystemCallRule("ioctl", argument: 1, in: vcpuIoctls + [UInt64(CSwiftlet_TUNSETOFFLOAD), UInt64(FIONREAD),
-                                                                   UInt64(TCGETS), UInt64(TCSETS), UInt64(TCSETSW),
-                                                                   UInt64(TCSETSF), UInt64(TIOCGWINSZ)]),
+            // Every class's ioctls (each thread runs under this filter too) and the terminal's, each once.
+            SystemCallRule("ioctl", argument: 1, in: (vcpuIoctls + deviceIoctls + terminalIoctls).reduce(into: []) {
+                if !$0.contains($1) { $0.append($1) }
+            }),
         ]
-        all += ["clone", "clone3", "set_robust_list", "rt_sigaction", "rt_sigsuspend", "rt_sigtimedwait", "signalfd4", "sigwaitinfo",
+        all += ["clone", "clone3", "set_robust_list", "rt_sigaction", "rt_sigsuspend", "rt_sigtimedwait", "signalfd4",
                   "unlink", "unlinkat", "pipe2", "eventfd2", "dup", "dup3", "wait4", "kill", "getuid", "geteuid",
                   "openat", "bind", "listen", "socketpair", "uname", "sysinfo", "getcwd", "ftruncate", "seccomp", "umask",
                   "setpriority", "getpriority"]
