@@ -20,8 +20,10 @@ let package = Package(
         .target(name: "SwiftletHost", dependencies: ["CSwiftlet", .product(name: "SystemPackage", package: "swift-system")]),
         // libseccomp (Debian's libseccomp-dev; the static executable links its libseccomp.a) and the SIGSYS reporter.
         .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
-        // Per-thread seccomp filters (and, later, the jail): what a thread may still do once set-up is done.
-        .target(name: "SwiftletConfinement", dependencies: ["CSeccomp", "CSwiftlet", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
+        // The jail's child between clone and execve, and the system calls glibc does not wrap.
+        .target(name: "CJail"),
+        // Per-thread seccomp filters and the jail: what a thread may still do once set-up is done, and what it can see.
+        .target(name: "SwiftletConfinement", dependencies: ["CSeccomp", "CJail", "CSwiftlet", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "SwiftletMemory", dependencies: ["SwiftletHost"]),
         .target(name: "SwiftletKVM", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletBoot", dependencies: ["SwiftletMemory", "CLibFDT"]),

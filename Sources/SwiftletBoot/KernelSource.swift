@@ -19,7 +19,7 @@ extension BootSource {
 }
 
 /// A boot file opened read-only.
-public struct FileBootSource: BootSource {
+public struct FileBootSource: BootSource, Sendable {
     public let path: String
     public let descriptor: OwnedFileDescriptor
     public let size: Int

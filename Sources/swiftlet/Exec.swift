@@ -66,7 +66,7 @@ struct Exec: AsyncParsableCommand {
         var configuration = try machine.configuration(console: "none", commandLine: MachineConfiguration.defaultCommandLine + " quiet")
         configuration.enableAgent(socketPath: configuration.vsock?.socketPath, guestCID: configuration.vsock?.guestCID ?? 3)
         let vm = MicroVM(configuration)
-        let signals = try SignalForwarder { Task { await vm.stop() } }
+        let signals = try SignalForwarder { _ in Task { await vm.stop() } }
         defer { signals.cancel() }
         do { try await vm.start() } catch {
             Run.report("error: " + error.description)

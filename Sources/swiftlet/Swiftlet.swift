@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Swiftlet
+import SwiftletConfinement
 import SwiftletHost
 
 @main
@@ -27,6 +28,9 @@ struct Run: AsyncParsableCommand {
 
     @Flag(name: .long, help: "Start the guest agent (adds swiftlet.agent=\(GuestAgent.defaultPort) to the command line; needs --vsock). Then `swiftlet exec --attach SOCKET -- CMD` runs commands in this VM.")
     var agent = false
+
+    @OptionGroup(title: "Jail")
+    var jailOptions: JailOptions
 
     @Option(name: .long, help: ArgumentHelp(
         "A Unix socket for changing the balloon while the VM runs (`swiftlet balloon SOCKET set MIB|get|stats`); removed at exit. Needs --balloon.",
@@ -55,8 +59,25 @@ struct Run: AsyncParsableCommand {
                 Run.report("first-kvm-run monotonic_ns=\(now) after_main_ns=\(now - start)")
             }
         }
+        var balloonSocket = self.balloonSocket
+        if let jail = try jailOptions.configuration(for: configuration) {
+            // Sockets live inside the jail: the VMM binds them at the path the jail gives them.
+            var sockets: [(option: String, host: String, inside: String)] = []
+            for (option, path) in [("--vsock socket=", configuration.vsock?.socketPath), ("--balloon-socket ", balloonSocket)] {
+                guard let path else { continue }
+                guard let inside = jail.pathInside(path) else {
+                    fail("\(option)\(path) is outside the jail: with --jail \(jail.directory), sockets go in a directory under it that uid \(jail.uid) may write (such as \(jail.directory)/run)")
+                }
+                sockets.append((option, path, inside))
+            }
+            guard Jail.isJailedChild else { superviseJail(jail, sockets: sockets) }
+            if let inside = sockets.first(where: { $0.option.hasPrefix("--vsock") })?.inside { configuration.vsock?.socketPath = inside }
+            if balloonSocket != nil { balloonSocket = sockets.first(where: { $0.option.hasPrefix("--balloon") })?.inside }
+            configuration.kvmPath = JailConfiguration.kvmPath
+            configuration.afterOpeningHostFiles = { () throws(SwiftletError) in try Jail.enter(jail) }
+        }
         let vm = MicroVM(configuration)
-        let signals = try SignalForwarder { Task { await vm.stop() } }
+        let signals = try SignalForwarder { _ in Task { await vm.stop() } }
         defer { signals.cancel() }
         do {
             try await vm.start()
@@ -104,6 +125,27 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    /// `--jail`, outside: starts the jailed VMM (this command again, in the jail's namespaces), forwards signals to it,
+    /// waits, removes what it left, and exits with its status.
+    private func superviseJail(_ jail: JailConfiguration, sockets: [(option: String, host: String, inside: String)]) -> Never {
+        for socket in sockets {
+            Run.report("jail: \(socket.option.trimmingCharacters(in: " "))\(socket.host) is \(socket.inside) inside the jail; clients on the host use \(socket.host)")
+        }
+        let supervisor: JailSupervisor
+        do throws(SwiftletError) { supervisor = try JailSupervisor(jail, arguments: CommandLine.arguments) } catch { fail(error.description) }
+        let signals: SignalForwarder
+        do { signals = try SignalForwarder { supervisor.signal($0) } } catch {
+            supervisor.signal(SIGKILL)
+            _ = supervisor.wait()
+            _ = supervisor.removeLeftovers(sockets: sockets.map(\.host))
+            fail("\(error)")
+        }
+        let status = supervisor.wait()
+        signals.cancel()
+        for problem in supervisor.removeLeftovers(sockets: sockets.map(\.host)) { Run.report("warning: jail: " + problem) }
+        Glibc.exit(status)
+    }
+
     static func report(_ line: String) {
         var text = "swiftlet: " + line + "\n"
         text.withUTF8 { _ = Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
@@ -124,7 +166,7 @@ final class SignalForwarder: Sendable {
     private let pipeWrite: Int32
     private static let handled: [Int32] = [SIGINT, SIGTERM, SIGHUP]
 
-    init(_ onSignal: @escaping @Sendable () -> Void) throws {
+    init(_ onSignal: @escaping @Sendable (Int32) -> Void) throws {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { throw SwiftletError(.systemCall, "cannot create the signal pipe") }
         let readEnd = fds[0]
@@ -145,7 +187,7 @@ final class SignalForwarder: Sendable {
             var byte: UInt8 = 0
             while Glibc.read(readEnd, &byte, 1) == 1 || errno == EINTR {
                 if byte == 0 { break } // cancel()
-                onSignal()
+                onSignal(Int32(byte))
             }
             close(readEnd)
         }

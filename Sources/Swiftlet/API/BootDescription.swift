@@ -41,7 +41,9 @@ public struct BootDescription: Sendable {
                 // The boot structures as `run` writes them, into guest memory of this process (reserved, not
                 // committed: only what the kernel and initrd occupy is touched), then read back.
                 let memory = try GuestMemory(layout: machine.memory.map { ($0.start, $0.size) })
-                let (kernel, _) = try Machine.loadGuest(configuration, description: machine, into: memory)
+                let (kernel, _) = try Machine.loadGuest(configuration, kernel: FileBootSource(path: configuration.kernelPath, what: "kernel"),
+                                                         initrd: configuration.initrdPath.map { path throws(SwiftletError) in try FileBootSource(path: path, what: "initrd") },
+                                                         description: machine, into: memory)
                 lines.append("kernel \(kernel.format.rawValue) \(BootDescription.hex(kernel.start))-\(BootDescription.hex(kernel.end.rawValue - 1)) entry \(BootDescription.hex(kernel.entry))")
                 lines += try ZeroPage.describe(in: memory)
             }

@@ -59,6 +59,11 @@ public struct MachineConfiguration: Sendable {
     /// default when embedded: it confines the embedding app's own threads as well. At most one VM per process can
     /// do this, the first: later threads keep their creators' filters, which a second process filter cannot cover.
     public var confineProcess = false
+    /// Called once during set-up, on the thread that builds the machine, when it has opened everything it names by
+    /// path on the host (kernel, initrd, console file, disk images) and its TAPs, and before it opens `kvmPath`, binds
+    /// the vsock socket or maps guest memory: where a jail drops privileges (`SwiftletConfinement.Jail.enter`, what
+    /// `swiftlet run --jail` does). An error ends the set-up with that error.
+    public var afterOpeningHostFiles: (@Sendable () throws(SwiftletError) -> Void)?
     /// Called once, on vCPU 0's thread, just before its first KVM_RUN, with CLOCK_MONOTONIC nanoseconds. With
     /// `seccomp` on, that thread runs under the vCPU filter: `write` works, but opening files, creating threads or
     /// resuming Swift concurrency (which may create one) end the process (SeccompPolicy.rules(.vcpu)).

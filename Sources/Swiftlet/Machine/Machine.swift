@@ -60,12 +60,25 @@ final class Machine: Sendable {
         // One description of the machine; guest RAM, the command line's virtio-mmio entries, the e820 map, the MP
         // table and the device slots below all come from it.
         let description = try configuration.machineDescription(for: .x86_64)
-        // Guest RAM first, so that loading the kernel and initrd into it (file reads, page faults) overlaps with
+        // What the machine opens by name on the host comes first: the kernel, initrd, console file, disk images and
+        // TAPs. Then `afterOpeningHostFiles` (where a jail drops privileges), and only then /dev/kvm and the sockets.
+        let kernelSource = try FileBootSource(path: configuration.kernelPath, what: "kernel")
+        let initrdSource = try configuration.initrdPath.map { path throws(SwiftletError) in try FileBootSource(path: path, what: "initrd") }
+        console = try ConsoleSink(configuration: configuration.console, fileLimit: configuration.consoleFileMaximumSize)
+        var devices: [(name: String, device: any LoopDevice)] = []
+        for (index, disk) in configuration.disks.enumerated() {
+            devices.append(("blk\(index)", try Block(disk)))
+        }
+        for (index, network) in configuration.networks.enumerated() {
+            devices.append(("net\(index)", try Net(network, endpoint: try Tap(name: network.tap))))
+        }
+        try configuration.afterOpeningHostFiles?()
+        // Guest RAM next, so that loading the kernel and initrd into it (file reads, page faults) overlaps with
         // KVM's own set-up of the VM, irqchip, PIT and vCPUs on this thread.
         memory = try GuestMemory(layout: description.memory.map { ($0.start, $0.size) })
         let memory = self.memory
         let loading = try BackgroundWork(name: "boot-loader") { () throws(SwiftletError) in
-            try Machine.loadGuest(configuration, description: description, into: memory)
+            try Machine.loadGuest(configuration, kernel: kernelSource, initrd: initrdSource, description: description, into: memory)
         }
         // Whatever fails below, the loader thread is joined before the error leaves.
         func collectLoader() -> (kernel: LoadedKernel, boot: X86BootState)? { try? loading.result() }
@@ -105,7 +118,6 @@ final class Machine: Sendable {
         do { ended = try EventFd() } catch {
             throw SwiftletError(.systemCall, "cannot create the machine's exit eventfd", cause: error)
         }
-        console = try ConsoleSink(configuration: configuration.console, fileLimit: configuration.consoleFileMaximumSize)
         do { serialInterrupt = try EventFd() } catch {
             throw SwiftletError(.systemCall, "cannot create the serial interrupt eventfd", cause: error)
         }
@@ -116,13 +128,6 @@ final class Machine: Sendable {
         var portBus = Bus()
         var mmioBus = Bus()
         var slots: [VirtioSlot] = []
-        var devices: [(name: String, device: any LoopDevice)] = []
-        for (index, disk) in configuration.disks.enumerated() {
-            devices.append(("blk\(index)", try Block(disk)))
-        }
-        for (index, network) in configuration.networks.enumerated() {
-            devices.append(("net\(index)", try Net(network, endpoint: try Tap(name: network.tap))))
-        }
         if let vsock = configuration.vsock {
             devices.append(("vsock0", try Vsock(vsock, clock: monotonicNanoseconds)))
         }
@@ -168,11 +173,12 @@ final class Machine: Sendable {
 
     /// Loads the kernel and initrd and writes the zero page, MP table, page tables and GDT: everything the guest
     /// finds in its memory at boot.
-    static func loadGuest(_ configuration: MachineConfiguration, description: MachineDescription, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
-        let kernel = try KernelLoader.load(FileBootSource(path: configuration.kernelPath, what: "kernel"), into: memory)
+    static func loadGuest(_ configuration: MachineConfiguration, kernel kernelSource: some BootSource, initrd initrdSource: (some BootSource)?,
+                          description: MachineDescription, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
+        let kernel = try KernelLoader.load(kernelSource, into: memory)
         var initrd: (address: GuestAddress, size: Int)?
-        if let path = configuration.initrdPath {
-            initrd = try KernelLoader.loadInitrd(FileBootSource(path: path, what: "initrd"), into: memory, kernel: kernel)
+        if let initrdSource {
+            initrd = try KernelLoader.loadInitrd(initrdSource, into: memory, kernel: kernel)
         }
         try ZeroPage.write(into: memory, kernel: kernel, commandLine: description.x86CommandLine, initrd: initrd,
                            e820: description.e820)
