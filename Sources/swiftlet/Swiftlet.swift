@@ -131,6 +131,9 @@ struct Run: AsyncParsableCommand {
         for socket in sockets {
             Run.report("jail: \(socket.option.trimmingCharacters(in: " "))\(socket.host) is \(socket.inside) inside the jail; clients on the host use \(socket.host)")
         }
+        // The jailed VMM puts a terminal in raw mode and restores it; if it is killed, the supervisor restores it.
+        var terminal = termios()
+        let onTerminal = isatty(STDIN_FILENO) == 1 && tcgetattr(STDIN_FILENO, &terminal) == 0
         let supervisor: JailSupervisor
         do throws(SwiftletError) { supervisor = try JailSupervisor(jail, arguments: CommandLine.arguments) } catch { fail(error.description) }
         let signals: SignalForwarder
@@ -142,6 +145,7 @@ struct Run: AsyncParsableCommand {
         }
         let status = supervisor.wait()
         signals.cancel()
+        if onTerminal { tcsetattr(STDIN_FILENO, TCSANOW, &terminal) }
         for problem in supervisor.removeLeftovers(sockets: sockets.map(\.host)) { Run.report("warning: jail: " + problem) }
         Glibc.exit(status)
     }

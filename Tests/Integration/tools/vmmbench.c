@@ -1,6 +1,6 @@
 // vmmbench: runs one VMM command and measures it the same way whichever VMM it is.
 //
-//   vmmbench [--marker STR] [--kill-on STR] [--guest-mib N] [--timeout S] -- CMD [ARG...]
+//   vmmbench [--marker STR] [--kill-on STR] [--kill-signal N] [--guest-mib N] [--timeout S] -- CMD [ARG...]
 //
 // CMD's stdout (the guest console) and stderr are read through pipes; stdin is /dev/null.
 // - marker_ms: from just before fork() to the first stdout line containing --marker (default SWIFTLET-READY);
@@ -8,7 +8,8 @@
 //   mapping (an anonymous mapping of --guest-mib, up to 4 MiB more for alignment) and everything else;
 // - exit_ms: until CMD exited;
 // - start_ns: the CLOCK_MONOTONIC value just before fork(), for comparing with timestamps CMD prints itself;
-// - kill-on: SIGKILL CMD as soon as a stdout or stderr line contains STR (for runs that cannot finish on this host).
+// - kill-on: SIGKILL CMD (or signal --kill-signal, then wait for it to exit) as soon as a stdout or stderr line
+//   contains STR (for runs that cannot finish on this host).
 // It prints one line: "vmmbench: marker_ms=… exit_ms=… rss_kib=… guest_rss_kib=… status=… start_ns=…" (-1 for
 // what did not happen), and CMD's stderr lines prefixed with "vmmbench-stderr: ". Exit status: 0 if the marker was
 // seen (or --kill-on fired), 1 otherwise.
@@ -70,19 +71,20 @@ typedef struct { char buf[4096]; size_t len; } LineBuffer;
 int main(int argc, char **argv) {
     const char *marker = "SWIFTLET-READY", *kill_on = NULL;
     long long guest_bytes = 0;
-    int timeout_s = 120;
+    int timeout_s = 120, kill_signal = SIGKILL;
     int i = 1;
     for (; i < argc; i++) {
         if (!strcmp(argv[i], "--")) { i++; break; }
         if (i + 1 >= argc) break;
         if (!strcmp(argv[i], "--marker")) marker = argv[++i];
         else if (!strcmp(argv[i], "--kill-on")) kill_on = argv[++i];
+        else if (!strcmp(argv[i], "--kill-signal")) kill_signal = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--guest-mib")) guest_bytes = atoll(argv[++i]) << 20;
         else if (!strcmp(argv[i], "--timeout")) timeout_s = atoi(argv[++i]);
         else { fprintf(stderr, "vmmbench: unknown option %s\n", argv[i]); return 2; }
     }
     if (i >= argc) {
-        fprintf(stderr, "usage: vmmbench [--marker STR] [--kill-on STR] [--guest-mib N] [--timeout S] -- CMD [ARG...]\n");
+        fprintf(stderr, "usage: vmmbench [--marker STR] [--kill-on STR] [--kill-signal N] [--guest-mib N] [--timeout S] -- CMD [ARG...]\n");
         return 2;
     }
     int out[2], err[2];
@@ -130,7 +132,7 @@ int main(int argc, char **argv) {
                     marker_ms = (now_ns() - start) / 1000000;
                     sample_rss(pid, guest_bytes, &rss, &guest_rss);
                 }
-                if (kill_on && !killed && strstr(lb->buf, kill_on)) { kill(pid, SIGKILL); killed = 1; }
+                if (kill_on && !killed && strstr(lb->buf, kill_on)) { kill(pid, kill_signal); killed = 1; }
                 lb->len = 0;
             }
         }
