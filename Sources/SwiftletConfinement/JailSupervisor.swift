@@ -93,7 +93,8 @@ public final class JailSupervisor: Sendable {
         let allowed = status.st_uid == jail.uid ? mode & 0o600 == 0o600 : status.st_gid == jail.gid ? mode & 0o060 == 0o060 : mode & 0o006 == 0o006
         guard allowed else {
             throw SwiftletError(.kvmUnavailable, "--uid \(jail.uid) --gid \(jail.gid) cannot open \(jail.kvmDevice) (mode \(String(mode, radix: 8)), owner \(status.st_uid), group \(status.st_gid)): "
-                + "the jailed VMM opens it as that user with no other groups; use --gid \(status.st_gid) if the group may read and write it, or change its owner or mode")
+                + "the jailed VMM opens it as that user with no other groups; "
+                + (status.st_gid == jail.gid ? "let its group read and write it (chmod g+rw)" : "use --gid \(status.st_gid) if its group may read and write it, or change its owner or mode"))
         }
     }
 

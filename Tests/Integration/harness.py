@@ -587,6 +587,7 @@ def start_to_first_run(runs):
     kvm = os.path.join(jail, "kvm-node")
     try:
         os.mknod(kvm, 0o660 | stat.S_IFCHR, os.makedev(10, 232))
+        os.chmod(kvm, 0o660)  # mknod's mode went through the umask
         os.chown(kvm, 0, 65534)
         root = os.path.join(jail, "root")
         os.mkdir(root)
