@@ -3,7 +3,7 @@
 # jailed as an unprivileged uid in a cgroup. While it runs: its root is the jail, every thread runs as the uid with
 # no capabilities, NO_NEW_PRIVS and seccomp, in namespaces of its own and the network namespace asked for, with the
 # cgroup's limits and the rlimits in effect; the disk, the NIC and `swiftlet exec` through the socket in the jail
-# work. After it: no socket, cgroup, directory or mount is left. The test build (swiftlet-trigger) then tries to open
+# work, with 8 MiB through the disk, TCP and vsock each way. After it: no socket, cgroup, directory or mount is left. The test build (swiftlet-trigger) then tries to open
 # host files from inside the jail, and the bad inputs get their errors.
 . "$INTEGRATION/lib.sh"
 t=swiftlet-jail
@@ -56,6 +56,42 @@ out=$("$SWIFTLET" exec --attach "$S" -- sh -c 'echo data | dd of=/dev/vda conv=f
     ip addr add 10.0.4.2/24 dev eth0; ip link set eth0 up; ping -c 2 -W 2 10.0.4.1 | grep -c "bytes from"' 2>"$WORK/exec.err")
 check devices "$(echo $out)" "data 2" "$(tail -c 300 "$WORK/exec.err")"
 check disk-on-host "$(head -c 4 "$WORK/disk.img")" data
+
+echo "step: bulk: 8 MiB to the disk and back, over TCP to the namespace, and over vsock both ways"
+ex() { "$SWIFTLET" exec --attach "$S" "$@"; }
+innet "$TCPPEER" recv 5001 >"$WORK/tcp.recv" 2>"$WORK/tcp.err" &
+rx=$!
+sleep 0.3
+out=$(ex -- sh -c 'head -c 8388608 /dev/urandom | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null
+    echo 3 >/proc/sys/vm/drop_caches; head -c 8388608 /dev/vda | sha256sum | cut -d" " -f1
+    head -c 8388608 /dev/vda | tcppeer send 5001 10.0.4.1 && echo sent' 2>"$WORK/exec.err")
+wait $rx
+sum=$(sha256sum <"$WORK/tcp.recv" | cut -d' ' -f1)
+check blk-tcp "$(echo $out)" "$sum sent" "$(tail -c 300 "$WORK/exec.err") $(tail -c 200 "$WORK/tcp.err")"
+check blk-on-host "$(head -c 8388608 "$WORK/disk.img" | sha256sum | cut -d' ' -f1)" "$sum"
+# A guest connection to host port 5000 reaches the listener at ${S}_5000, which the jailed VMM connects to as the
+# uid: the listener's socket must be the uid's (connect needs write permission on it).
+"$VSOCKPEER" listen "unix:${S}_5000" recv >"$WORK/g2h.host" 2>&1 &
+peer=$!
+i=0
+while [ ! -S "${S}_5000" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+chown $UID_ "${S}_5000"
+guest=$(ex -- vsockpeer connect vsock:2:5000 send 8M 2>"$WORK/exec.err")
+wait $peer
+check vsock-guest-to-host "$(echo "$guest" | sed 's/ ns=.*//')" "$(sed 's/ ns=.*//' "$WORK/g2h.host")" "$(tail -c 300 "$WORK/exec.err")"
+case "$guest" in *bytes=8388608*) test_pass "$t.vsock-guest-to-host-size" ;; *) test_fail "$t.vsock-guest-to-host-size" "$guest" ;; esac
+rm -f "${S}_5000"
+ex -- vsockpeer listen vsock:6000 recv >"$WORK/h2g.guest" 2>&1 &
+listener=$!
+tries=0
+while :; do
+    "$VSOCKPEER" connect "hybrid:$S:6000" send 8M >"$WORK/h2g.host" 2>"$WORK/h2g.err" && break
+    tries=$((tries + 1))
+    [ $tries -lt 50 ] && grep -q refused "$WORK/h2g.err" || break
+    sleep 0.2
+done
+wait $listener
+check vsock-host-to-guest "$(sed 's/ ns=.*//' "$WORK/h2g.guest")" "$(sed 's/ ns=.*//' "$WORK/h2g.host")" "$(tail -c 200 "$WORK/h2g.err")"
 ip link show "$TAP" >/dev/null 2>&1 && test_fail "$t.tap-not-on-host" "$TAP is in the host's namespace" || test_pass "$t.tap-not-on-host"
 
 # The jailed VMM is the supervisor's child.
