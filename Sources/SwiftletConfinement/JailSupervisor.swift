@@ -64,6 +64,8 @@ public final class JailSupervisor: Sendable {
     public func removeLeftovers(sockets: [String]) -> [String] {
         var problems: [String] = []
         for path in sockets {
+            // Only what is still inside the jail (the VMM could have replaced a directory of its own on the way).
+            guard jail.pathInside(path) != nil else { continue }
             var status = stat()
             if lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFSOCK, unlink(path) != 0 {
                 problems.append("cannot remove the socket \(path): \(Errno(rawValue: errno))")

@@ -92,6 +92,13 @@ public struct SystemCallRule: Sendable {
         alternatives = values.map { [scmp_arg_cmp(arg: argument, op: SCMP_CMP_MASKED_EQ, datum_a: 0xffff_ffff, datum_b: $0 & 0xffff_ffff)] }
     }
 
+    /// Allowed when argument `argument` (0-based) has none of the bits of `mask` set (mmap and mprotect without
+    /// PROT_EXEC).
+    public init(_ name: String, argument: UInt32, withoutBits mask: UInt64) {
+        self.name = name
+        alternatives = [[scmp_arg_cmp(arg: argument, op: SCMP_CMP_MASKED_EQ, datum_a: mask, datum_b: 0)]]
+    }
+
     /// The call's number on this host's architecture; nil when the architecture has no such call.
     public var number: Int32? {
         let number = seccomp_syscall_resolve_name(name)
@@ -126,8 +133,18 @@ public enum SeccompTrigger {
     static func fire(_ name: String) {
         #if SWIFTLET_SECCOMP_TRIGGER
         guard let value = getenv("SWIFTLET_SECCOMP_TRIGGER"), String(cString: value) == name else { return }
-        var arguments: [UnsafeMutablePointer<CChar>?] = [nil]
-        _ = execve("/nonexistent/swiftlet-seccomp-trigger", &arguments, &arguments)
+        // SWIFTLET_SECCOMP_TRIGGER_CALL picks the call: execve (the default), or an executable mapping, which the
+        // filters refuse by its argument.
+        switch getenv("SWIFTLET_SECCOMP_TRIGGER_CALL").map({ String(cString: $0) }) {
+        case "mprotect-exec":
+            let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            _ = mprotect(page, 4096, PROT_READ | PROT_EXEC)
+        case "mmap-exec":
+            _ = mmap(nil, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        default:
+            var arguments: [UnsafeMutablePointer<CChar>?] = [nil]
+            _ = execve("/nonexistent/swiftlet-seccomp-trigger", &arguments, &arguments)
+        }
         #endif
     }
 

@@ -21,11 +21,15 @@ public enum ThreadClass: String, Sendable, CaseIterable {
 public enum SeccompPolicy {
     /// The Swift runtime, malloc and glibc on any thread, and the SIGSYS reporter (prctl PR_GET_NAME, write).
     static let runtime: [SystemCallRule] = [
-        "read", "write", "close", "futex", "mmap", "munmap", "mprotect", "madvise", "brk", "mremap",
+        "read", "write", "close", "futex", "munmap", "madvise", "brk", "mremap",
         "rt_sigreturn", "rt_sigprocmask", "sigaltstack", "exit", "exit_group", "gettid", "getpid", "tgkill",
         "clock_gettime", "clock_nanosleep", "nanosleep", "sched_yield", "restart_syscall", "rseq", "getrandom",
         "sched_getaffinity",
-    ].map(SystemCallRule.init) + [SystemCallRule("prctl", argument: 0, in: [UInt64(PR_GET_NAME)])]
+    ].map(SystemCallRule.init) + [SystemCallRule("prctl", argument: 0, in: [UInt64(PR_GET_NAME)]),
+        // Memory, but never executable: the static executable loads no code after set-up, and its thread stacks are
+        // not executable (PT_GNU_STACK is RW), so a PROT_EXEC mapping could only be injected code.
+        SystemCallRule("mmap", argument: 2, withoutBits: UInt64(PROT_EXEC)),
+        SystemCallRule("mprotect", argument: 2, withoutBits: UInt64(PROT_EXEC))]
 
     /// KVM_RUN and KVM_GET_REGS (for the report of an internal error); TUNSETOFFLOAD when the net driver's
     /// features (its offloads) are accepted, which happens in a register write.

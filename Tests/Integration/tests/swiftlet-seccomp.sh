@@ -60,21 +60,23 @@ if [ ! -x "${SWIFTLET_TRIGGER:-}" ]; then
 fi
 
 # trap_case CLASS THREAD-PATTERN [SWIFTLET OPTIONS...]: the trigger in CLASS ends the VMM with status 159 and the
-# report naming a thread that matches THREAD-PATTERN and execve.
+# report naming a thread that matches THREAD-PATTERN and the call: execve, or with CALL=mprotect-exec|mmap-exec an
+# executable mapping (WANT: the call as the report names it; NAME: the test's name, default CLASS).
 trap_case() {
-    _class=$1 _thread=$2
+    _class=$1 _thread=$2 _name=${NAME:-$1} _want=${WANT:-execve (59)}
     shift 2
-    echo "step: a forbidden call in the $_class thread class"
+    echo "step: a forbidden call in the $_class thread class (${CALL:-execve})"
     rm -f "$S" "$CTL"
-    SWIFTLET_SECCOMP_TRIGGER=$_class timeout 60 "$SWIFTLET_TRIGGER" run --seccomp on --kernel "$GUEST/bzImage" \
-        --initrd "$GUEST/initramfs.cpio" --memory 128M --cmdline "$SWIFTLET_CMDLINE_BASE swiftlet.test=hello" "$@" \
-        </dev/null >"$WORK/trap-$_class.out" 2>"$WORK/trap-$_class.err"
-    check "trap-$_class.exit" $? 159 "$(tail -c 300 "$WORK/trap-$_class.err")"
-    _line=$(grep 'seccomp:' "$WORK/trap-$_class.err" | head -n 1)
-    if printf '%s\n' "$_line" | grep -Eq "^swiftlet: seccomp: thread $_thread made a forbidden system call: execve \(59\)$"; then
-        test_pass "$t.trap-$_class.message"
+    SWIFTLET_SECCOMP_TRIGGER=$_class SWIFTLET_SECCOMP_TRIGGER_CALL=${CALL:-execve} timeout 60 "$SWIFTLET_TRIGGER" run \
+        --seccomp on --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs.cpio" --memory 128M \
+        --cmdline "$SWIFTLET_CMDLINE_BASE swiftlet.test=hello" "$@" \
+        </dev/null >"$WORK/trap-$_name.out" 2>"$WORK/trap-$_name.err"
+    check "trap-$_name.exit" $? 159 "$(tail -c 300 "$WORK/trap-$_name.err")"
+    _line=$(grep 'seccomp:' "$WORK/trap-$_name.err" | head -n 1)
+    if printf '%s\n' "$_line" | grep -Eq "^swiftlet: seccomp: thread $_thread made a forbidden system call: $(printf '%s' "$_want" | sed 's/[()]/\\&/g')\$"; then
+        test_pass "$t.trap-$_name.message"
     else
-        test_fail "$t.trap-$_class.message" "got '$_line', want 'swiftlet: seccomp: thread $_thread made a forbidden system call: execve (59)'"
+        test_fail "$t.trap-$_name.message" "got '$_line', want 'swiftlet: seccomp: thread $_thread made a forbidden system call: $_want'"
     fi
 }
 trap_case vcpu vcpu0 --console "$WORK/trap.console"
@@ -82,6 +84,12 @@ trap_case device devices --console "$WORK/trap.console" --vsock "socket=$S"
 trap_case console console-in --console stdio
 trap_case control control --console "$WORK/trap.console" --balloon on --balloon-socket "$CTL"
 trap_case process '[^ ]+' --console "$WORK/trap.console"
+# The filters look at mmap's and mprotect's protection: memory may not become executable.
+CALL=mprotect-exec WANT='mprotect (10)' NAME=vcpu-mprotect-exec
+trap_case vcpu vcpu0 --console "$WORK/trap.console"
+CALL=mmap-exec WANT='mmap (9)' NAME=device-mmap-exec
+trap_case device devices --console "$WORK/trap.console" --vsock "socket=$S"
+unset CALL WANT NAME
 
 echo "step: --seccomp log: the same call in a vCPU thread goes through, and the kernel logs it"
 before=$(dmesg 2>/dev/null | wc -l); logged=$?
