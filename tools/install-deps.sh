@@ -19,6 +19,7 @@ packages=(
     libfdt-dev                    # the device tree an aarch64 guest boots with (CLibFDT)
     libseccomp-dev                # seccomp filters on every thread (CSeccomp; the static executable links libseccomp.a)
     device-tree-compiler python3-venv   # device-tree tests: dtc, and a venv for dtschema's dt-validate
+    acpica-tools                  # ACPI table tests: iasl -d disassembles what Swiftlet writes
 )
 
 missing=()

@@ -7,8 +7,8 @@ public enum GuestArchitecture: String, CaseIterable, Sendable {
 }
 
 /// One machine, described once: its RAM, vCPUs, virtio-mmio devices (window and interrupt), command line and
-/// initrd. Every boot structure is derived from it (the x86_64 command-line `virtio_mmio.device=` entries, MP table
-/// and e820 map; the aarch64 device tree), so they cannot disagree about where a device is.
+/// initrd. Every boot structure is derived from it (the x86_64 command-line `virtio_mmio.device=` entries, MP table,
+/// ACPI tables and e820 map; the aarch64 device tree), so they cannot disagree about where a device is.
 public struct MachineDescription: Sendable, Equatable {
     public struct MemoryRegion: Sendable, Equatable {
         public var start: GuestAddress
@@ -42,6 +42,19 @@ public struct MachineDescription: Sendable, Equatable {
         }
     }
 
+    /// How an x86_64 guest learns of its vCPUs and virtio-mmio devices (ACPI tables, the command line and MP table).
+    public enum Discovery: String, CaseIterable, Sendable {
+        /// Both: ACPI tables (MADT, DSDT) for a kernel with ACPI, and `virtio_mmio.device=` entries and the MP table
+        /// for one without. Each of the kernels Swiftlet is tested with reads one of them: the tiny kernel has no
+        /// ACPI; Debian's cloud kernel has no VIRTIO_MMIO_CMDLINE_DEVICES (and ignores the MP table when the MADT is
+        /// there). A kernel with both ACPI and VIRTIO_MMIO_CMDLINE_DEVICES would find each device twice: use `.acpi`.
+        case both
+        /// ACPI tables only.
+        case acpi
+        /// The command line and MP table only, no ACPI tables (what Swiftlet did before it had them).
+        case legacy
+    }
+
     public var architecture: GuestArchitecture
     public var memory: [MemoryRegion]
     public var cpus: Int
@@ -50,6 +63,8 @@ public struct MachineDescription: Sendable, Equatable {
     public var commandLine: String
     /// Where the initrd lies in guest memory, once a loader has placed it.
     public var initrd: Initrd?
+    /// x86_64: which descriptions of the vCPUs and devices the guest gets.
+    public var discovery: Discovery = .both
 
     public init(architecture: GuestArchitecture, memory: [MemoryRegion], cpus: Int, virtioDevices: [VirtioDevice],
                 commandLine: String, initrd: Initrd? = nil) {
@@ -102,14 +117,22 @@ public struct MachineDescription: Sendable, Equatable {
     /// which is how a kernel without ACPI or a device tree finds virtio-mmio devices (drivers/virtio/virtio_mmio.c).
     public var x86CommandLine: String {
         var line = commandLine
-        for device in virtioDevices {
+        for device in virtioDevices where discovery != .acpi {
             line += " virtio_mmio.device=\(device.window.size >> 10)K@0x\(String(device.window.start.rawValue, radix: 16)):\(device.interrupt)"
         }
         return line
     }
 
     /// The x86_64 e820 map: low RAM below the EBDA, the EBDA reserved, then every RAM region from 1 MiB up.
-    public var e820: [E820Entry] { E820Entry.map(ram: memory.map { ($0.start, $0.end) }) }
+    public var e820: [E820Entry] { E820Entry.map(ram: memory.map { ($0.start, $0.end) }, acpi: discovery != .legacy) }
+
+    /// Whether the guest gets an MP table (not with `.acpi`).
+    public var hasMPTable: Bool { discovery != .acpi }
+
+    /// The ACPI tables, or nil with `.legacy`.
+    public func acpiTables() throws(SwiftletError) -> ACPITables? {
+        discovery == .legacy ? nil : try ACPITables(self)
+    }
 }
 
 extension GuestArchitecture {

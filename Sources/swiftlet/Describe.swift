@@ -47,6 +47,7 @@ struct Describe: ParsableCommand {
         configuration.networks = machine.net.map(\.configuration)
         configuration.vsock = machine.vsock?.configuration
         configuration.balloon = machine.balloon?.configuration
+        if let acpi = machine.acpi { configuration.discovery = acpi.discovery }
         let description: BootDescription
         do {
             description = try BootDescription(configuration, architecture: architecture, interruptController: gic, seed: seed)

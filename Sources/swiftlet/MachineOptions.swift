@@ -52,6 +52,11 @@ struct MachineOptions: ParsableArguments {
         valueName: "adaptive|batch|normal"))
     var deviceScheduling: DeviceThreadScheduling = .adaptive
 
+    @Option(name: .long, help: ArgumentHelp(
+        "How an x86_64 guest finds its vCPUs and virtio-mmio devices. Without the option, both ways: ACPI tables (MADT, DSDT with LNRO0005 devices; `poweroff` and `reboot` through the FADT) for a kernel with ACPI, such as a distribution's, and virtio_mmio.device= entries on the command line and an MP table for one without, such as the tiny test kernel. on: ACPI only, for a kernel that has both ACPI and VIRTIO_MMIO_CMDLINE_DEVICES (which would otherwise find each device twice). off: no ACPI tables.",
+        valueName: "on|off"))
+    var acpi: ACPIOption?
+
     @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
     var kvm: String = "/dev/kvm"
 
@@ -76,6 +81,7 @@ struct MachineOptions: ParsableArguments {
         configuration.vsock = vsock?.configuration
         configuration.balloon = balloon?.configuration
         configuration.deviceScheduling = deviceScheduling
+        if let acpi { configuration.discovery = acpi.discovery }
         if let seccomp { configuration.seccomp = seccomp } else if let value = getenv("SWIFTLET_SECCOMP").map({ String(cString: $0) }) {
             guard let mode = SeccompMode(rawValue: value) else {
                 throw ValidationError("SWIFTLET_SECCOMP=\(value) is not one of on, log, off")
@@ -217,3 +223,17 @@ extension DeviceThreadScheduling: ExpressibleByArgument {
 }
 
 extension SeccompMode: ExpressibleByArgument {}
+
+/// `--acpi on|off` (and `both`, what no option means).
+struct ACPIOption: ExpressibleByArgument {
+    var discovery: DeviceDiscovery
+
+    init?(argument: String) {
+        switch argument {
+        case "on": discovery = .acpi
+        case "off": discovery = .legacy
+        case "both": discovery = .both
+        default: return nil
+        }
+    }
+}

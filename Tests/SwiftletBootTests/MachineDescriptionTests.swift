@@ -17,7 +17,33 @@ import Testing
         #expect(machine.memory.map { [$0.start.rawValue, $0.size] } == X86Layout.ramRegions(size: size).map { [$0.start.rawValue, $0.size] })
         #expect(machine.memory.reduce(0) { $0 + $1.size } == size)
         let memory = try GuestMemory(layout: machine.memory.map { ($0.start, $0.size) })
-        #expect(machine.e820 == E820Entry.map(for: memory))
+        // By default the ACPI tables' area is in the map too, as ACPI data between the EBDA and 1 MiB.
+        var expected = E820Entry.map(for: memory)
+        expected.insert(E820Entry(start: X86Layout.acpiTables, size: 0x20000, kind: .acpi), at: 2)
+        #expect(machine.e820 == expected)
+        var legacy = machine
+        legacy.discovery = .legacy
+        #expect(legacy.e820 == E820Entry.map(for: memory))
+    }
+
+    /// Each way of finding the devices gives the guest one set of descriptions, or both.
+    @Test func discoveryPicksTheDescriptions() throws {
+        var machine = try MachineDescription.layout(.x86_64, memorySize: 256 << 20, cpus: 2,
+                                                    virtioDeviceNames: ["blk0", "net0"], commandLine: "console=ttyS0")
+        #expect(machine.discovery == .both)
+        #expect(machine.x86CommandLine.contains("virtio_mmio.device=4K@0xd0000000:5"))
+        #expect(machine.hasMPTable)
+        #expect(try machine.acpiTables()?.tables.map(\.signature) == ["RSDP", "XSDT", "FACP", "APIC", "DSDT"])
+        machine.discovery = .acpi
+        #expect(machine.x86CommandLine == "console=ttyS0")
+        #expect(!machine.hasMPTable)
+        #expect(try machine.acpiTables() != nil)
+        #expect(machine.e820.contains { $0.kind == .acpi })
+        machine.discovery = .legacy
+        #expect(machine.x86CommandLine.contains("virtio_mmio.device=4K@0xd0001000:6"))
+        #expect(machine.hasMPTable)
+        #expect(try machine.acpiTables() == nil)
+        #expect(!machine.e820.contains { $0.kind == .acpi })
     }
 
     @Test func theDeviceTreeAndTheDescriptionAgreeOnEveryDevice() throws {

@@ -105,11 +105,19 @@ public struct BootDescription: Sendable {
         lines.append("command-line \(machine.x86CommandLine)")
         lines.append("zero-page \(hex(X86Layout.zeroPage)) command-line-at \(hex(X86Layout.commandLine)) gdt \(hex(X86Layout.gdt)) page-tables \(hex(X86Layout.pml4))")
         for entry in machine.e820 {
-            lines.append("e820 \(hex(entry.start))-\(hex(entry.start.rawValue + entry.size - 1)) \(entry.kind == .ram ? "ram" : "reserved")")
+            let kind = switch entry.kind { case .ram: "ram"; case .reserved: "reserved"; case .acpi: "acpi" }
+            lines.append("e820 \(hex(entry.start))-\(hex(entry.start.rawValue + entry.size - 1)) \(kind)")
         }
-        lines.append("mptable floating-pointer \(hex(X86Layout.mpFloatingPointer)) table \(hex(X86Layout.mpConfigurationTable))")
-        if let (_, table) = try? MPTable.build(cpus: machine.cpus, tableAddress: X86Layout.mpConfigurationTable) {
-            lines += MPTable.describe(table)
+        if machine.hasMPTable {
+            lines.append("mptable floating-pointer \(hex(X86Layout.mpFloatingPointer)) table \(hex(X86Layout.mpConfigurationTable))")
+            if let (_, table) = try? MPTable.build(cpus: machine.cpus, tableAddress: X86Layout.mpConfigurationTable) {
+                lines += MPTable.describe(table)
+            }
+        }
+        if let tables = try? machine.acpiTables() {
+            lines.append("acpi " + tables.tables.map { "\($0.signature.lowercased()) \(hex($0.address)) (\($0.bytes.count) bytes)" }.joined(separator: ", "))
+            lines.append("acpi dsdt COM1 " + machine.virtioDevices.indices.map { ACPITables.virtioDeviceName($0) }.joined(separator: " ")
+                + "; fadt hardware-reduced, sleep control port \(hex(UInt64(X86Layout.acpiSleepControlPort))), reset port \(hex(UInt64(X86Layout.acpiResetPort)))")
         }
         if let initrdSize {
             lines.append("initrd \(initrdSize) bytes, at the top of RAM below 3 GiB and the kernel's initrd_addr_max (placed when the kernel is loaded)")
@@ -153,7 +161,9 @@ extension MachineConfiguration {
 
     /// The machine this configuration makes on `architecture`, every boot structure's single source.
     func machineDescription(for architecture: GuestArchitecture) throws(SwiftletError) -> MachineDescription {
-        try MachineDescription.layout(architecture, memorySize: memorySize, cpus: cpus, virtioDeviceNames: virtioDeviceNames,
-                                      commandLine: commandLine)
+        var machine = try MachineDescription.layout(architecture, memorySize: memorySize, cpus: cpus, virtioDeviceNames: virtioDeviceNames,
+                                                    commandLine: commandLine)
+        machine.discovery = discovery
+        return machine
     }
 }

@@ -1,3 +1,4 @@
+import SwiftletBoot
 import SwiftletConfinement
 import SwiftletDevices
 import SwiftletHost
@@ -20,6 +21,10 @@ public typealias MemoryBalloonConfiguration = BalloonConfiguration
 /// (SCHED_OTHER) lets the device thread preempt the vCPU whenever a notification wakes it; `.adaptive`, the
 /// default, is `.batch` while the devices stream and `.normal` otherwise.
 public typealias DeviceThreadScheduling = ThreadScheduling
+
+/// How an x86_64 guest finds its vCPUs and virtio-mmio devices: `.both` (ACPI tables, and the command line's
+/// `virtio_mmio.device=` entries and the MP table; the default), `.acpi` (ACPI only), `.legacy` (no ACPI tables).
+public typealias DeviceDiscovery = MachineDescription.Discovery
 
 /// Everything a microVM is made from. Sizes are in bytes.
 public struct MachineConfiguration: Sendable {
@@ -50,6 +55,8 @@ public struct MachineConfiguration: Sendable {
     public var vsock: SocketConfiguration?
     /// A memory balloon (after the disks, NICs and vsock on the virtio-mmio bus); nil for none.
     public var balloon: MemoryBalloonConfiguration?
+    /// x86_64: how the guest finds its vCPUs and devices (`DeviceDiscovery`).
+    public var discovery: DeviceDiscovery = .both
     /// How the device thread (every virtio device's event loop) is scheduled; see `DeviceThreadScheduling`.
     public var deviceScheduling: DeviceThreadScheduling = .adaptive
     /// Seccomp filters on the VM's own threads (vCPUs, the device loop, the console input), each with the system

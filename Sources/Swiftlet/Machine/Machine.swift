@@ -48,8 +48,6 @@ final class Machine: Sendable {
     private let finished = Atomic<Bool>(false)
     private let teardown = Mutex(false)
 
-    static let serialPort: UInt16 = 0x3f8
-    static let serialIRQ: UInt32 = 4
 
     init(_ configuration: MachineConfiguration) throws(SwiftletError) {
         if let host = GuestArchitecture.host, host != .x86_64 {
@@ -121,7 +119,7 @@ final class Machine: Sendable {
         do { serialInterrupt = try EventFd() } catch {
             throw SwiftletError(.systemCall, "cannot create the serial interrupt eventfd", cause: error)
         }
-        try vm.registerIrqfd(serialInterrupt, gsi: Machine.serialIRQ)
+        try vm.registerIrqfd(serialInterrupt, gsi: X86Layout.serialIRQ)
         serial = Serial(output: console, interrupt: serialInterrupt)
         bootTimer = BootTimer(clock: monotonicNanoseconds)
 
@@ -161,8 +159,15 @@ final class Machine: Sendable {
         // Devices need `self` to report a reset, so the i8042 reaches the machine through a weak box.
         let resetTarget = WeakMachine()
         do {
-            try portBus.insert(serial, base: UInt64(Machine.serialPort), size: Serial.portCount)
+            try portBus.insert(serial, base: UInt64(X86Layout.serialPort), size: Serial.portCount)
             try portBus.insert(I8042 { resetTarget.machine?.finish(.reset) }, base: UInt64(I8042.dataPort), size: 5)
+            if configuration.discovery != .legacy {
+                // The FADT's sleep and reset registers: `poweroff` and `reboot` of a guest that uses ACPI.
+                let power = ACPIPower(sleepTypeOff: ACPITables.sleepTypeS5, resetValue: X86Layout.acpiResetValue,
+                                      onPowerOff: { resetTarget.machine?.finish(.powerOff) },
+                                      onReset: { resetTarget.machine?.finish(.reset) })
+                try portBus.insert(power, base: UInt64(X86Layout.acpiSleepControlPort), size: ACPIPower.portCount)
+            }
             try portBus.insert(bootTimer, base: UInt64(BootTimer.port), size: 1)
         } catch {
             throw SwiftletError(.invalidConfiguration, "port I/O devices overlap: \(error)")
@@ -180,9 +185,11 @@ final class Machine: Sendable {
         if let initrdSource {
             initrd = try KernelLoader.loadInitrd(initrdSource, into: memory, kernel: kernel)
         }
+        let acpi = try description.acpiTables()
+        try acpi?.write(into: memory)
         try ZeroPage.write(into: memory, kernel: kernel, commandLine: description.x86CommandLine, initrd: initrd,
-                           e820: description.e820)
-        try MPTable.write(into: memory, cpus: description.cpus)
+                           e820: description.e820, acpiRSDP: acpi?.rsdp)
+        if description.hasMPTable { try MPTable.write(into: memory, cpus: description.cpus) }
         return (kernel, try LongMode.prepare(memory: memory, entry: kernel.entry))
     }
 

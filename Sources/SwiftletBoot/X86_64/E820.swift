@@ -2,7 +2,7 @@ import SwiftletMemory
 
 /// One entry of the BIOS e820 memory map the zero page carries (arch/x86/include/uapi/asm/e820.h... bootparam.h).
 public struct E820Entry: Equatable, Sendable {
-    public enum Kind: UInt32, Sendable { case ram = 1, reserved = 2 }
+    public enum Kind: UInt32, Sendable { case ram = 1, reserved = 2, acpi = 3 }
     public var start: GuestAddress
     public var size: UInt64
     public var kind: Kind
@@ -19,12 +19,16 @@ public struct E820Entry: Equatable, Sendable {
         map(ram: memory.regions.map { ($0.start, $0.end) })
     }
 
-    /// The e820 map for RAM regions given as [start, end) ranges (`MachineDescription.e820` describes its RAM so).
-    public static func map(ram: [(start: GuestAddress, end: GuestAddress)]) -> [E820Entry] {
+    /// The e820 map for RAM regions given as [start, end) ranges (`MachineDescription.e820` describes its RAM so);
+    /// with `acpi`, the ACPI tables' area below 1 MiB (`X86Layout.acpiTables`) as ACPI data.
+    public static func map(ram: [(start: GuestAddress, end: GuestAddress)], acpi: Bool = false) -> [E820Entry] {
         var entries: [E820Entry] = [
             E820Entry(start: GuestAddress(0), size: X86Layout.ebda.rawValue, kind: .ram),
             E820Entry(start: X86Layout.ebda, size: X86Layout.ebdaEnd.rawValue - X86Layout.ebda.rawValue, kind: .reserved),
         ]
+        if acpi {
+            entries.append(E820Entry(start: X86Layout.acpiTables, size: X86Layout.acpiTablesEnd.rawValue - X86Layout.acpiTables.rawValue, kind: .acpi))
+        }
         for region in ram {
             let start = max(region.start, X86Layout.highMemory)
             guard region.end > start else { continue }

@@ -20,6 +20,7 @@ public struct LoadedKernel: Sendable {
 
 /// Offsets into struct boot_params / setup_header (Documentation/arch/x86/boot.rst).
 enum BootParams {
+    static let acpiRSDPAddress = 0x070   // acpi_rsdp_addr (u64)
     static let e820Entries = 0x1e8
     static let setupSects = 0x1f1
     static let systemSize = 0x1f4

@@ -24,6 +24,19 @@ public enum X86Layout {
     public static let mpConfigurationTable = GuestAddress(0x9f000)
     public static let mpFloatingPointer = GuestAddress(0x9fc00)
     public static let ebdaEnd = GuestAddress(0xa0000)
+    /// The ACPI tables: the RSDP first, where a kernel's scan of the BIOS area (0xE0000-0xFFFFF) finds it, and the
+    /// others after it, below 1 MiB (reserved in the e820 map as ACPI data when they are written).
+    public static let acpiTables = GuestAddress(0xe0000)
+    public static let acpiTablesEnd = GuestAddress(0x100000)
+    /// The FADT's hardware-reduced registers, in port I/O: sleep control (a write of SLP_TYP << 2 | SLP_EN), sleep
+    /// status, and reset (a write of `acpiResetValue`).
+    public static let acpiSleepControlPort: UInt16 = 0x3c0
+    public static let acpiSleepStatusPort: UInt16 = 0x3c1
+    public static let acpiResetPort: UInt16 = 0x3c2
+    public static let acpiResetValue: UInt8 = 0x1
+    /// The 16550A UART (COM1) and its ISA interrupt.
+    public static let serialPort: UInt16 = 0x3f8
+    public static let serialIRQ: UInt32 = 4
     /// Guest RAM above the legacy hole starts at 1 MiB.
     public static let highMemory = GuestAddress(0x100000)
     /// The 32-bit MMIO hole: devices live here, RAM beyond its start continues at 4 GiB.

@@ -3,9 +3,11 @@ import SwiftletMemory
 
 public enum ZeroPage {
     /// Writes the command line (NUL-terminated, within the kernel's cmdline_size) and the zero page: the kernel's
-    /// own setup header (or a minimal one for ELF), loader id, command line and initrd pointers, and the e820 map.
+    /// own setup header (or a minimal one for ELF), loader id, command line and initrd pointers, the e820 map, and
+    /// where the ACPI RSDP is (`acpi_rsdp_addr`; a kernel also finds it by scanning 0xE0000-0xFFFFF).
     public static func write(into memory: GuestMemory, kernel: LoadedKernel, commandLine: String,
-                             initrd: (address: GuestAddress, size: Int)?, e820: [E820Entry]) throws(SwiftletError) {
+                             initrd: (address: GuestAddress, size: Int)?, e820: [E820Entry],
+                             acpiRSDP: GuestAddress? = nil) throws(SwiftletError) {
         let commandLineBytes = Array(commandLine.utf8) + [0]
         let limit = min(kernel.commandLineLimit, Int(X86Layout.commandLineLimit))
         guard commandLineBytes.count <= limit else {
@@ -38,6 +40,7 @@ public enum ZeroPage {
             page.setLE(UInt32(truncatingIfNeeded: UInt64(initrd.size)), BootParams.ramdiskSize)
             page.setLE(UInt32(truncatingIfNeeded: UInt64(initrd.size) >> 32), BootParams.extRamdiskSize)
         }
+        if let acpiRSDP { page.setLE(acpiRSDP.rawValue, BootParams.acpiRSDPAddress) }
         page[BootParams.e820Entries] = UInt8(e820.count)
         for (index, entry) in e820.enumerated() {
             let base = BootParams.e820Table + index * 20

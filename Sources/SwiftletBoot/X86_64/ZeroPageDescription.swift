@@ -19,8 +19,10 @@ extension ZeroPage {
         for index in 0..<count {
             let base = BootParams.e820Table + index * 20
             let start = page.le(UInt64.self, base), size = page.le(UInt64.self, base + 8), kind = page.le(UInt32.self, base + 16)
-            lines.append("zero-page e820 \(hex(start))-\(hex(start &+ size &- 1)) \(kind == 1 ? "ram" : kind == 2 ? "reserved" : "type \(kind)")")
+            lines.append("zero-page e820 \(hex(start))-\(hex(start &+ size &- 1)) \(kind == 1 ? "ram" : kind == 2 ? "reserved" : kind == 3 ? "acpi" : "type \(kind)")")
         }
+        let rsdp = page.le(UInt64.self, BootParams.acpiRSDPAddress)
+        if rsdp != 0 { lines.append("zero-page acpi_rsdp_addr \(hex(rsdp))") }
         let text = try memory.read(count: Int(X86Layout.commandLineLimit), at: X86Layout.commandLine)
         lines.append("command-line-in-memory \(String(decoding: text.prefix { $0 != 0 }, as: UTF8.self))")
         return lines
