@@ -47,15 +47,34 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/swiftlet-distro.XXXXXX")
 ROOT=$WORK/root
 cleanup() {
     for mount in dev/pts dev proc sys; do umount "$ROOT/$mount" 2>/dev/null || true; done
-    rm -rf "$WORK"
+    # Never remove through a mount that is still there (the host's /dev is bound into the image while it builds).
+    if grep -q " $ROOT/" /proc/self/mountinfo; then
+        echo "build-distro-image: mounts are left under $ROOT; not removing $WORK (umount them, then rm -rf it)" >&2
+    else
+        rm -rf --one-file-system "$WORK"
+    fi
 }
 trap cleanup EXIT
 
-echo "build-distro-image: debootstrap $SUITE ($KERNEL_PACKAGE $kernel_version) from $MIRROR" >&2
+echo "build-distro-image: debootstrap $SUITE, then $KERNEL_PACKAGE $kernel_version from $MIRROR and its updates" >&2
 debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,udev,dbus,iproute2,iputils-ping,kmod,procps,initramfs-tools,e2fsprogs,"$KERNEL_PACKAGE" \
+    --include=systemd,systemd-sysv,udev,dbus,iproute2,iputils-ping,kmod,procps,initramfs-tools,e2fsprogs \
     "$SUITE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
     die "debootstrap failed: $(tail -n 5 "$WORK/debootstrap.log")"
+mount -t proc proc "$ROOT/proc"
+mount -t sysfs sysfs "$ROOT/sys"
+mount --bind /dev "$ROOT/dev"
+mount --bind /dev/pts "$ROOT/dev/pts"
+# The kernel from the suite, its updates and its security archive, as an installed system gets it (and as this
+# host's apt lists, which gave the cache key, see it).
+{
+    echo "deb $MIRROR $SUITE main"
+    echo "deb $MIRROR $SUITE-updates main"
+    echo "deb ${MIRROR%/debian}/debian-security $SUITE-security main"
+} >"$ROOT/etc/apt/sources.list"
+chroot "$ROOT" apt-get update >"$WORK/apt.log" 2>&1 || die "apt-get update in the image failed: $(tail -n 5 "$WORK/apt.log")"
+DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get install -y --no-install-recommends "$KERNEL_PACKAGE=$kernel_version" \
+    >>"$WORK/apt.log" 2>&1 || die "installing $KERNEL_PACKAGE $kernel_version failed: $(tail -n 5 "$WORK/apt.log")"
 
 # The initrd: initramfs-tools with the virtio-mmio drivers and ext4 (MODULES=most already has them; listing them
 # makes sure), built again now that the list is in place.
@@ -65,10 +84,6 @@ virtio_blk
 virtio_net
 ext4
 EOF
-mount -t proc proc "$ROOT/proc"
-mount -t sysfs sysfs "$ROOT/sys"
-mount --bind /dev "$ROOT/dev"
-mount --bind /dev/pts "$ROOT/dev/pts"
 chroot "$ROOT" update-initramfs -u -k all >"$WORK/initramfs.log" 2>&1 || die "update-initramfs failed: $(tail -n 5 "$WORK/initramfs.log")"
 for mount in dev/pts dev proc sys; do umount "$ROOT/$mount"; done
 

@@ -20,6 +20,7 @@ packages=(
     libseccomp-dev                # seccomp filters on every thread (CSeccomp; the static executable links libseccomp.a)
     device-tree-compiler python3-venv   # device-tree tests: dtc, and a venv for dtschema's dt-validate
     acpica-tools                  # ACPI table tests: iasl -d disassembles what Swiftlet writes
+    debootstrap                   # the stock Debian guest of the ACPI test (tools/build-distro-image.sh)
 )
 
 missing=()

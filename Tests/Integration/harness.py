@@ -43,6 +43,10 @@ TOOLS = os.path.join(BUILD, "tools")
 PAYLOAD = os.path.join(BUILD, "lab-payload")
 LAB = os.path.join(INTEGRATION, "lab", "lab.py")
 GUEST_FILES = ("bzImage", "vmlinux", "initramfs.cpio", "initramfs-full.cpio", "hostile.elf")
+# Staged when `make guest` made them: Debian's stock cloud kernel and its initrd (tools/build-distro-image.sh, which
+# needs the Debian mirror) and the small root disk its ACPI test boots (guest/build-acpi-root.sh). Without them
+# that test skips, saying why.
+OPTIONAL_GUEST_FILES = ("distro-vmlinuz", "distro-initrd.img", "acpi-root.img")
 # The lab's L1 gets enough memory for a 3.5 GiB guest (TCG allocates it lazily).
 LAB_MEM_MIB = 4608
 
@@ -117,6 +121,9 @@ def stage_payload(baseline=None):
     os.makedirs(os.path.join(PAYLOAD, "guest"))
     for name in GUEST_FILES:
         shutil.copy2(os.path.join(GUEST, name), os.path.join(PAYLOAD, "guest", name))
+    for name in OPTIONAL_GUEST_FILES:
+        if os.path.exists(os.path.join(GUEST, name)):
+            shutil.copy2(os.path.join(GUEST, name), os.path.join(PAYLOAD, "guest", name))
     target = os.path.join(PAYLOAD, "integration")
     os.makedirs(target)
     for name in ("lib.sh", "run.sh"):
