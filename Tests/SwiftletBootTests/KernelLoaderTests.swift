@@ -89,24 +89,44 @@ import Testing
     @Test func placesTheInitrdHighAndAligned() throws {
         let memory = try Images.memory()
         let kernel = try KernelLoader.load(BytesBootSource(Images.bzImage()), into: memory)
-        let initrd = [UInt8](repeating: 7, count: 5000)
+        let initrd = Array("070701".utf8) + [UInt8](repeating: 7, count: 4994)
         let placed = try KernelLoader.loadInitrd(BytesBootSource(initrd), into: memory, kernel: kernel)
         #expect(placed.address.rawValue % 4096 == 0)
         #expect(placed.address.rawValue + 5000 <= 64 << 20)
         #expect(placed.address.rawValue + 5000 > (64 << 20) - 8192)
         #expect(try memory.read(count: 5000, at: placed.address) == initrd)
-        let huge = BytesBootSource([UInt8](repeating: 0, count: 48 << 20)) // would overlap the kernel at 16 MiB
+        let huge = BytesBootSource(Array("070701".utf8) + [UInt8](repeating: 0, count: 48 << 20)) // would overlap the kernel at 16 MiB
         #expect(throws: SwiftletError.self) { try KernelLoader.loadInitrd(huge, into: memory, kernel: kernel) }
         #expect(throws: SwiftletError.self) { try KernelLoader.loadInitrd(BytesBootSource([]), into: memory, kernel: kernel) }
+    }
+
+    /// An initrd must be an initramfs: a newc cpio archive or a compressed one, after any zero padding.
+    @Test func anInitrdThatIsNotAnInitramfsIsRefused() throws {
+        for (bytes, format) in [(Array("070701".utf8), "cpio"), ([0, 0, 0, 0] + Array("070702".utf8), "cpio"),
+                                ([0x1f, 0x8b, 8], "gzip"), ([0x28, 0xb5, 0x2f, 0xfd], "zstd"), ([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], "xz"),
+                                ([0x02, 0x21, 0x4c, 0x18], "lz4"), (Array("BZh9".utf8), "bzip2")] as [([UInt8], String)] {
+            #expect(try Initramfs.check(BytesBootSource(bytes), name: "t") == format)
+        }
+        let memory = try Images.memory()
+        let kernel = try KernelLoader.load(BytesBootSource(Images.bzImage()), into: memory)
+        for bytes in [Array("hello world\n".utf8), [0x7f, 0x45, 0x4c, 0x46, 2, 1], [UInt8](repeating: 0, count: 5000), Array("070707".utf8)] {
+            do throws(SwiftletError) {
+                _ = try KernelLoader.loadInitrd(BytesBootSource(bytes), into: memory, kernel: kernel)
+                Issue.record("\(bytes.prefix(6)) was taken as an initramfs")
+            } catch {
+                #expect(error.code == .invalidInitrd)
+                #expect(error.message.hasPrefix("the initrd is not an initramfs: it starts with "), "\(error.message)")
+            }
+        }
     }
 
     @Test func initrdStaysBelowInitrdAddressMaxAndTheHole() throws {
         let memory = try Images.memory(size: 3584 << 20)
         var kernel = try KernelLoader.load(BytesBootSource(Images.bzImage()), into: memory)
-        let placed = try KernelLoader.loadInitrd(BytesBootSource([1, 2, 3]), into: memory, kernel: kernel)
+        let placed = try KernelLoader.loadInitrd(BytesBootSource([0x1f, 0x8b, 3]), into: memory, kernel: kernel)
         #expect(placed.address.rawValue + 3 <= 0x3800_0000)
         kernel.initrdAddressMax = UInt64(UInt32.max)
-        let high = try KernelLoader.loadInitrd(BytesBootSource([1, 2, 3]), into: memory, kernel: kernel)
+        let high = try KernelLoader.loadInitrd(BytesBootSource([0x1f, 0x8b, 3]), into: memory, kernel: kernel)
         #expect(high.address.rawValue + 3 <= X86Layout.mmioHoleStart.rawValue)
     }
 

@@ -172,6 +172,7 @@ public enum KernelLoader {
     /// above the kernel.
     public static func loadInitrd(_ source: BootSource, into memory: GuestMemory, kernel: LoadedKernel) throws(SwiftletError) -> (address: GuestAddress, size: Int) {
         let size = UInt64(source.size)
+        if size > 0 { try Initramfs.check(source, name: (source as? FileBootSource).map { "initrd \($0.path)" } ?? "the initrd") }
         let ceiling = min(kernel.initrdAddressMax &+ 1, memory.regions[0].end.rawValue, X86Layout.mmioHoleStart.rawValue)
         guard size > 0, size <= ceiling else {
             throw SwiftletError(.invalidInitrd, "initrd of \(size >> 20) MiB does not fit below \(GuestAddress(ceiling)) (give the guest more --memory)")

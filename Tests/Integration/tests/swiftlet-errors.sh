@@ -17,6 +17,10 @@ expect_error swiftlet-errors.truncated-kernel $? "$err" "truncated"
 "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$WORK/missing" --console none 2>"$err"
 expect_error swiftlet-errors.missing-initrd $? "$err" "cannot open initrd"
 
+# A kernel given as the initrd: refused before the guest boots, saying what an initrd must be.
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/bzImage" --console none 2>"$err"
+expect_error swiftlet-errors.initrd-not-initramfs $? "$err" "initrd $GUEST/bzImage is not an initramfs: it starts with "
+
 "$SWIFTLET" run --kernel "$GUEST/bzImage" --memory 64T --console none 2>"$err"
 expect_error swiftlet-errors.too-much-memory $? "$err" "more than this host has"
 
