@@ -218,7 +218,6 @@ struct Cgroup {
 
     func add(_ pid: pid_t) throws(SwiftletError) {
         do { try Cgroup.write("\(pid)", to: configuration.path + "/cgroup.procs") } catch {
-            remove()
             throw SwiftletError(.systemCall, "--cgroup \(configuration.name): cannot move the VMM into \(configuration.path)", cause: error)
         }
     }

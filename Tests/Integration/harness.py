@@ -614,7 +614,7 @@ def start_to_first_run(runs):
                     samples[metric].append((int(stamp.group(1)) - int(m.group(6))) / 1e6)
                 else:
                     say(f"start_to_first_run: a {metric} run gave no stamp: {r.stdout[-300:]}")
-        left = [name for name in os.listdir(root)]
+        left = os.listdir(root)
         if left:
             say(f"start_to_first_run: the jail runs left {left} in {root}")
     finally:

@@ -24,7 +24,6 @@ public struct ACPITables: Equatable, Sendable {
     public static let oemTableID = "SWIFTLET"
     /// The value `\_S5`'s SLP_TYP gives: a write of (5 << 2) | SLP_EN to the sleep control register powers off.
     public static let sleepTypeS5: UInt8 = 5
-    public static let sleepEnable: UInt8 = 0x20
 
     public init(_ machine: MachineDescription) throws(SwiftletError) {
         guard machine.architecture == .x86_64 else {
@@ -35,18 +34,18 @@ public struct ACPITables: Equatable, Sendable {
         }
         var tables: [Table] = []
         var next = X86Layout.acpiTables.rawValue
-        func place(_ signature: String, _ size: Int) -> GuestAddress {
+        func place(_ size: Int) -> GuestAddress {
             let address = GuestAddress(next)
             next = (next + UInt64(size) + 15) & ~15
             return address
         }
         let dsdt = ACPITables.dsdt(machine)
         let madt = ACPITables.madt(cpus: machine.cpus)
-        let rsdpAddress = place("RSDP", 36)
-        let xsdtAddress = place("XSDT", 36 + 16)
-        let fadtAddress = place("FACP", 276)
-        let madtAddress = place("APIC", madt.count)
-        let dsdtAddress = place("DSDT", dsdt.count)
+        let rsdpAddress = place(36)
+        let xsdtAddress = place(36 + 16)
+        let fadtAddress = place(276)
+        let madtAddress = place(madt.count)
+        let dsdtAddress = place(dsdt.count)
         guard next <= X86Layout.acpiTablesEnd.rawValue else {
             throw SwiftletError(.invalidConfiguration, "the ACPI tables (\(next - X86Layout.acpiTables.rawValue) bytes) do not fit below 1 MiB")
         }
