@@ -52,12 +52,13 @@ guest: deps
 	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs-full.cpio $(GUEST_OUT)/fio:/usr/bin/fio $(GUEST_OUT)/tcppeer:/usr/bin/tcppeer $(GUEST_OUT)/vsockpeer:/usr/bin/vsockpeer \
 		/usr/sbin/mke2fs:/usr/sbin/mkfs.ext4 /usr/sbin/e2fsck:/usr/sbin/e2fsck /etc/mke2fs.conf:/etc/mke2fs.conf \
 		/usr/bin/iperf3:/usr/bin/iperf3
-	@guest/build-acpi-root.sh $(GUEST_OUT)/acpi-root.img
-	@# Debian's stock cloud kernel and its initrd (the ACPI test): built from the Debian mirror, cached by version.
+	@# Debian's stock cloud kernel, its initrd and its root disk (the ACPI and distro tests): built from the Debian
+	@# mirror, cached by version; the 1 GiB sparse disk image stays in the cache (distro-debian.raw links to it).
 	@d=$$(tools/build-distro-image.sh $(GUEST_OUT)/swiftlet-agent) && cp "$$d/vmlinuz" $(GUEST_OUT)/distro-vmlinuz && \
-		cp "$$d/initrd.img" $(GUEST_OUT)/distro-initrd.img && cat "$$d/versions" >$(GUEST_OUT)/distro-versions || \
-		{ rm -f $(GUEST_OUT)/distro-vmlinuz $(GUEST_OUT)/distro-initrd.img; \
-		  echo "make guest: warning: no stock Debian kernel (tools/build-distro-image.sh said why above): swiftlet-acpi will skip"; }
+		cp "$$d/initrd.img" $(GUEST_OUT)/distro-initrd.img && cat "$$d/versions" >$(GUEST_OUT)/distro-versions && \
+		ln -sfn "$$d/debian.raw" $(GUEST_OUT)/distro-debian.raw || \
+		{ rm -f $(GUEST_OUT)/distro-vmlinuz $(GUEST_OUT)/distro-initrd.img $(GUEST_OUT)/distro-debian.raw; \
+		  echo "make guest: warning: no Debian image (tools/build-distro-image.sh said why above): swiftlet-distro will skip"; }
 
 probe: deps
 	@$(HARNESS) probe || true

@@ -77,12 +77,14 @@ DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get install -y --no-install-re
     >>"$WORK/apt.log" 2>&1 || die "installing $KERNEL_PACKAGE $kernel_version failed: $(tail -n 5 "$WORK/apt.log")"
 
 # The initrd: initramfs-tools with the virtio-mmio drivers and ext4 (MODULES=most already has them; listing them
-# makes sure), built again now that the list is in place.
+# makes sure), and pvpanic-mmio (QEMU0001 in the DSDT), loaded this early so that a panic while the initramfs runs
+# is reported to the VMM too; built again now that the list is in place.
 cat >>"$ROOT/etc/initramfs-tools/modules" <<'EOF'
 virtio_mmio
 virtio_blk
 virtio_net
 ext4
+pvpanic-mmio
 EOF
 chroot "$ROOT" update-initramfs -u -k all >"$WORK/initramfs.log" 2>&1 || die "update-initramfs failed: $(tail -n 5 "$WORK/initramfs.log")"
 for mount in dev/pts dev proc sys; do umount "$ROOT/$mount"; done
@@ -139,4 +141,8 @@ mkfs.ext4 -q -F -L swiftlet-root -d "$ROOT" "$WORK/out/debian.raw" || die "mkfs.
 mkdir -p "$CACHE"
 rm -rf "$OUT"
 mv "$WORK/out" "$OUT"
+# An older image (another agent, script or kernel version) is 400 MB that nothing uses any more: keep only this one.
+for old in "$CACHE"/*/; do
+    if [ -d "$old" ] && [ "${old%/}" != "$OUT" ]; then rm -rf --one-file-system "${old%/}"; fi
+done
 echo "$OUT"

@@ -27,11 +27,24 @@ public final class OwnedFileDescriptor: Sendable {
         }
     }
 
-    /// The size of a regular file. The corresponding C function is `fstat`.
+    /// The size of a regular file, or of a block device (whose `st_size` is 0: its end is found with `lseek`,
+    /// which moves the file offset; callers here use positioned I/O). The corresponding C functions are `fstat`
+    /// and `lseek`.
     public func fileSize() throws(Errno) -> Int {
         var info = stat()
         _ = try retryingSystemCall { fstat(rawValue, &info) }
+        if info.st_mode & S_IFMT == S_IFBLK {
+            return Int(try retryingSystemCall { lseek(rawValue, 0, SEEK_END) })
+        }
         return Int(info.st_size)
+    }
+
+    /// Whether this is a regular file or a block device: something with a size that positioned I/O can address.
+    /// The corresponding C function is `fstat`.
+    public func isFileOrBlockDevice() throws(Errno) -> Bool {
+        var info = stat()
+        _ = try retryingSystemCall { fstat(rawValue, &info) }
+        return info.st_mode & S_IFMT == S_IFREG || info.st_mode & S_IFMT == S_IFBLK
     }
 
     /// Reads exactly `buffer.count` bytes at `offset`; fails with EIO on a short file. The corresponding C function is `pread`.

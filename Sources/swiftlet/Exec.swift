@@ -14,7 +14,9 @@ struct Exec: AsyncParsableCommand {
             killed it); 124 when --timeout killed it; 126 when it could not be executed, 127 when it was not found; 125 \
             when Swiftlet itself failed (the message says why). stdin is passed to the command when it is not a \
             terminal (a pipe or a file) or with --stdin.
-            The guest must be Swiftlet's (guest/): its init starts the agent when the command line says swiftlet.agent.
+            The guest must run Swiftlet's agent on vsock port 1024: the bundled guest's init (guest/) starts it when \
+            the command line says swiftlet.agent; tools/build-distro-image.sh installs it in a Debian image as a \
+            systemd service, for --attach.
             """)
 
     @OptionGroup(title: "Machine (ignored with --attach)")
@@ -80,6 +82,7 @@ struct Exec: AsyncParsableCommand {
                 let how = switch exit {
                 case .failed(let message): message
                 case .stopped: "it was stopped"
+                case .guestPanic: "the guest kernel panicked (pvpanic); boot it with --console to see why"
                 default: "\(exit)"
                 }
                 Run.report("error: the VM ended before the command finished: \(how)")

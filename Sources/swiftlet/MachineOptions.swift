@@ -28,7 +28,7 @@ struct MachineOptions: ParsableArguments {
     var console: String?
 
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
-        "A virtio-blk disk: a raw image file; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off.",
+        "A virtio-blk disk: a raw image file or a block device; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off.",
         valueName: "path[,readonly=on][,id=serial]"))
     var disk: [DiskOption] = []
 

@@ -120,6 +120,10 @@ struct Run: AsyncParsableCommand {
         switch exit {
         case .reset, .powerOff, .stopped, .tripleFault:
             return
+        case .guestPanic(let event):
+            Run.report("error: the guest kernel panicked (pvpanic event 0x\(String(event, radix: 16))); "
+                + "its console output says why")
+            Glibc.exit(Run.guestPanicStatus)
         case .failed(let message):
             fail(message)
         }
@@ -149,6 +153,10 @@ struct Run: AsyncParsableCommand {
         for problem in supervisor.removeLeftovers(sockets: sockets.map(\.host)) { Run.report("warning: jail: " + problem) }
         Glibc.exit(status)
     }
+
+    /// The exit status when the guest kernel panicked (MachineExit.guestPanic): distinct from 1, Swiftlet's own
+    /// failures.
+    static let guestPanicStatus: Int32 = 2
 
     static func report(_ line: String) {
         var text = "swiftlet: " + line + "\n"

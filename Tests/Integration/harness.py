@@ -44,9 +44,14 @@ PAYLOAD = os.path.join(BUILD, "lab-payload")
 LAB = os.path.join(INTEGRATION, "lab", "lab.py")
 GUEST_FILES = ("bzImage", "vmlinux", "initramfs.cpio", "initramfs-full.cpio", "hostile.elf")
 # Staged when `make guest` made them: Debian's stock cloud kernel and its initrd (tools/build-distro-image.sh, which
-# needs the Debian mirror) and the small root disk its ACPI test boots (guest/build-acpi-root.sh). Without them
-# that test skips, saying why.
-OPTIONAL_GUEST_FILES = ("distro-vmlinuz", "distro-initrd.img", "acpi-root.img")
+# needs the Debian mirror). Without them the distro test skips, saying why, and the distro benchmark fails.
+OPTIONAL_GUEST_FILES = ("distro-vmlinuz", "distro-initrd.img")
+# The Debian 12 root disk (tools/build-distro-image.sh, 1 GiB sparse): too big for L1's initramfs, so lab.py attaches
+# it to L1 as DISTRO_DISKS virtio disks with snapshot=on (/dev/vda, /dev/vdb, ...): one per guest boot of the distro
+# test and benchmark, each a fresh copy, and the cached image is never written. Natively the tests copy it instead.
+DISTRO_IMAGE = "distro-debian.raw"
+DISTRO_DISKS = 6
+DISTRO_MAX_DISKS = 24  # PCI slots of L1's pc machine, with room to spare
 # The lab's L1 gets enough memory for a 3.5 GiB guest (TCG allocates it lazily).
 LAB_MEM_MIB = 4608
 
@@ -132,6 +137,17 @@ def stage_payload(baseline=None):
         shutil.copytree(os.path.join(INTEGRATION, folder), os.path.join(target, folder))
 
 
+def lab_drives(count=DISTRO_DISKS):
+    """lab.py options attaching the distro image (if made) as `count` disks, and the job's environment naming them
+    (DISTRO_DISKS); ([], "") without one."""
+    image = os.path.join(GUEST, DISTRO_IMAGE)
+    if not os.path.exists(image):
+        return [], ""
+    image = os.path.realpath(image)
+    disks = " ".join(f"/dev/vd{chr(ord('a') + i)}" for i in range(count))
+    return [arg for _ in range(count) for arg in ("--drive", image)], f"DISTRO_DISKS='{disks}' "
+
+
 def integration_tools():
     """The static C helpers of Tests/Integration/tools, built into .build/tools: name -> path."""
     folder = os.path.join(INTEGRATION, "tools")
@@ -154,7 +170,7 @@ LAB_ENV = "SWIFTLET=/job/bin/swiftlet SWIFTLET_TRIGGER=/job/bin/swiftlet-trigger
           "QEMU_FIRMWARE=/usr/share/qemu"
 
 
-def run_guest_side(native, script, label, timeout, retries=None, baseline=None):
+def run_guest_side(native, script, label, timeout, retries=None, baseline=None, disks=DISTRO_DISKS):
     """Run an integration-side shell command where guests boot; return (status, output lines of the final try).
     retries: how often lab.py reruns the whole job after L1 hangs (None: its default). baseline: an older swiftlet
     executable, given to the script as $SWIFTLET_BASELINE."""
@@ -177,7 +193,8 @@ def run_guest_side(native, script, label, timeout, retries=None, baseline=None):
                "--log", log, "--timeout", str(timeout)]
     if retries is not None:
         command += ["--retries", str(retries)]
-    status = subprocess.run(command + ["--", f"{LAB_ENV} {script}"]).returncode
+    drives, drive_env = lab_drives(disks)
+    status = subprocess.run(command + drives + ["--", f"{LAB_ENV} {drive_env}{script}"]).returncode
     lines = []
     if os.path.exists(log):
         with open(log, errors="replace") as f:
@@ -569,10 +586,15 @@ BENCHES = {
     # figures are swiftlet's only: guest RAM resident 10 s after the guest freed 200 MiB, reporting on and off.
     "balloon": {"balloon_reclaim_mib_s": ("MiB/s", "higher"), "fpr_rss_after_free_mib": ("MiB", "lower"),
                 "fpr_rss_after_free_mib_off": ("MiB", "lower")},
+    # The Debian 12 image (tools/build-distro-image.sh) from process start to its multi-user marker (bench/distro.sh),
+    # 2 vCPUs, 512 MiB, a fresh disk each boot; qemu: microvm acpi=on. The distro_guest_* figures are the guest's own
+    # systemd-analyze split of that boot (kernel, initrd, userspace up to multi-user.target).
+    "distro": {"distro_boot_to_multiuser": ("ms", "lower"), "distro_guest_kernel": ("ms", "lower"),
+               "distro_guest_initrd": ("ms", "lower"), "distro_guest_userspace": ("ms", "lower")},
 }
 # Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab; a net round is
 # five boots with up to 2 x 10 s of iperf3 each (about 4 minutes).
-DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3}
+DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3, "distro": 5}
 # The bench scripts' own settings (their headers explain them), passed on from this process's environment, so that
 # `NET_ORDER=swiftlet,qemu make bench BENCH=net` reaches the lab too.
 BENCH_KNOBS = ("NET_ORDER", "NET_TIME", "NET_RR", "BLK_RUNTIME", "BLK_RAMP", "BLK_JOBS", "VSOCK_MIB",
@@ -650,8 +672,10 @@ def cmd_bench(args):
         runs = args.runs or DEFAULT_RUNS.get(name, 10)
         knobs = "".join(f"{knob}={shlex.quote(os.environ[knob])} " for knob in BENCH_KNOBS if knob in os.environ)
         script = f"{knobs}INTEGRATION=/job/integration RUNS={runs} sh /job/integration/bench/{name}.sh"
+        # The distro benchmark boots each run from a fresh copy of the image: two disks a round (one per VMM).
+        disks = min(2 * runs, DISTRO_MAX_DISKS) if name == "distro" else DISTRO_DISKS
         rc, lines = run_guest_side(native, script, f"bench-{name}", timeout=3000 + (1500 if baseline else 0),
-                                   baseline=baseline)
+                                   baseline=baseline, disks=disks)
         for line in lines:
             m = SAMPLE_RE.match(line)
             if m:
@@ -713,8 +737,9 @@ def cmd_lab(args):
     if not command:
         sys.exit("harness: usage: make lab CMD='swiftlet run --kernel /job/guest/bzImage …'")
     stage_payload()
+    drives, drive_env = lab_drives()
     return subprocess.run([sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB),
-                           "--label", "adhoc", "--", f"export {LAB_ENV} PATH=/job/bin:$PATH; {command}"]).returncode
+                           "--label", "adhoc"] + drives + ["--", f"export {LAB_ENV} {drive_env}PATH=/job/bin:$PATH; {command}"]).returncode
 
 
 def cmd_run(args):

@@ -147,7 +147,7 @@ import Testing
         }
     }
 
-    /// The DSDT iasl decodes names each device's window and interrupt, for 0, 1 and 8 devices, and COM1 and \_S5.
+    /// The DSDT iasl decodes names each device's window and interrupt, for 0, 1 and 8 devices, and COM1, pvpanic and \_S5.
     @Test(arguments: [0, 1, 8])
     func theDSDTListsEachDevice(devices: Int) throws {
         let description = try machine(cpus: 2, devices: devices)
@@ -166,6 +166,8 @@ import Testing
         #expect(compact.contains("Device(COM1)") && compact.contains("EisaId(\"PNP0501\")"), "\(source)")
         #expect(compact.contains("IO(Decode16,0x03F8,//RangeMinimum0x03F8,//RangeMaximum0x00,//Alignment0x08,//Length)"), "\(source)")
         #expect(compact.contains("IRQNoFlags(){4}"), "\(source)")
+        #expect(compact.contains("Device(PEVT){Name(_HID,\"QEMU0001\")"), "pvpanic in \(source)")
+        #expect(compact.contains("IO(Decode16,0x0505,//RangeMinimum0x0505,//RangeMaximum0x00,//Alignment0x01,//Length)"), "\(source)")
         #expect(compact.contains("Name(\\_S5,Package(0x02)//_S5_:S5SystemState{0x05,Zero})"), "\(source)")
     }
 }

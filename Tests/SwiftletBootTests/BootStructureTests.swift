@@ -13,12 +13,28 @@ import Testing
         #expect(small == [
             E820Entry(start: GuestAddress(0), size: 0x9f000, kind: .ram),
             E820Entry(start: GuestAddress(0x9f000), size: 0x1000, kind: .reserved),
+            E820Entry(start: GuestAddress(0xf_fff0), size: 0x10, kind: .reserved),
             E820Entry(start: GuestAddress(0x10_0000), size: (64 << 20) - 0x10_0000, kind: .ram),
         ])
         let large = E820Entry.map(for: try Images.memory(size: 3584 << 20))
-        #expect(large.count == 4)
-        #expect(large[2] == E820Entry(start: GuestAddress(0x10_0000), size: 0xc000_0000 - 0x10_0000, kind: .ram))
-        #expect(large[3] == E820Entry(start: GuestAddress(0x1_0000_0000), size: 512 << 20, kind: .ram))
+        #expect(large.count == 5)
+        #expect(large[3] == E820Entry(start: GuestAddress(0x10_0000), size: 0xc000_0000 - 0x10_0000, kind: .ram))
+        #expect(large[4] == E820Entry(start: GuestAddress(0x1_0000_0000), size: 512 << 20, kind: .ram))
+    }
+
+    /// The reset vector asks the i8042 for a reset (out 0x64, 0xfe) and then halts in a loop: its jump lands on
+    /// its hlt, and it fits the 16 bytes below 1 MiB, after the ACPI tables' area.
+    @Test func theResetVectorAsksForAReset() throws {
+        let memory = try Images.memory()
+        try ResetVector.write(into: memory)
+        let code = try memory.read(count: ResetVector.code.count, at: X86Layout.resetVector)
+        #expect(code == ResetVector.code)
+        #expect(X86Layout.resetVector.rawValue == 0xf_fff0 && code.count <= 16)
+        #expect(Array(code[0..<4]) == [0xb0, 0xfe, 0xe6, 0x64]) // mov al, 0xfe (pulse reset); out 0x64 (the i8042 command port), al
+        let jump = try #require(code.firstIndex(of: 0xeb))
+        let target = jump + 2 + Int(Int8(bitPattern: code[jump + 1]))
+        #expect(code[target] == 0xf4) // hlt
+        #expect(X86Layout.acpiTablesEnd.rawValue <= X86Layout.resetVector.rawValue)
     }
 
     @Test func zeroPageCarriesHeaderPointersAndE820() throws {
@@ -35,7 +51,7 @@ import Testing
         #expect(le(page, 0x228, UInt32.self) == UInt32(X86Layout.commandLine.rawValue))
         #expect(le(page, 0x218, UInt32.self) == 0x300_0000)
         #expect(le(page, 0x21c, UInt32.self) == 1234)
-        #expect(page[0x1e8] == 3)
+        #expect(page[0x1e8] == 4)
         for (index, entry) in e820.enumerated() {
             let base = 0x2d0 + 20 * index
             #expect(le(page, base, UInt64.self) == entry.start.rawValue)

@@ -205,6 +205,17 @@ final class TemporaryImage {
         _ = first
     }
 
+    @Test func aDiskMustBeAFileOrABlockDevice() throws {
+        // /dev/null opens, locks and has size 0, like an empty image; it is refused by kind, with what to give.
+        do {
+            _ = try Block(BlockConfiguration(path: "/dev/null", readOnly: true))
+            Issue.record("a character device was accepted as a disk")
+        } catch {
+            #expect(error.code == .invalidConfiguration)
+            #expect(error.message.contains("/dev/null is neither a regular file nor a block device"))
+        }
+    }
+
     @Test func configurationSpaceDescribesTheDisk() throws {
         let image = try TemporaryImage(bytes: 1 << 20)
         let block = try Block(BlockConfiguration(path: image.path))

@@ -104,6 +104,9 @@ public enum MachineExit: Sendable, Equatable {
     case powerOff
     /// The guest triple-faulted, which is also how Linux reboots with `reboot=t`.
     case tripleFault
+    /// The guest kernel said it panicked, through the pvpanic device (the event byte it wrote: PANICKED, and
+    /// CRASH_LOADED if a crash kernel was loaded). Only a guest that finds pvpanic in ACPI can say so.
+    case guestPanic(UInt8)
     /// Stopped from the host (`stop()`).
     case stopped
     /// A vCPU failed; the message says what happened and what to do.

@@ -167,6 +167,9 @@ final class Machine: Sendable {
                                       onPowerOff: { resetTarget.machine?.finish(.powerOff) },
                                       onReset: { resetTarget.machine?.finish(.reset) })
                 try portBus.insert(power, base: UInt64(X86Layout.acpiSleepControlPort), size: ACPIPower.portCount)
+                // pvpanic, which the DSDT describes: a guest's panic ends the machine as such.
+                try portBus.insert(PVPanic { resetTarget.machine?.finish(.guestPanic($0)) },
+                                   base: UInt64(X86Layout.pvpanicPort), size: PVPanic.portCount)
             }
             try portBus.insert(bootTimer, base: UInt64(BootTimer.port), size: 1)
         } catch {
@@ -176,8 +179,8 @@ final class Machine: Sendable {
         resetTarget.set(self)
     }
 
-    /// Loads the kernel and initrd and writes the zero page, MP table, page tables and GDT: everything the guest
-    /// finds in its memory at boot.
+    /// Loads the kernel and initrd and writes the zero page, ACPI tables, MP table, reset vector, page tables and GDT:
+    /// everything the guest finds in its memory at boot.
     static func loadGuest(_ configuration: MachineConfiguration, kernel kernelSource: some BootSource, initrd initrdSource: (some BootSource)?,
                           description: MachineDescription, into memory: GuestMemory) throws(SwiftletError) -> (kernel: LoadedKernel, boot: X86BootState) {
         let kernel = try KernelLoader.load(kernelSource, into: memory)
@@ -190,6 +193,7 @@ final class Machine: Sendable {
         try ZeroPage.write(into: memory, kernel: kernel, commandLine: description.x86CommandLine, initrd: initrd,
                            e820: description.e820, acpiRSDP: acpi?.rsdp)
         if description.hasMPTable { try MPTable.write(into: memory, cpus: description.cpus) }
+        try ResetVector.write(into: memory)
         return (kernel, try LongMode.prepare(memory: memory, entry: kernel.entry))
     }
 

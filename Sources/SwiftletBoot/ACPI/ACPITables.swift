@@ -140,11 +140,15 @@ public struct ACPITables: Equatable, Sendable {
         return table("APIC", revision: 5, body: body)
     }
 
-    /// The DSDT: \_SB with COM1 and one LNRO0005 device per virtio-mmio slot (named V000, V001, ...), and \_S5.
+    /// The DSDT: \_SB with COM1, pvpanic (PEVT) and one LNRO0005 device per virtio-mmio slot (named V000, V001, ...),
+    /// and \_S5.
     static func dsdt(_ machine: MachineDescription) -> [UInt8] {
         var devices: [AML] = [
             .device("COM1", [.name("_HID", .eisaID("PNP0501")), .name("_UID", .integer(1)),
                              .name("_CRS", .resources([.io(base: UInt16(X86Layout.serialPort), length: 8), .irq(UInt8(X86Layout.serialIRQ))]))]),
+            // pvpanic (QEMU's QEMU0001, which Linux's pvpanic-mmio driver binds by its port resource).
+            .device("PEVT", [.name("_HID", .string("QEMU0001")),
+                             .name("_CRS", .resources([.io(base: X86Layout.pvpanicPort, length: 1)]))]),
         ]
         for (index, device) in machine.virtioDevices.enumerated() {
             devices.append(.device(ACPITables.virtioDeviceName(index), [

@@ -25,15 +25,21 @@ public enum X86Layout {
     public static let mpFloatingPointer = GuestAddress(0x9fc00)
     public static let ebdaEnd = GuestAddress(0xa0000)
     /// The ACPI tables: the RSDP first, where a kernel's scan of the BIOS area (0xE0000-0xFFFFF) finds it, and the
-    /// others after it, below 1 MiB (reserved in the e820 map as ACPI data when they are written).
+    /// others after it, up to the reset vector (reserved in the e820 map as ACPI data when they are written).
     public static let acpiTables = GuestAddress(0xe0000)
-    public static let acpiTablesEnd = GuestAddress(0x100000)
+    public static let acpiTablesEnd = resetVector
+    /// The reset vector, F000:FFF0 in real mode: where a CPU starts after a reset, and where Linux jumps to reboot
+    /// "through the BIOS" (`reboot=b`, and its last resort: on a hardware-reduced ACPI machine without EFI its
+    /// default, BOOT_EFI, falls through to it). `ResetVector` puts a reset request there; reserved in the e820 map.
+    public static let resetVector = GuestAddress(0xffff0)
     /// The FADT's hardware-reduced registers, in port I/O: sleep control (a write of SLP_TYP << 2 | SLP_EN), sleep
     /// status, and reset (a write of `acpiResetValue`).
     public static let acpiSleepControlPort: UInt16 = 0x3c0
     public static let acpiSleepStatusPort: UInt16 = 0x3c1
     public static let acpiResetPort: UInt16 = 0x3c2
     public static let acpiResetValue: UInt8 = 0x1
+    /// QEMU's pvpanic port (its default), described in the DSDT as QEMU0001: a guest kernel's panic ends the VMM.
+    public static let pvpanicPort: UInt16 = 0x505
     /// The 16550A UART (COM1) and its ISA interrupt.
     public static let serialPort: UInt16 = 0x3f8
     public static let serialIRQ: UInt32 = 4

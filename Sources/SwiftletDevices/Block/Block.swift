@@ -78,10 +78,16 @@ public final class Block: VirtioDevice {
             throw SwiftletError(.invalidConfiguration, "disk image \(configuration.path) is locked by another process "
                 + "(another VM has it open for writing); attach it readonly=on or stop the other VM", cause: error)
         }
+        let addressable: Bool
         do {
+            addressable = try file.isFileOrBlockDevice()
             capacityBytes = UInt64(try file.fileSize()) / Self.sectorSize * Self.sectorSize
         } catch {
             throw SwiftletError(.io, "cannot stat disk image \(configuration.path)", cause: error)
+        }
+        guard addressable else {
+            throw SwiftletError(.invalidConfiguration, "disk image \(configuration.path) is neither a regular file nor a "
+                + "block device; give --disk an image file (truncate -s 1G disk.raw makes an empty one) or a block device")
         }
         let serialBytes = Array((configuration.serial ?? "").utf8)
         guard serialBytes.count <= 20 else {

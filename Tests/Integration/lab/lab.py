@@ -297,7 +297,21 @@ def qemu_argv(args, image_dir, env, initrd, interactive=False, monitor=None):
             "-nodefaults", "-no-user-config", "-nographic",
             "-serial", "mon:stdio" if interactive else "stdio", "-no-reboot",
             "-kernel", os.path.join(image_dir, env["KERNEL"]), "-initrd", initrd,
-            "-append", append] + (["-monitor", f"unix:{monitor},server=on,wait=off"] if monitor else [])
+            "-append", append] + (["-monitor", f"unix:{monitor},server=on,wait=off"] if monitor else []) + \
+        drive_argv(args)
+
+
+def drive_argv(args):
+    """-drive options for --drive FILE: each a virtio disk of L1 (/dev/vda, /dev/vdb, ... in order), with
+    snapshot=on, so that L1 writes to a temporary overlay and FILE is never changed."""
+    argv = []
+    for path in getattr(args, "drive", None) or []:
+        if not os.path.isfile(path):
+            raise LabError(f"--drive {path}: not a file")
+        if "," in path:
+            raise LabError(f"--drive {path}: QEMU's -drive cannot take a comma in a path; use a symlink")
+        argv += ["-drive", f"file={path},format=raw,if=virtio,snapshot=on,cache=unsafe"]
+    return argv
 
 
 def _child_setup():
@@ -779,6 +793,9 @@ def add_boot_options(p):
                    help="QEMU machine type of L1 (default pc; microvm boots ~0.5 s faster "
                         "but hung in 2 of ~25 tries)")
     p.add_argument("--append", metavar="ARGS", help="extra L1 kernel command line")
+    p.add_argument("--drive", action="append", metavar="FILE",
+                   help="attach raw image FILE to L1 as a virtio disk (/dev/vda, /dev/vdb, ... in order; "
+                        "snapshot=on: L1's writes never reach FILE) (repeatable)")
     p.add_argument("--l1", metavar="DIR",
                    help="L1 image directory (default: $SWIFTLET_LAB_L1, else build-l1.sh's)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the L1 image first")
