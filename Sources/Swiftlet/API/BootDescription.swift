@@ -116,7 +116,9 @@ public struct BootDescription: Sendable {
         }
         if let tables = try? machine.acpiTables() {
             lines.append("acpi " + tables.tables.map { "\($0.signature.lowercased()) \(hex($0.address)) (\($0.bytes.count) bytes)" }.joined(separator: ", "))
-            lines.append("acpi dsdt COM1 PEVT(pvpanic port \(hex(UInt64(X86Layout.pvpanicPort)))) " + machine.virtioDevices.indices.map { ACPITables.virtioDeviceName($0) }.joined(separator: " ")
+            let devices = ["COM1", "PEVT(pvpanic port \(hex(UInt64(X86Layout.pvpanicPort))))"]
+                + machine.virtioDevices.indices.map { ACPITables.virtioDeviceName($0) }
+            lines.append("acpi dsdt " + devices.joined(separator: " ")
                 + "; fadt hardware-reduced, sleep control port \(hex(UInt64(X86Layout.acpiSleepControlPort))), reset port \(hex(UInt64(X86Layout.acpiResetPort)))")
         }
         if let initrdSize {

@@ -4,8 +4,8 @@
 # boot from a fresh copy of the image (in the lab, the disks $DISTRO_DISKS that lab.py attaches with snapshot=on).
 # vmmbench measures both the same way: from fork to the image's SWIFTLET-MULTIUSER console line, which a unit
 # ordered after multi-user.target prints (distro_boot_to_multiuser). Then, through the guest agent (a systemd
-# service), the guest's own `systemd-analyze time` once the boot has finished (distro_guest_kernel, _initrd,
-# _userspace) and `systemd-analyze blame`, and `systemctl poweroff`.
+# service), the guest's own `systemd-analyze time` once the boot has finished (distro_guest_kernel, which includes
+# the initramfs-tools initrd, and distro_guest_userspace) and `systemd-analyze blame`, and `systemctl poweroff`.
 . "$INTEGRATION/lib.sh"
 runs=${RUNS:-5}
 K=$GUEST/distro-vmlinuz
@@ -47,7 +47,7 @@ agent() {
     if [ "$_vmm" = swiftlet ]; then
         "$SWIFTLET" exec --attach "$WORK/bench.sock" --timeout 300 -- "$@"
     else
-        "$AGENTEXEC" "vsock:$CID:1024" -- "$@"
+        "$AGENTEXEC" --wait 20 "vsock:$CID:1024" -- "$@"
     fi
 }
 
@@ -79,13 +79,13 @@ split_analyze() {
 boot() {
     _vmm=$1
     pick_disk "$2"
-    rm -f "$WORK/bench.sock" "$WORK/bench.out" "$WORK/analyze"
+    rm -f "$WORK/bench.sock" "$WORK/bench.out" "$WORK/analyze" "$WORK/bench.ready"
     if [ "$_vmm" = swiftlet ]; then
-        "$VMMBENCH" --marker SWIFTLET-MULTIUSER --guest-mib $mem --timeout 900 -- "$SWIFTLET" run --kernel "$K" \
+        "$VMMBENCH" --marker SWIFTLET-MULTIUSER --marker-file "$WORK/bench.ready" --guest-mib $mem --timeout 900 -- "$SWIFTLET" run --kernel "$K" \
             --initrd "$I" --cpus 2 --memory ${mem}M --disk "$disk" --net "tap=$TAP,mac=$MAC" \
             --vsock "socket=$WORK/bench.sock" --cmdline "$CMDLINE" --console stdio >"$WORK/bench.out" 2>&1 &
     else
-        "$VMMBENCH" --marker SWIFTLET-MULTIUSER --guest-mib $mem --timeout 900 -- "$QEMU" \
+        "$VMMBENCH" --marker SWIFTLET-MULTIUSER --marker-file "$WORK/bench.ready" --guest-mib $mem --timeout 900 -- "$QEMU" \
             -M microvm,acpi=on,pic=off,pit=off,rtc=off -enable-kvm -cpu host -smp 2 -m $mem -no-reboot -nodefaults \
             -no-user-config -display none -serial stdio -L "$QEMU_FIRMWARE" -kernel "$K" -initrd "$I" -append "$CMDLINE" \
             -drive "id=root,file=$disk,format=raw,if=none,cache=none,aio=threads" -device virtio-blk-device,drive=root \
@@ -93,18 +93,23 @@ boot() {
             -device "vhost-vsock-device,guest-cid=$CID" >"$WORK/bench.out" 2>&1 &
     fi
     _bench=$!
-    # The agent starts with multi-user.target: ask it (every 2 s, from 15 s on) for the guest's own account of the
-    # boot once systemd has finished it, then power off.
-    sleep 15
-    _i=0
-    while kill -0 $_bench 2>/dev/null && [ $_i -lt 300 ]; do
-        agent "$_vmm" sh -c 'systemctl is-system-running --wait >/dev/null; systemd-analyze time; systemd-analyze blame | head -n 8' \
-            >"$WORK/analyze" 2>/dev/null && break
-        _i=$((_i + 1))
-        echo "step: ... $_vmm waiting for the agent ($((15 + 2 * _i)) s)"
+    # Once vmmbench has seen the marker (the agent started with multi-user.target, before it), ask the agent for
+    # the guest's own account of the boot, when systemd has finished it, then power off. Nothing reaches the guest
+    # before the marker, from either VMM's side. (A step line every 2 s: the lab's watchdog takes 10 s of silence
+    # for a hung L1.)
+    _t=0
+    while kill -0 $_bench 2>/dev/null && [ ! -f "$WORK/bench.ready" ] && [ $_t -lt 900 ]; do
         sleep 2
+        _t=$((_t + 2))
+        echo "step: ... $_vmm booting ($_t s)"
     done
+    agent "$_vmm" sh -c 'systemctl is-system-running --wait >/dev/null; systemd-analyze time; systemd-analyze blame | head -n 8' \
+        >"$WORK/analyze" 2>/dev/null &
+    _agent=$!
+    while kill -0 $_agent 2>/dev/null; do sleep 2; _t=$((_t + 2)); echo "step: ... $_vmm asking the agent ($_t s)"; done
+    wait $_agent || echo "distro bench: $_vmm: the agent did not answer"
     agent "$_vmm" systemctl poweroff >/dev/null 2>&1
+    while kill -0 $_bench 2>/dev/null; do sleep 2; _t=$((_t + 2)); echo "step: ... $_vmm powering off ($_t s)"; done
     wait $_bench
     _line=$(grep '^vmmbench:' "$WORK/bench.out")
     set -- $(echo "$_line" | sed -n 's/.*marker_ms=\(-*[0-9]*\) exit_ms=\(-*[0-9]*\).*status=\(-*[0-9]*\).*/\1 \2 \3/p')

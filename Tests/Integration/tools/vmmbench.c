@@ -1,6 +1,7 @@
 // vmmbench: runs one VMM command and measures it the same way whichever VMM it is.
 //
-//   vmmbench [--marker STR] [--kill-on STR] [--kill-signal N] [--guest-mib N] [--timeout S] -- CMD [ARG...]
+//   vmmbench [--marker STR] [--marker-file PATH] [--kill-on STR] [--kill-signal N] [--guest-mib N] [--timeout S]
+//            -- CMD [ARG...]
 //
 // CMD's stdout (the guest console) and stderr are read through pipes; stdin is /dev/null.
 // - marker_ms: from just before fork() to the first stdout line containing --marker (default SWIFTLET-READY);
@@ -8,6 +9,8 @@
 //   mapping (an anonymous mapping of --guest-mib, up to 4 MiB more for alignment) and everything else;
 // - exit_ms: until CMD exited;
 // - start_ns: the CLOCK_MONOTONIC value just before fork(), for comparing with timestamps CMD prints itself;
+// - marker-file: PATH is created (holding marker_ms) as soon as the marker is seen, so that a script can act on the
+//   guest once it is ready without reading the console itself;
 // - kill-on: SIGKILL CMD (or signal --kill-signal, then wait for it to exit) as soon as a stdout or stderr line
 //   contains STR (for runs that cannot finish on this host).
 // It prints one line: "vmmbench: marker_ms=… exit_ms=… rss_kib=… guest_rss_kib=… status=… start_ns=…" (-1 for
@@ -69,7 +72,7 @@ static void sample_rss(pid_t pid, long long guest_bytes, long long *other_kib, l
 typedef struct { char buf[4096]; size_t len; } LineBuffer;
 
 int main(int argc, char **argv) {
-    const char *marker = "SWIFTLET-READY", *kill_on = NULL;
+    const char *marker = "SWIFTLET-READY", *kill_on = NULL, *marker_file = NULL;
     long long guest_bytes = 0;
     int timeout_s = 120, kill_signal = SIGKILL;
     int i = 1;
@@ -77,6 +80,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--")) { i++; break; }
         if (i + 1 >= argc) break;
         if (!strcmp(argv[i], "--marker")) marker = argv[++i];
+        else if (!strcmp(argv[i], "--marker-file")) marker_file = argv[++i];
         else if (!strcmp(argv[i], "--kill-on")) kill_on = argv[++i];
         else if (!strcmp(argv[i], "--kill-signal")) kill_signal = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--guest-mib")) guest_bytes = atoll(argv[++i]) << 20;
@@ -84,7 +88,7 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "vmmbench: unknown option %s\n", argv[i]); return 2; }
     }
     if (i >= argc) {
-        fprintf(stderr, "usage: vmmbench [--marker STR] [--kill-on STR] [--kill-signal N] [--guest-mib N] [--timeout S] -- CMD [ARG...]\n");
+        fprintf(stderr, "usage: vmmbench [--marker STR] [--marker-file PATH] [--kill-on STR] [--kill-signal N] [--guest-mib N] [--timeout S] -- CMD [ARG...]\n");
         return 2;
     }
     int out[2], err[2];
@@ -131,6 +135,10 @@ int main(int argc, char **argv) {
                 if (k == 0 && marker_ms < 0 && strstr(lb->buf, marker)) {
                     marker_ms = (now_ns() - start) / 1000000;
                     sample_rss(pid, guest_bytes, &rss, &guest_rss);
+                    if (marker_file) {
+                        FILE *f = fopen(marker_file, "w");
+                        if (f) { fprintf(f, "%lld\n", marker_ms); fclose(f); }
+                    }
                 }
                 if (kill_on && !killed && strstr(lb->buf, kill_on)) { kill(pid, kill_signal); killed = 1; }
                 lb->len = 0;
