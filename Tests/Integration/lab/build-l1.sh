@@ -30,9 +30,8 @@ FORCE=0
 QUIET=0
 
 # Modules L1 loads at boot, in this order; their dependencies (from modules.dep) load first.
-# virtio_pci and virtio_blk: the disk images lab.py --drive attaches (the stock distro guest's root disk).
 MODULES=(irqbypass kvm kvm-amd tun vhost_iotlb vhost vhost_net vsock
-         vmw_vsock_virtio_transport_common vhost_vsock veth bridge loop virtio_pci virtio_blk)
+         vmw_vsock_virtio_transport_common vhost_vsock veth bridge loop)
 
 # QEMU firmware staged under /usr/share/qemu in L1 (bios-microvm.bin for -M microvm,
 # the option ROMs for -kernel boots, SeaBIOS for -M pc/q35).
