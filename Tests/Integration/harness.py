@@ -51,6 +51,10 @@ OPTIONAL_GUEST_FILES = ("distro-vmlinuz", "distro-initrd.img")
 # test and benchmark, each a fresh copy, and the cached image is never written. Natively the tests copy it instead.
 DISTRO_IMAGE = "distro-debian.raw"
 DISTRO_DISKS = 6
+# The integration tests that boot the distro image. In the lab they run in an L1 of their own, the one job given the
+# disks: L1 then loads virtio_pci and virtio_blk (build-l1.sh, DISK_MODULES), and an L1 with those loaded stalled the
+# hostile-guest test three times in three, where one without them passes it.
+DISK_TESTS = ("swiftlet-distro",)
 DISTRO_MAX_DISKS = 24  # PCI slots of L1's pc machine, with room to spare
 # The lab's L1 gets enough memory for a 3.5 GiB guest (TCG allocates it lazily).
 LAB_MEM_MIB = 4608
@@ -137,14 +141,12 @@ def stage_payload(baseline=None):
         shutil.copytree(os.path.join(INTEGRATION, folder), os.path.join(target, folder))
 
 
-def lab_drives(count=DISTRO_DISKS):
+def lab_drives(count):
     """lab.py options attaching the distro image (if made) as `count` disks, and the job's environment naming them
-    (DISTRO_DISKS); ([], "") without one, or unless SWIFTLET_LAB_DISTRO=1. Off by default: L1 needs virtio_pci and
-    virtio_blk for the disks, and an L1 that loads them stalled the hostile test three times in three (an L2 vCPU
-    that spins starves L1), where the usual L1 passes it; the distro test then skips in the lab, saying why (README,
-    Limits). SWIFTLET_LAB_DISTRO=1 needs an L1 built with those modules (SWIFTLET_LAB_L1)."""
+    (DISTRO_DISKS); ([], "") without one or with count 0. A job with disks gets an L1 that loads their driver
+    (DISK_TESTS says why the others do not)."""
     image = os.path.join(GUEST, DISTRO_IMAGE)
-    if not os.path.exists(image) or os.environ.get("SWIFTLET_LAB_DISTRO") != "1":
+    if not os.path.exists(image) or count <= 0:
         return [], ""
     image = os.path.realpath(image)
     disks = " ".join(f"/dev/vd{chr(ord('a') + i)}" for i in range(count))
@@ -173,10 +175,11 @@ LAB_ENV = "SWIFTLET=/job/bin/swiftlet SWIFTLET_TRIGGER=/job/bin/swiftlet-trigger
           "QEMU_FIRMWARE=/usr/share/qemu"
 
 
-def run_guest_side(native, script, label, timeout, retries=None, baseline=None, disks=DISTRO_DISKS):
+def run_guest_side(native, script, label, timeout, retries=None, baseline=None, disks=0):
     """Run an integration-side shell command where guests boot; return (status, output lines of the final try).
     retries: how often lab.py reruns the whole job after L1 hangs (None: its default). baseline: an older swiftlet
-    executable, given to the script as $SWIFTLET_BASELINE."""
+    executable, given to the script as $SWIFTLET_BASELINE. disks: in the lab, copies of the distro image to attach
+    (lab_drives)."""
     if native:
         env = native_env()
         if baseline:
@@ -251,9 +254,23 @@ def integration_test_names(pattern, folder="tests"):
 
 def integration_tests(native, pattern, folder="tests", label_base="integration"):
     """Run the integration tests (FOLDER/*.sh) where guests boot; return (passed, failed, skipped, resumes).
+    In the lab, DISK_TESTS run in a job of their own, the only one given the distro image's disks."""
+    names = integration_test_names(pattern, folder)
+    if native or folder != "tests":
+        return integration_run(native, pattern, names, folder, label_base, 0)
+    total = [0, 0, 0, 0]
+    for group, label, disks in (([n for n in names if n not in DISK_TESTS], label_base, 0),
+                                ([n for n in names if n in DISK_TESTS], f"{label_base}-disks", DISTRO_DISKS)):
+        if group:
+            total = [a + b for a, b in zip(total, integration_run(native, pattern, group, folder, label, disks))]
+    return tuple(total)
+
+
+def integration_run(native, pattern, remaining, folder, label_base, disks):
+    """Run the integration tests REMAINING (names in FOLDER) in one job; return (passed, failed, skipped, resumes).
     In the lab, a stall of L1 costs only the test it happened in: the run resumes there (INTEGRATION_RESUMES)."""
-    say(f"integration tests{f' matching {pattern!r}' if pattern else ''}{f' in {folder}/' if folder != 'tests' else ''}")
-    remaining = integration_test_names(pattern, folder)
+    say(f"integration tests{f' matching {pattern!r}' if pattern else ''}{f' in {folder}/' if folder != 'tests' else ''}"
+        f"{f' with {disks} disks: ' + ' '.join(remaining) if disks else ''}")
     passed = failed = skipped = 0
     failures = []
     resumes = 0
@@ -261,7 +278,8 @@ def integration_tests(native, pattern, folder="tests", label_base="integration")
         label = label_base if resumes == 0 else f"{label_base}-resume{resumes}"
         script = (f"LAB_RESUME={resumes} TESTS_DIR={folder} TESTS='{' '.join(remaining)}' "
                   f"sh /job/integration/run.sh")
-        status, lines = run_guest_side(native, script, label, timeout=INTEGRATION_LAB_TIMEOUT_S, retries=0)
+        status, lines = run_guest_side(native, script, label, timeout=INTEGRATION_LAB_TIMEOUT_S, retries=0,
+                                       disks=disks)
         finished = set()
         current = None
         pending = []  # (kind, name, detail) of the test that is running: counted only if it finishes
@@ -676,7 +694,7 @@ def cmd_bench(args):
         knobs = "".join(f"{knob}={shlex.quote(os.environ[knob])} " for knob in BENCH_KNOBS if knob in os.environ)
         script = f"{knobs}INTEGRATION=/job/integration RUNS={runs} sh /job/integration/bench/{name}.sh"
         # The distro benchmark boots each run from a fresh copy of the image: two disks a round (one per VMM).
-        disks = min(2 * runs, DISTRO_MAX_DISKS) if name == "distro" else DISTRO_DISKS
+        disks = min(2 * runs, DISTRO_MAX_DISKS) if name == "distro" else 0
         rc, lines = run_guest_side(native, script, f"bench-{name}", timeout=3000 + (1500 if baseline else 0),
                                    baseline=baseline, disks=disks)
         for line in lines:
@@ -740,7 +758,8 @@ def cmd_lab(args):
     if not command:
         sys.exit("harness: usage: make lab CMD='swiftlet run --kernel /job/guest/bzImage …'")
     stage_payload()
-    drives, drive_env = lab_drives()
+    # The distro image's disks (and the L1 that loads their driver) only when asked for.
+    drives, drive_env = lab_drives(DISTRO_DISKS if os.environ.get("SWIFTLET_LAB_DISTRO") == "1" else 0)
     return subprocess.run([sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB),
                            "--label", "adhoc"] + drives + ["--", f"export {LAB_ENV} {drive_env}PATH=/job/bin:$PATH; {command}"]).returncode
 

@@ -32,6 +32,10 @@ QUIET=0
 # Modules L1 loads at boot, in this order; their dependencies (from modules.dep) load first.
 MODULES=(irqbypass kvm kvm-amd tun vhost_iotlb vhost vhost_net vsock
          vmw_vsock_virtio_transport_common vhost_vsock veth bridge loop)
+# Modules staged but loaded only by a job that lab.py gave disks (--drive: its command line says lab.disks=1): the
+# disks' driver, for the stock distro guest's root disk. An L1 that always loads them stalled the hostile-guest test
+# three times in three (its spinning L2 vCPU starved L1); without them it passes, so only the distro job has them.
+DISK_MODULES=(virtio_pci virtio_blk)
 
 # QEMU firmware staged under /usr/share/qemu in L1 (bios-microvm.bin for -M microvm,
 # the option ROMs for -kernel boots, SeaBIOS for -M pc/q35).
@@ -235,9 +239,11 @@ printf '127.0.0.1 localhost lab-l1\n::1 localhost\n' >"$ROOT/etc/hosts"
 
 # Kernel modules: the requested ones and their dependencies, in load order.
 log "staging modules"
-python3 - "$KMOD_SRC" "$ROOT/etc/lab/modules.order" "${MODULES[@]}" <<'PY'
+python3 - "$KMOD_SRC" "$ROOT/etc/lab/modules.order" "$ROOT/etc/lab/modules.disks" "${MODULES[@]}" -- "${DISK_MODULES[@]}" <<'PY'
 import os, sys
-src, out, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
+src, out, out_disks = sys.argv[1], sys.argv[2], sys.argv[3]
+sep = sys.argv.index("--")
+wanted, wanted_disks = sys.argv[4:sep], sys.argv[sep + 1:]
 deps, byname = {}, {}
 with open(os.path.join(src, "modules.dep")) as f:
     for line in f:
@@ -257,19 +263,23 @@ def visit(p, chain):
         visit(d, chain | {p})
     seen.add(p)
     order.append(p)
-missing = [m for m in wanted if m not in byname]
+missing = [m for m in wanted + wanted_disks if m not in byname]
 if missing:
     sys.exit("build-l1: error: modules not in the kernel package: " + " ".join(missing))
 for m in wanted:
     visit(byname[m], frozenset())
-with open(out, "w") as f:
-    for p in order:
-        f.write(p + "\n")
+at_boot = len(order)
+for m in wanted_disks:  # after the boot set: only what it does not already load
+    visit(byname[m], frozenset())
+for name, paths in ((out, order[:at_boot]), (out_disks, order[at_boot:])):
+    with open(name, "w") as f:
+        for p in paths:
+            f.write(p + "\n")
 PY
 while read -r ko; do
     mkdir -p "$ROOT/lib/modules/$KVER/$(dirname "$ko")"
     cp "$KMOD_SRC/$ko" "$ROOT/lib/modules/$KVER/$ko"
-done <"$ROOT/etc/lab/modules.order"
+done < <(cat "$ROOT/etc/lab/modules.order" "$ROOT/etc/lab/modules.disks")
 # busybox insmod wants plain .ko: decompress any compressed module.
 while read -r ko; do
     case "$ko" in
@@ -279,11 +289,12 @@ while read -r ko; do
         *.ko) ;;
         *) die "unexpected module file name $ko" ;;
     esac
-done <"$ROOT/etc/lab/modules.order"
-sed -i -E 's/\.ko\.(xz|zst|gz)$/.ko/' "$ROOT/etc/lab/modules.order"
+done < <(cat "$ROOT/etc/lab/modules.order" "$ROOT/etc/lab/modules.disks")
+sed -i -E 's/\.ko\.(xz|zst|gz)$/.ko/' "$ROOT/etc/lab/modules.order" "$ROOT/etc/lab/modules.disks"
 cp "$KMOD_SRC"/modules.builtin "$KMOD_SRC"/modules.builtin.modinfo "$KMOD_SRC"/modules.order "$ROOT/lib/modules/$KVER/" 2>/dev/null || true
 depmod -b "$ROOT" "$KVER"   # so that `modprobe` works in L1 for the staged modules
 log "modules: $(tr '\n' ' ' <"$ROOT/etc/lab/modules.order" | sed -E 's#[^ ]*/##g; s/\.ko//g')"
+log "modules for jobs with disks: $(tr '\n' ' ' <"$ROOT/etc/lab/modules.disks" | sed -E 's#[^ ]*/##g; s/\.ko//g')"
 
 # QEMU: binary, the libraries ldd lists (and the loader), firmware, loadable modules.
 log "staging $QEMU_BIN"
@@ -355,6 +366,7 @@ BUSYBOX_VERSION="$BUSYBOX_VERSION"
 IPERF3_VERSION="$IPERF3_VERSION"
 COMPRESS=$COMPRESS
 MODULES="$(tr '\n' ' ' <"$ROOT/etc/lab/modules.order" | sed -E 's#[^ ]*/##g; s/\.ko//g; s/ $//')"
+DISK_MODULES="$(tr '\n' ' ' <"$ROOT/etc/lab/modules.disks" | sed -E 's#[^ ]*/##g; s/\.ko//g; s/ $//')"
 BUILT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 EOF
 touch "$IMG/.complete"

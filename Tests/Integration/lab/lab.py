@@ -290,6 +290,8 @@ def qemu_argv(args, image_dir, env, initrd, interactive=False, monitor=None):
     if not qemu:
         raise LabError("qemu-system-x86_64 not found: apt-get install qemu-system-x86")
     append = "console=ttyS0 quiet panic=-1 transparent_hugepage=madvise"
+    if getattr(args, "drive", None):
+        append += " lab.disks=1"  # L1's init then loads the disks' driver (build-l1.sh: DISK_MODULES)
     if args.append:
         append += " " + args.append
     return [qemu, "-accel", "tcg", "-cpu", "EPYC,+svm,+npt", "-smp", str(args.smp),
