@@ -33,8 +33,7 @@ QUIET=0
 MODULES=(irqbypass kvm kvm-amd tun vhost_iotlb vhost vhost_net vsock
          vmw_vsock_virtio_transport_common vhost_vsock veth bridge loop)
 # Modules staged but loaded only by a job that lab.py gave disks (--drive: its command line says lab.disks=1): the
-# disks' driver, for the stock distro guest's root disk. An L1 that always loads them stalled the hostile-guest test
-# three times in three (its spinning L2 vCPU starved L1); without them it passes, so only the distro job has them.
+# disks' driver, for the stock distro guest's root disk: only the distro job, which needs them, has them loaded.
 DISK_MODULES=(virtio_pci virtio_blk)
 
 # QEMU firmware staged under /usr/share/qemu in L1 (bios-microvm.bin for -M microvm,

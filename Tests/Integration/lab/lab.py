@@ -526,14 +526,16 @@ def diagnose_hang(pid, monitor):
         d["qemu_cpu_percent"] = None
     if monitor:
         try:
-            text = hmp(monitor, ["info cpus", "info registers"])
+            # `info lapic`: the local APIC's timer and its pending (IRR) and in-service (ISR) vectors, which tell a
+            # timer that stopped firing from an interrupt that is pending but never taken.
+            text = hmp(monitor, ["info cpus", "info registers", "info lapic"])
             m = re.search(r"HLT=(\d)", text)  # x86 `info registers`: the vCPU waits in HLT for an interrupt
             d["halted"] = (m.group(1) == "1") if m else None
             m = re.search(r"RIP=([0-9a-f]+)", text)
             d["rip"] = m.group(1) if m else None
             m = re.search(r"EFL=([0-9a-f]+)", text)
             d["rflags"] = m.group(1) if m else None
-            d["monitor"] = text[-3000:]
+            d["monitor"] = text[-6000:]
         except OSError as e:
             d["monitor_error"] = str(e)
     cpu = d.get("qemu_cpu_percent")
