@@ -143,7 +143,7 @@ def stage_payload(baseline=None):
 def lab_drives(count):
     """lab.py options attaching the distro image (if made) as `count` disks, and the job's environment naming them
     (DISTRO_DISKS); ([], "") without one or with count 0. A job with disks gets an L1 that loads their driver
-    (DISK_TESTS says why the others do not)."""
+    (lab.py's lab.disks=1); the others run without it."""
     image = os.path.join(GUEST, DISTRO_IMAGE)
     if not os.path.exists(image) or count <= 0:
         return [], ""
@@ -240,7 +240,8 @@ def unit_tests():
 
 
 # After L1 stalls (lab.py's silence watchdog: exit 124), the run resumes at the test that stalled, on a fresh L1, at
-# most this many times in one `make test`. The tests that had finished keep their results.
+# most this many times per job (the main one, the distro job) of `make test`. The tests that had finished keep their
+# results.
 INTEGRATION_RESUMES = 6
 # Wall-clock limit of one L1 run of the integration tests (lab.py --timeout), retries excluded.
 INTEGRATION_LAB_TIMEOUT_S = 3600
