@@ -109,7 +109,18 @@ def lab_versions(env):
     return {"l1_kernel": env.get("KERNEL_VERSION", "?"), "l1_kernel_package": env.get("KERNEL_PACKAGE", "?"),
             "l1_kernel_package_version": env.get("KERNEL_PACKAGE_VERSION", "?"),
             "qemu": env.get("QEMU_VERSION", "?"), "busybox": env.get("BUSYBOX_VERSION", "?"),
-            "image_key": env.get("KEY", "?")}
+            "image_key": env.get("KEY", "?"), "l0_qemu": l0_qemu_version(), "l1_tick": L1_TICK}
+
+
+def l0_qemu_version():
+    """The first line of L0's `qemu-system-x86_64 --version`: the image's QEMU_VERSION is the host package's (the peer
+    in L1), and SWIFTLET_LAB_QEMU can put another QEMU under L1."""
+    try:
+        out = subprocess.run([l0_qemu()[0], "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, timeout=30).stdout
+        return out.splitlines()[0].strip() if out else "?"
+    except (LabError, OSError, subprocess.SubprocessError):
+        return "?"
 
 
 def read_env(path):
@@ -285,16 +296,37 @@ def stage(args, image_dir, env, tmpdir, interactive=False):
 # Running L1
 
 
+# L1's tick is periodic (its LAPIC timer in periodic mode), not the one-shot tick of highres/nohz. QEMU's TCG
+# sometimes leaves L1's timer interrupt pending in the emulated LAPIC (IRR set, PPR below it, never taken) while L1
+# runs a guest that exits often (QEMU 7.2.22 and 10.0.2 alike). A one-shot timer is re-armed only by that interrupt's
+# handler, so L1 never got a tick again: no preemption, the VMM's device thread starved behind its vCPU thread, and
+# the silence watchdog called it a stall (the hostile test: 4 of 5 runs). A periodic timer fires again regardless,
+# and each firing raises the LAPIC's interrupt line anew, which delivers what was pending. See README's "Stalls".
+L1_TICK = "highres=off nohz=off"
+
+
+def l0_qemu():
+    """The QEMU that runs L1: SWIFTLET_LAB_QEMU (a binary, for trying another QEMU as L0; SWIFTLET_LAB_QEMU_DATA
+    then names its firmware directories, colon-separated) or Debian's qemu-system-x86_64. The QEMU peer inside L1 is
+    always the host's Debian package (build-l1.sh stages it)."""
+    qemu = os.environ.get("SWIFTLET_LAB_QEMU") or shutil.which("qemu-system-x86_64")
+    if not qemu or not os.access(qemu, os.X_OK):
+        raise LabError(f"{qemu or 'qemu-system-x86_64'} not found: apt-get install qemu-system-x86"
+                       f"{' (or unset SWIFTLET_LAB_QEMU)' if os.environ.get('SWIFTLET_LAB_QEMU') else ''}")
+    data = [a for d in (os.environ.get("SWIFTLET_LAB_QEMU_DATA") or "").split(":") if d for a in ("-L", d)]
+    return qemu, data
+
+
 def qemu_argv(args, image_dir, env, initrd, interactive=False, monitor=None):
-    qemu = shutil.which("qemu-system-x86_64")
-    if not qemu:
-        raise LabError("qemu-system-x86_64 not found: apt-get install qemu-system-x86")
-    append = "console=ttyS0 quiet panic=-1 transparent_hugepage=madvise"
+    qemu, data = l0_qemu()
+    append = "console=ttyS0 quiet panic=-1 transparent_hugepage=madvise " + L1_TICK
     if getattr(args, "drive", None):
         append += " lab.disks=1"  # L1's init then loads the disks' driver (build-l1.sh: DISK_MODULES)
+    if os.environ.get("SWIFTLET_LAB_APPEND"):
+        append += " " + os.environ["SWIFTLET_LAB_APPEND"]
     if args.append:
         append += " " + args.append
-    return [qemu, "-accel", "tcg", "-cpu", "EPYC,+svm,+npt", "-smp", str(args.smp),
+    return [qemu] + data + ["-accel", "tcg", "-cpu", "EPYC,+svm,+npt", "-smp", str(args.smp),
             "-m", str(args.mem), "-M", args.machine,
             "-nodefaults", "-no-user-config", "-nographic",
             "-serial", "mon:stdio" if interactive else "stdio", "-no-reboot",
@@ -639,7 +671,8 @@ def cmd_run(args):
     tmpdir = make_tmpdir()
     versions = lab_versions(env)
     say(f"L1: {versions['l1_kernel']} ({versions['l1_kernel_package']} {versions['l1_kernel_package_version']}), "
-        f"QEMU {versions['qemu']}, -smp {args.smp}")
+        f"QEMU {versions['qemu']}, -smp {args.smp}"
+        f"{'' if versions['l0_qemu'] in versions['qemu'] else ', L0: ' + versions['l0_qemu']}")
     result = {"label": label, "command": what, "attempts": [], "status": None, "versions": versions,
               "smp": args.smp}
     try:
