@@ -10,7 +10,17 @@ struct SwiftletCommand: AsyncParsableCommand {
         commandName: "swiftlet",
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest, `swiftlet exec --help` for running one command in a fresh VM.",
-        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self])
+        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self, FirecrackerCommand.self])
+
+    /// Started as `firecracker` (a symlink to this executable): Firecracker's command line.
+    static func main() async {
+        let name = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+        if name == "firecracker" {
+            await FirecrackerCommand.main(Array(CommandLine.arguments.dropFirst()))
+        } else {
+            await SwiftletCommand.main(nil)
+        }
+    }
 }
 
 struct Run: AsyncParsableCommand {

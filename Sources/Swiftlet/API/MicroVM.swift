@@ -125,4 +125,12 @@ public struct DeviceStatistics: Sendable, Equatable {
     public var requests: UInt64
     /// Malformed requests, chains and register writes the guest sent.
     public var guestErrors: UInt64
+
+    public init(name: String, notifications: UInt64, interrupts: UInt64, requests: UInt64, guestErrors: UInt64) {
+        self.name = name
+        self.notifications = notifications
+        self.interrupts = interrupts
+        self.requests = requests
+        self.guestErrors = guestErrors
+    }
 }
