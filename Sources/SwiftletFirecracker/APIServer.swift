@@ -5,12 +5,12 @@ import NIOPosix
 import Swiftlet
 import SwiftletDevices
 import SwiftletHost
-import Synchronization
 
 /// Firecracker's API: HTTP/1.1 on a Unix socket, parsed by NIOHTTP1 (llhttp) on one event-loop thread. Requests go to
 /// a `FirecrackerVMM` one at a time; connections are served side by side, so a slow or stuck client costs only its
 /// own connection:
-/// - at most `maximumConnections` at once; past that a new connection is closed at once;
+/// - at most `maximumConnections` at once: past that, a new connection closes the one idle the longest (so a client
+///   holding idle connections cannot lock others out), or is itself closed when every connection is mid-request;
 /// - a request must arrive whole within `requestDeadline` of its first byte (a client sending a byte a second is
 ///   closed), and an idle connection is closed after `idleTimeout`;
 /// - a body over `maximumRequestBody` gets a 400 and the connection is closed.
@@ -36,17 +36,17 @@ public final class APIServer: Sendable {
             throw SwiftletError(.invalidConfiguration, "the API socket \(path) already exists: another VMM may be using it; if not, remove it and start again")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let counter = ConnectionCounter()
+        let registry = ConnectionRegistry()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    guard counter.open() else {
+                    guard registry.opened(channel) else {
                         channel.close(promise: nil)
                         return
                     }
-                    channel.closeFuture.whenComplete { _ in counter.close() }
-                    let timer = RequestTimer()
+                    channel.closeFuture.whenComplete { _ in registry.closed(channel) }
+                    let timer = RequestTimer(registry: registry, channel: channel)
                     try channel.pipeline.syncOperations.addHandler(RequestStartWatcher(timer: timer))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(APIHandler(vmm: vmm, timer: timer))
@@ -69,18 +69,31 @@ public final class APIServer: Sendable {
     }
 }
 
-/// Open connections, against `APIServer.maximumConnections`.
-final class ConnectionCounter: Sendable {
-    private let count = Atomic<Int>(0)
-    func open() -> Bool {
-        let now = count.add(1, ordering: .relaxed).newValue
-        if now > APIServer.maximumConnections {
-            count.subtract(1, ordering: .relaxed)
-            return false
+/// The open connections, against `APIServer.maximumConnections`, and since when each has been idle (no request in
+/// progress). Used only on the server's one event loop (every connection's handlers run there).
+final class ConnectionRegistry: @unchecked Sendable { // @unchecked: confined to the event loop
+    private struct Entry {
+        let channel: any Channel
+        var idleSince: NIODeadline?
+    }
+    private var members: [ObjectIdentifier: Entry] = [:]
+
+    /// Admits `channel`; at the cap, closes the longest-idle connection to make room, or refuses `channel` (false)
+    /// when none is idle.
+    func opened(_ channel: any Channel) -> Bool {
+        if members.count >= APIServer.maximumConnections {
+            guard let (id, oldest) = members.filter({ $0.value.idleSince != nil })
+                .min(by: { $0.value.idleSince! < $1.value.idleSince! }) else { return false }
+            members.removeValue(forKey: id)
+            oldest.channel.close(promise: nil)
         }
+        members[ObjectIdentifier(channel)] = Entry(channel: channel, idleSince: .now())
         return true
     }
-    func close() { count.subtract(1, ordering: .relaxed) }
+
+    func closed(_ channel: any Channel) { members.removeValue(forKey: ObjectIdentifier(channel)) }
+    func busy(_ channel: any Channel) { members[ObjectIdentifier(channel)]?.idleSince = nil }
+    func idle(_ channel: any Channel) { members[ObjectIdentifier(channel)]?.idleSince = .now() }
 }
 
 /// One connection's deadline: the idle timeout between requests, the request deadline once a request's first byte
@@ -88,6 +101,13 @@ final class ConnectionCounter: Sendable {
 final class RequestTimer {
     private var scheduled: Scheduled<Void>?
     private(set) var requestInProgress = false
+    private let registry: ConnectionRegistry
+    private let channel: any Channel
+
+    init(registry: ConnectionRegistry, channel: any Channel) {
+        self.registry = registry
+        self.channel = channel
+    }
 
     func arm(_ timeout: TimeAmount, on context: ChannelHandlerContext) {
         scheduled?.cancel()
@@ -98,6 +118,7 @@ final class RequestTimer {
     func requestStarted(_ context: ChannelHandlerContext) {
         guard !requestInProgress else { return }
         requestInProgress = true
+        registry.busy(channel)
         arm(APIServer.requestDeadline, on: context)
     }
 
@@ -109,6 +130,7 @@ final class RequestTimer {
 
     func responseSent(_ context: ChannelHandlerContext) {
         requestInProgress = false
+        registry.idle(channel)
         arm(APIServer.idleTimeout, on: context)
     }
 

@@ -204,8 +204,23 @@ public struct FirecrackerSetup: Sendable, Equatable {
     }
 
     mutating func setEntropy(_ request: EntropyDevice) throws(APIFault) {
-        try Self.checkNoLimiter(request.rate_limiter, "entropy")
-        throw APIFault("PUT /entropy: Swiftlet has no virtio-rng device yet")
+        _ = try Self.entropyRate(request)
+        entropy = request
+    }
+
+    /// The bytes a second an entropy device's bandwidth bucket allows (`size` bytes per `refill_time` ms); an ops
+    /// bucket is refused (Swiftlet limits bytes only).
+    static func entropyRate(_ request: EntropyDevice) throws(APIFault) -> UInt64? {
+        guard let limiter = request.rate_limiter, !limiter.isEmpty else { return nil }
+        if limiter.ops != nil { throw APIFault("entropy: Swiftlet limits the entropy device's bytes only; leave out the ops bucket") }
+        guard let bandwidth = limiter.bandwidth else { return nil }
+        guard bandwidth.size > 0, bandwidth.refill_time > 0 else {
+            throw APIFault("entropy: the bandwidth bucket needs a size and a refill_time above 0")
+        }
+        if bandwidth.one_time_burst != nil { throw APIFault("entropy: one_time_burst is not supported; leave it out") }
+        let (rate, overflow) = UInt64(bandwidth.size).multipliedReportingOverflow(by: 1000)
+        guard !overflow else { throw APIFault("entropy: the bandwidth bucket's size is too large") }
+        return max(1, rate / UInt64(bandwidth.refill_time))
     }
 
     mutating func setLogger(_ request: Logger) throws(APIFault) {
@@ -238,6 +253,7 @@ public struct FirecrackerSetup: Sendable, Equatable {
                                  mtu: interface.mtu.map { UInt16($0) })
         }
         configuration.vsock = vsock.map { SocketConfiguration(guestCID: UInt64($0.guest_cid), socketPath: $0.uds_path) }
+        if let entropy { configuration.entropy = EntropyConfiguration(bytesPerSecond: try Self.entropyRate(entropy)) }
         configuration.balloon = balloon.map {
             MemoryBalloonConfiguration(targetSize: UInt64($0.amount_mib) << 20, deflateOnOOM: $0.deflate_on_oom,
                                        freePageReporting: $0.free_page_reporting ?? false,

@@ -8,6 +8,8 @@ public protocol RunningMachine: AnyObject, Sendable {
     func setBalloonTarget(bytes: UInt64) throws(SwiftletError)
     func balloonStatus() -> BalloonStatus?
     func statistics() -> [DeviceStatistics]
+    func pause() throws(SwiftletError)
+    func resume() throws(SwiftletError)
 }
 
 extension MicroVM: RunningMachine {}
@@ -149,8 +151,13 @@ public actor FirecrackerVMM {
                 guard request.state == "Paused" || request.state == "Resumed" else {
                     throw APIFault("state `\(request.state)` is not one of `Paused`, `Resumed`")
                 }
-                guard state != .notStarted else { throw APIFault("the microVM is not started: InstanceStart first") }
-                throw APIFault("PATCH /vm (\(request.state)) is not implemented yet: Swiftlet cannot pause a running microVM")
+                guard state != .notStarted, let machine else { throw APIFault("the microVM is not started: InstanceStart first") }
+                do {
+                    if request.state == "Paused" { try machine.pause(); state = .paused } else { try machine.resume(); state = .running }
+                } catch {
+                    throw APIFault("PATCH /vm (\(request.state)): \(error.description)")
+                }
+                return .noContent
             case ("GET", "vm", 2) where parts[1] == "config":
                 return .ok(setup.fullConfiguration)
             default:

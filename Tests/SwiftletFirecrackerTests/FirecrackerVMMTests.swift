@@ -11,6 +11,9 @@ final class FakeMachine: RunningMachine {
     let targets = Mutex<[UInt64]>([])
     func setBalloonTarget(bytes: UInt64) throws(SwiftletError) { targets.withLock { $0.append(bytes) } }
     func balloonStatus() -> BalloonStatus? { nil }
+    let pauses = Mutex<[String]>([])
+    func pause() throws(SwiftletError) { pauses.withLock { $0.append("pause") } }
+    func resume() throws(SwiftletError) { pauses.withLock { $0.append("resume") } }
     func statistics() -> [DeviceStatistics] {
         [DeviceStatistics(name: "blk0", notifications: 5, interrupts: 4, requests: 3, guestErrors: 0)]
     }
@@ -67,8 +70,10 @@ private let start = #"{"action_type": "InstanceStart"}"#
         #expect(await send(vmm, "PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "tap7", "guest_mac": "06:00:AC:10:00:02"}"#).status == 204)
         #expect(await send(vmm, "PUT", "/vsock", #"{"guest_cid": 9, "uds_path": "/run/v.sock"}"#).status == 204)
         #expect(await send(vmm, "PUT", "/balloon", #"{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 5}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#).status == 204)
         #expect(await send(vmm, "PUT", "/actions", start).status == 204)
         let built = try #require(recorder.configurations.withLock { $0.first })
+        #expect(built.entropy == EntropyConfiguration(bytesPerSecond: 10_000))
         // What `swiftlet run --kernel /k/vmlinux --initrd /k/initrd --cmdline '… root=/dev/vda rw' --cpus 2 --memory 512M
         // --disk /d/root.img,id=rootfs --disk /d/scratch.img,readonly=on,id=scratch --net tap=tap7,mac=… --vsock … --balloon …` builds.
         var expected = MachineConfiguration(kernelPath: "/k/vmlinux", initrdPath: "/k/initrd", commandLine: "console=ttyS0 root=/dev/vda rw",
@@ -173,6 +178,11 @@ private let start = #"{"action_type": "InstanceStart"}"#
         #expect(await send(vmm, "PATCH", "/balloon", #"{"amount_mib": 32}"#).status == 204)
         #expect(recorder.machine.targets.withLock { $0 } == [32 << 20])
         #expect(try object(await send(vmm, "GET", "/balloon"))["amount_mib"] == "32")
+        #expect(await send(vmm, "PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        #expect(try object(await send(vmm, "GET", "/"))["state"] == "Paused")
+        #expect(await send(vmm, "PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
+        #expect(try object(await send(vmm, "GET", "/"))["state"] == "Running")
+        #expect(recorder.machine.pauses.withLock { $0 } == ["pause", "resume"])
     }
 
     @Test func unimplementedEndpointsAnswer400NamingThem() async {
