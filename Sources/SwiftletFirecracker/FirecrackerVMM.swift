@@ -139,10 +139,7 @@ public actor FirecrackerVMM {
                 return .noContent
             case ("PUT", "metrics", 1):
                 try requireNotStarted("metrics")
-                let request = try decodeBody(Metrics.self, body)
-                guard metrics == nil else { throw APIFault("the metrics path is already set (\(setup.metrics?.metrics_path ?? "")): Firecracker sets it once") }
-                metrics = try MetricsWriter(path: request.metrics_path)
-                setup.metrics = request
+                try setMetrics(decodeBody(Metrics.self, body))
                 return .noContent
             case ("PUT", "actions", 1):
                 return try await action(decodeBody(InstanceActionInfo.self, body))
@@ -189,10 +186,22 @@ public actor FirecrackerVMM {
         if let vsock = file.vsock { try setup.setVsock(vsock) }
         if let balloon = file.balloon { try setup.setBalloon(balloon) }
         if let entropy = file.entropy { try setup.setEntropy(entropy) }
-        if let request = file.metrics {
-            metrics = try MetricsWriter(path: request.metrics_path)
-            setup.metrics = request
+        if let request = file.metrics { try setMetrics(request) }
+    }
+
+    /// Firecracker's `--level`, `--log-path` and `--metrics-path`: what `PUT /logger` and `PUT /metrics` set.
+    public func configure(logLevel: String?, logPath: String?, metricsPath: String?) throws(APIFault) {
+        if logLevel != nil || logPath != nil { try setup.setLogger(Logger(level: logLevel, log_path: logPath)) }
+        if let metricsPath { try setMetrics(Metrics(metrics_path: metricsPath)) }
+    }
+
+    /// Opens the metrics path; Firecracker sets it once.
+    private func setMetrics(_ request: Metrics) throws(APIFault) {
+        guard metrics == nil else {
+            throw APIFault("the metrics path is already set (\(setup.metrics?.metrics_path ?? "")): Firecracker sets it once")
         }
+        metrics = try MetricsWriter(path: request.metrics_path)
+        setup.metrics = request
     }
 
     private func requireNotStarted(_ resource: String) throws(APIFault) {

@@ -69,8 +69,9 @@ struct FirecrackerCommand: AsyncParsableCommand {
             exits.started(vm)
             return vm
         }
-        if let level { try await apply(vmm, "PUT", "/logger", "{\"level\": \(jsonString(level))\(logPath.map { ", \"log_path\": \(jsonString($0))" } ?? "")}") }
-        if let metricsPath { try await apply(vmm, "PUT", "/metrics", "{\"metrics_path\": \(jsonString(metricsPath))}") }
+        do throws(APIFault) { try await vmm.configure(logLevel: level, logPath: logPath, metricsPath: metricsPath) } catch {
+            fail(error.message)
+        }
         var started: APIServer?
         if !noAPI {
             do throws(SwiftletError) { started = try APIServer.start(path: apiSocket, vmm: vmm) } catch { fail(error.description) }
@@ -103,27 +104,8 @@ struct FirecrackerCommand: AsyncParsableCommand {
         let exit = await vm.wait()
         signals.cancel()
         server?.close()
-        if bootTimer {
-            if let reached = vm.userspaceReachedAt {
-                Run.report("guest init reached \((reached - start) / 1_000_000) ms after start")
-            } else {
-                Run.report("the guest never wrote the boot-timer port")
-            }
-        }
-        switch exit {
-        case .reset, .powerOff, .stopped, .tripleFault:
-            return
-        case .guestPanic(let event):
-            Run.report("error: the guest kernel panicked (pvpanic event 0x\(String(event, radix: 16))); its console output says why")
-            Glibc.exit(Run.guestPanicStatus)
-        case .failed(let message):
-            fail(message)
-        }
-    }
-
-    private func apply(_ vmm: FirecrackerVMM, _ method: String, _ path: String, _ body: String) async throws {
-        let response = await vmm.handle(method: method, path: path, body: Array(body.utf8))
-        if response.status >= 400 { throw ValidationError(response.faultMessage ?? "\(method) \(path) failed") }
+        if bootTimer { Run.reportBootTime(vm, start: start) }
+        Run.end(exit)
     }
 
     private func fail(_ message: String) -> Never {
@@ -157,19 +139,6 @@ final class ExitBox: Sendable {
             if let vm { continuation.resume(returning: vm) }
         }
     }
-}
-
-func jsonString(_ text: String) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
-        default: out.unicodeScalars.append(scalar)
-        }
-    }
-    return out + "\""
 }
 
 /// The whole of a small file (a configuration), at most 1 MiB.

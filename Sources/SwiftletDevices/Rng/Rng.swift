@@ -34,9 +34,11 @@ public final class Rng: VirtioDevice {
     private let refill: TimerFd?
     private let clock: @Sendable () -> UInt64
 
-    private struct Active: @unchecked Sendable { // @unchecked: the chain points into guest memory; used under the lock
+    private struct Active: @unchecked Sendable { // @unchecked: the chain and iovecs point into guest memory; used under the lock
         var queue: SplitQueue
         var chain = DescriptorChain(capacity: Int(Rng.queueSize))
+        /// The chain's writable buffers as iovecs, refilled per chain without reallocating (at most one per buffer).
+        var vectors: [iovec] = []
     }
     private struct Bucket {
         var tokens: UInt64
@@ -76,7 +78,9 @@ public final class Rng: VirtioDevice {
         guard let queue = activation.queues.first ?? nil else {
             throw SwiftletError(.guestFault, "the driver activated virtio-rng without its request queue")
         }
-        active.withLock { $0 = Active(queue: queue) }
+        var state = Active(queue: queue)
+        state.vectors.reserveCapacity(Int(Self.queueSize))
+        active.withLock { $0 = state }
         queueEvents[0].signal()
     }
 
@@ -144,11 +148,11 @@ public final class Rng: VirtioDevice {
                 }
                 let result = queue.drain(&state!, chain: \.chain, budget: tokens == nil ? SplitQueue.drainBudget : 1,
                                          onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
-                    let filled = fill(state.chain, limit: tokens.map { Int(min($0, UInt64(Self.requestMaximum))) } ?? Self.requestMaximum)
+                    let wanted = Int(min(state.chain.writableLength, UInt64(Self.requestMaximum)))
+                    let filled = fill(state.chain, limit: tokens.map { min(Int(min($0, UInt64(Self.requestMaximum))), wanted) } ?? wanted,
+                                      vectors: &state.vectors)
                     take(UInt64(filled))
-                    if filled < Int(min(state.chain.writableLength, UInt64(Self.requestMaximum))) {
-                        throttledCount.add(UInt64(Int(min(state.chain.writableLength, UInt64(Self.requestMaximum))) - filled), ordering: .relaxed)
-                    }
+                    if filled < wanted { throttledCount.add(UInt64(wanted - filled), ordering: .relaxed) }
                     completion.use(state.chain.head, length: UInt32(filled))
                     counters.requestCount.add(1, ordering: .relaxed)
                     counters.addBytes(filled)
@@ -167,23 +171,27 @@ public final class Rng: VirtioDevice {
         }
     }
 
-    /// Fills the chain's device-writable buffers with random bytes, up to `limit`; returns how many. A chain with no
-    /// writable buffer (or readable ones only) gets nothing and counts as the guest's error.
-    func fill(_ chain: DescriptorChain, limit: Int) -> Int {
+    /// Fills the chain's device-writable buffers with random bytes, up to `limit`, straight from getrandom into guest
+    /// memory; returns how many. A chain with no writable buffer (or readable ones only) gets nothing and counts as the
+    /// guest's error.
+    func fill(_ chain: DescriptorChain, limit: Int, vectors: inout [iovec]) -> Int {
         guard chain.writableLength > 0 else {
             counters.errorCount.add(1, ordering: .relaxed)
             return 0
         }
         var writer = ChainWriter(chain)
+        vectors.removeAll(keepingCapacity: true)
+        writer.vectors(limit, into: &vectors)
         var total = 0
-        var scratch = [UInt8](repeating: 0, count: 4096)
-        while total < limit && writer.remaining > 0 {
-            let want = min(scratch.count, limit - total, writer.remaining)
-            let got = scratch.withUnsafeMutableBytes { CSwiftlet_getrandom($0.baseAddress, want, 0) }
-            guard got > 0 else { break } // EINTR or, before the kernel's pool is ready, nothing: the guest asks again
-            let wrote = scratch.withUnsafeBytes { writer.write(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
-            total += wrote
-            if wrote < got { break }
+        for vector in vectors {
+            var done = 0
+            while done < vector.iov_len {
+                let got = CSwiftlet_getrandom(vector.iov_base! + done, vector.iov_len - done, 0)
+                // EINTR, or nothing before the kernel's pool is ready: the guest gets what was filled and asks again.
+                guard got > 0 else { return total + done }
+                done += got
+            }
+            total += done
         }
         return total
     }
