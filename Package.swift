@@ -12,6 +12,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .target(name: "CSwiftlet", cSettings: [.define("_GNU_SOURCE")]),
@@ -30,7 +31,12 @@ let package = Package(
         .target(name: "SwiftletVirtio", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletDevices", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
         .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletVirtio", "SwiftletKVM", "SwiftletMemory", "SwiftletConfinement", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
-        .executableTarget(name: "swiftlet", dependencies: ["Swiftlet", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Firecracker's REST API and JSON configuration on top of the library: the one module with JSON and NIO.
+        .target(name: "SwiftletFirecracker", dependencies: ["Swiftlet", "SwiftletDevices", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system"),
+                                                           .product(name: "NIOCore", package: "swift-nio"),
+                                                           .product(name: "NIOPosix", package: "swift-nio"),
+                                                           .product(name: "NIOHTTP1", package: "swift-nio")]),
+        .executableTarget(name: "swiftlet", dependencies: ["Swiftlet", "SwiftletFirecracker", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "SwiftletMemoryTests", dependencies: ["SwiftletMemory"]),
         .testTarget(name: "SwiftletBootTests", dependencies: ["SwiftletBoot", "SwiftletMemory", "SwiftletHost", "CLibFDT"]),
         // Fake guest memory with a driver-side view of a virtqueue, shared by the device and virtio tests.
@@ -40,6 +46,7 @@ let package = Package(
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletTestSupport", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet", "SwiftletHost", "SwiftletMemory"]),
         .testTarget(name: "SwiftletTests", dependencies: ["Swiftlet", "SwiftletHost"]),
+        .testTarget(name: "SwiftletFirecrackerTests", dependencies: ["SwiftletFirecracker", "Swiftlet"]),
         .testTarget(name: "SwiftletHostTests", dependencies: ["SwiftletHost"]),
         .testTarget(name: "SwiftletConfinementTests", dependencies: ["SwiftletConfinement", "SwiftletHost"]),
     ]

@@ -21,6 +21,7 @@ packages=(
     device-tree-compiler python3-venv   # device-tree tests: dtc, and a venv for dtschema's dt-validate
     acpica-tools                  # ACPI table tests: iasl -d disassembles what Swiftlet writes
     debootstrap                   # the stock Debian guest of the ACPI test (tools/build-distro-image.sh)
+    curl                          # Firecracker's API test drives the socket as its getting-started guide does
 )
 
 missing=()

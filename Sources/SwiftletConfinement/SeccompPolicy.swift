@@ -36,6 +36,8 @@ public enum SeccompPolicy {
     static let vcpuIoctls: [UInt64] = [CSwiftlet_KVM_RUN, CSwiftlet_KVM_GET_REGS, CSwiftlet_TUNSETOFFLOAD].map { UInt64($0) }
     /// TUNSETOFFLOAD when the guest's offloads change, FIONREAD for how much a socket holds.
     static let deviceIoctls: [UInt64] = [UInt64(CSwiftlet_TUNSETOFFLOAD), UInt64(FIONREAD)]
+    /// Pause and resume (`MicroVM.pause`, from the API's thread): the guest's kvmclock, saved and set back.
+    static let controlIoctls: [UInt64] = [CSwiftlet_KVM_GET_CLOCK, CSwiftlet_KVM_SET_CLOCK].map { UInt64($0) }
     /// The terminal, saved and restored around raw mode (`--console stdio`).
     static let terminalIoctls: [UInt64] = [TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ].map { UInt64($0) }
 
@@ -72,14 +74,16 @@ public enum SeccompPolicy {
             // A new thread names itself, then loads its class's filter (NO_NEW_PRIVS, seccomp).
             SystemCallRule("prctl", argument: 0, in: [PR_GET_NAME, PR_SET_NAME, PR_SET_NO_NEW_PRIVS].map { UInt64($0) }),
             // Every class's ioctls (each thread runs under this filter too) and the terminal's, each once.
-            SystemCallRule("ioctl", argument: 1, in: (vcpuIoctls + deviceIoctls + terminalIoctls).reduce(into: []) {
+            SystemCallRule("ioctl", argument: 1, in: (vcpuIoctls + deviceIoctls + terminalIoctls + controlIoctls).reduce(into: []) {
                 if !$0.contains($1) { $0.append($1) }
             }),
         ]
         all += ["clone", "clone3", "set_robust_list", "rt_sigaction", "rt_sigsuspend", "rt_sigtimedwait", "signalfd4",
                   "unlink", "unlinkat", "pipe2", "eventfd2", "dup", "dup3", "wait4", "kill", "getuid", "geteuid",
                   "openat", "bind", "listen", "socketpair", "uname", "sysinfo", "getcwd", "ftruncate", "seccomp", "umask",
-                  "setpriority", "getpriority"]
+                  "setpriority", "getpriority",
+                  // The Firecracker API's event loop (SwiftNIO) on its accepted connections.
+                  "getsockname", "getpeername"]
             .map(SystemCallRule.init)
         var seen = Set<String>()
         return all.filter { seen.insert($0.name).inserted } // each class repeats `runtime`

@@ -51,6 +51,20 @@ public final class VirtualMachine: Sendable {
         try call("KVM_CREATE_PIT2", CSwiftlet_KVM_CREATE_PIT2, &pit)
     }
 
+    /// x86: the guest's kvmclock, in nanoseconds (KVM_GET_CLOCK): what a pause saves so that the guest's time stops.
+    public func clock() throws(SwiftletError) -> UInt64 {
+        var data = kvm_clock_data()
+        try call("KVM_GET_CLOCK", CSwiftlet_KVM_GET_CLOCK, &data)
+        return data.clock
+    }
+
+    /// x86: sets the guest's kvmclock (KVM_SET_CLOCK), so that it goes on from `nanoseconds` (a resume).
+    public func setClock(_ nanoseconds: UInt64) throws(SwiftletError) {
+        var data = kvm_clock_data()
+        data.clock = nanoseconds
+        try call("KVM_SET_CLOCK", CSwiftlet_KVM_SET_CLOCK, &data)
+    }
+
     /// Wires `eventFd` to interrupt line `gsi`: a write to it raises the interrupt without a trip through the VMM.
     public func registerIrqfd(_ eventFd: EventFd, gsi: UInt32) throws(SwiftletError) {
         var request = kvm_irqfd()

@@ -48,6 +48,11 @@ struct MachineOptions: ParsableArguments {
     var balloon: BalloonOption?
 
     @Option(name: .long, help: ArgumentHelp(
+        "A virtio-rng entropy device (the guest's /dev/hwrng), filled from the host's getrandom. rate= limits it to that many bytes a second (a size such as 64K; a bare number is bytes). `--rng on` for no limit.",
+        valueName: "on|rate=BYTES"))
+    var rng: RngOption?
+
+    @Option(name: .long, help: ArgumentHelp(
         "How the device thread is scheduled against vCPUs that share its CPU. batch (SCHED_BATCH): a notification does not preempt a running vCPU; the device takes everything the guest queued once it idles, with far fewer exits and switches under load. normal (SCHED_OTHER): the device thread preempts the vCPU at each notification, which answers a lone small request sooner. adaptive (the default): batch while the devices stream (a round moved 16 KiB or more, in requests of 8 KiB or more on average, in the last 10 ms) and batching pays (batched rounds average 64 KiB or more; else normal for 1 s), normal otherwise. All three behave alike where the device thread finds an idle CPU when it wakes.",
         valueName: "adaptive|batch|normal"))
     var deviceScheduling: DeviceThreadScheduling = .adaptive
@@ -80,6 +85,7 @@ struct MachineOptions: ParsableArguments {
         }
         configuration.vsock = vsock?.configuration
         configuration.balloon = balloon?.configuration
+        configuration.entropy = rng?.configuration
         configuration.deviceScheduling = deviceScheduling
         if let acpi { configuration.discovery = acpi.discovery }
         if let seccomp { configuration.seccomp = seccomp } else if let value = getenv("SWIFTLET_SECCOMP").map({ String(cString: $0) }) {
@@ -223,6 +229,24 @@ extension DeviceThreadScheduling: ExpressibleByArgument {
 }
 
 extension SeccompMode: ExpressibleByArgument {}
+
+/// `--rng on|rate=BYTES`.
+struct RngOption: ExpressibleByArgument {
+    var configuration = EntropyConfiguration()
+
+    init?(argument: String) {
+        guard argument != "on" else { return }
+        guard argument.hasPrefix("rate=") else { return nil }
+        let value = String(argument.dropFirst("rate=".count))
+        if let bytes = UInt64(value), bytes > 0 {
+            configuration.bytesPerSecond = bytes
+        } else if let size = MemorySize(argument: value), !value.allSatisfy(\.isNumber) {
+            configuration.bytesPerSecond = size.bytes
+        } else {
+            return nil
+        }
+    }
+}
 
 /// `--acpi on|off` (and `both`, what no option means).
 struct ACPIOption: ExpressibleByArgument {

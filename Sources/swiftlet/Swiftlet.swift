@@ -10,7 +10,17 @@ struct SwiftletCommand: AsyncParsableCommand {
         commandName: "swiftlet",
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest, `swiftlet exec --help` for running one command in a fresh VM.",
-        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self])
+        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self, FirecrackerCommand.self])
+
+    /// Started as `firecracker` (a symlink to this executable): Firecracker's command line.
+    static func main() async {
+        let name = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+        if name == "firecracker" {
+            await FirecrackerCommand.main(Array(CommandLine.arguments.dropFirst()))
+        } else {
+            await SwiftletCommand.main(nil)
+        }
+    }
 }
 
 struct Run: AsyncParsableCommand {
@@ -110,22 +120,32 @@ struct Run: AsyncParsableCommand {
                 Run.report("stats device=balloon0 " + BalloonControl.answer("get", vm: vm).dropFirst(3))
             }
         }
-        if printBootTime {
-            if let reached = vm.userspaceReachedAt {
-                Run.report("guest init reached \((reached - start) / 1_000_000) ms after start")
-            } else {
-                Run.report("the guest never wrote the boot-timer port")
-            }
+        if printBootTime { Run.reportBootTime(vm, start: start) }
+        Run.end(exit)
+    }
+
+    /// `--print-boot-time` (and `firecracker --boot-timer`): from `start` to the guest's boot-timer write.
+    static func reportBootTime(_ vm: MicroVM, start: UInt64) {
+        if let reached = vm.userspaceReachedAt {
+            report("guest init reached \((reached - start) / 1_000_000) ms after start")
+        } else {
+            report("the guest never wrote the boot-timer port")
         }
+    }
+
+    /// Returns for a clean end of the guest; otherwise ends the process with the status and message for how it
+    /// ended (a guest panic, a failure).
+    static func end(_ exit: MachineExit) {
         switch exit {
         case .reset, .powerOff, .stopped, .tripleFault:
             return
         case .guestPanic(let event):
-            Run.report("error: the guest kernel panicked (pvpanic event 0x\(String(event, radix: 16))); "
+            report("error: the guest kernel panicked (pvpanic event 0x\(String(event, radix: 16))); "
                 + "its console output says why")
-            Glibc.exit(Run.guestPanicStatus)
+            Glibc.exit(guestPanicStatus)
         case .failed(let message):
-            fail(message)
+            report("error: " + message)
+            Glibc.exit(1)
         }
     }
 

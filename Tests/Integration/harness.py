@@ -121,6 +121,10 @@ def stage_payload(baseline=None):
         shutil.copy2(baseline, os.path.join(bindir, "swiftlet-baseline"))
     if os.path.exists(SWIFTLET_TRIGGER):
         shutil.copy2(SWIFTLET_TRIGGER, os.path.join(bindir, "swiftlet-trigger"))
+    # curl, for the Firecracker API test (curl --unix-socket, as Firecracker's guide has it), with its libraries.
+    curl = shutil.which("curl")
+    if curl:
+        subprocess.run([sys.executable, LAB, "stage-binary", curl, bindir], check=True, stdout=subprocess.DEVNULL)
     # Libraries go to /job/lib (lab.py's run.sh puts it on LD_LIBRARY_PATH); stage-binary put them in bin/lib.
     if os.path.isdir(os.path.join(bindir, "lib")):
         shutil.move(os.path.join(bindir, "lib"), os.path.join(PAYLOAD, "lib"))
@@ -414,10 +418,23 @@ def host_agent_tests():
         say(f"FAILED host-agent: {agent} is missing: run `make guest` first")
         return 0, 1, 0
     say("host test: the guest agent over a Unix socket (guest/agent/test_agent.py)")
+    return host_script("host-agent", [os.path.join(REPO, "guest", "agent", "test_agent.py"), agent])
+
+
+def host_api_tests():
+    """Firecracker's API before boot, on this host (Tests/Integration/host/test_firecracker_api.py): the
+    getting-started calls, bad input and misbehaving clients. Needs no KVM. Returns (passed, failed, skipped)."""
+    require_artifacts()
+    say("host test: Firecracker's API on a Unix socket (Tests/Integration/host/test_firecracker_api.py)")
+    return host_script("host-api", [os.path.join(INTEGRATION, "host", "test_firecracker_api.py"), SWIFTLET])
+
+
+def host_script(label, argv, timeout=600):
+    """Runs a host-side test script (Python, printing TEST-RESULT lines); returns (passed, failed, skipped)."""
     passed = failed = skipped = 0
     try:
-        proc = subprocess.run([sys.executable, os.path.join(REPO, "guest", "agent", "test_agent.py"), agent],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        proc = subprocess.run([sys.executable] + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout)
         output, status = proc.stdout, proc.returncode
     except subprocess.TimeoutExpired as e:  # its stdout comes back as bytes even with text=True
         output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -435,7 +452,7 @@ def host_agent_tests():
             skipped += 1
     if status != 0 and failed == 0:
         failed += 1
-        say(f"FAILED host-agent: test_agent.py exited {status} without a failing result")
+        say(f"FAILED {label}: {os.path.basename(argv[0])} exited {status} without a failing result")
     return passed, failed, skipped
 
 
@@ -556,6 +573,9 @@ def cmd_test(args):
         passed, failed = passed + p, failed + f
     if not args.only or "agent" in args.only:
         p, f, s = host_agent_tests()
+        passed, failed, skipped = passed + p, failed + f, skipped + s
+    if not args.only or "api" in args.only:
+        p, f, s = host_api_tests()
         passed, failed, skipped = passed + p, failed + f, skipped + s
     if not args.only and os.path.exists("/dev/kvm"):
         p, f = host_console_tests()

@@ -69,6 +69,8 @@ extern const unsigned long CSwiftlet_KVM_CREATE_PIT2;
 extern const unsigned long CSwiftlet_KVM_IRQ_LINE;
 extern const unsigned long CSwiftlet_KVM_IRQFD;
 extern const unsigned long CSwiftlet_KVM_IOEVENTFD;
+extern const unsigned long CSwiftlet_KVM_GET_CLOCK;
+extern const unsigned long CSwiftlet_KVM_SET_CLOCK;
 // vCPU
 extern const unsigned long CSwiftlet_KVM_RUN;
 extern const unsigned long CSwiftlet_KVM_GET_REGS;

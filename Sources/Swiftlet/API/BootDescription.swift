@@ -155,10 +155,10 @@ public struct BootDescription: Sendable {
 }
 
 extension MachineConfiguration {
-    /// The virtio devices in the order they take MMIO slots: disks, NICs, vsock, then the balloon.
+    /// The virtio devices in the order they take MMIO slots: disks, NICs, vsock, the balloon, then the entropy device.
     var virtioDeviceNames: [String] {
         disks.indices.map { "blk\($0)" } + networks.indices.map { "net\($0)" } + (vsock == nil ? [] : ["vsock0"])
-            + (balloon == nil ? [] : ["balloon0"])
+            + (balloon == nil ? [] : ["balloon0"]) + (entropy == nil ? [] : ["rng0"])
     }
 
     /// The machine this configuration makes on `architecture`, every boot structure's single source.

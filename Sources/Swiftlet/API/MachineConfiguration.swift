@@ -16,6 +16,9 @@ public typealias SocketConfiguration = VsockConfiguration
 /// A virtio-balloon device: its starting size, deflate-on-OOM, free page reporting and statistics interval.
 public typealias MemoryBalloonConfiguration = BalloonConfiguration
 
+/// A virtio-rng device: the guest's `/dev/hwrng`, filled from the host's getrandom, with an optional rate limit.
+public typealias EntropyConfiguration = RngConfiguration
+
 /// How the device thread is scheduled against the vCPU threads when they share a CPU: `.batch` (SCHED_BATCH) lets a
 /// running vCPU go on until the guest idles and the device then takes everything queued at once; `.normal`
 /// (SCHED_OTHER) lets the device thread preempt the vCPU whenever a notification wakes it; `.adaptive`, the
@@ -55,6 +58,8 @@ public struct MachineConfiguration: Sendable {
     public var vsock: SocketConfiguration?
     /// A memory balloon (after the disks, NICs and vsock on the virtio-mmio bus); nil for none.
     public var balloon: MemoryBalloonConfiguration?
+    /// An entropy device (virtio-rng), after the balloon; nil for none.
+    public var entropy: EntropyConfiguration?
     /// x86_64: how the guest finds its vCPUs and devices (`DeviceDiscovery`).
     public var discovery: DeviceDiscovery = .both
     /// How the device thread (every virtio device's event loop) is scheduled; see `DeviceThreadScheduling`.
@@ -83,7 +88,9 @@ public struct MachineConfiguration: Sendable {
     public static let maximumCPUs = 64
 
     /// How many virtio-mmio devices the machine has, in slot order: disks, NICs, then vsock.
-    public var virtioDeviceCount: Int { disks.count + networks.count + (vsock == nil ? 0 : 1) + (balloon == nil ? 0 : 1) }
+    public var virtioDeviceCount: Int {
+        disks.count + networks.count + (vsock == nil ? 0 : 1) + (balloon == nil ? 0 : 1) + (entropy == nil ? 0 : 1)
+    }
 
     public init(kernelPath: String, initrdPath: String? = nil, commandLine: String = MachineConfiguration.defaultCommandLine,
                 cpus: Int = 1, memorySize: UInt64 = 256 << 20, console: Console = .stdio, kvmPath: String = "/dev/kvm") {

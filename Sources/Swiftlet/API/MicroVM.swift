@@ -51,6 +51,23 @@ public final class MicroVM: Sendable {
         return await wait()
     }
 
+    /// Pauses the guest: every vCPU leaves KVM_RUN and parks, and the guest's clock stops (its kvmclock is saved and
+    /// set back on `resume()`, so the guest does not see the pause as time passing). Devices finish what was already
+    /// queued. Returns once every vCPU has parked. Pausing a paused VM does nothing.
+    public func pause() throws(SwiftletError) {
+        guard let built = machine.withLock({ $0 }) else { throw SwiftletError(.invalidConfiguration, "this MicroVM is not started") }
+        try built.pause()
+    }
+
+    /// Lets a paused guest run again. Resuming a running VM does nothing.
+    public func resume() throws(SwiftletError) {
+        guard let built = machine.withLock({ $0 }) else { throw SwiftletError(.invalidConfiguration, "this MicroVM is not started") }
+        try built.resume()
+    }
+
+    /// Whether `pause()` holds the guest.
+    public var isPaused: Bool { machine.withLock { $0 }?.isPaused ?? false }
+
     /// Loads `threadClass`'s seccomp filter (`MachineConfiguration.seccomp`) on the calling thread: for threads the
     /// embedding code runs for this VM (the CLI's control socket). Needs a started VM; does nothing with `.off`.
     public func confineCurrentThread(_ threadClass: ThreadClass) throws(SwiftletError) {
@@ -125,4 +142,12 @@ public struct DeviceStatistics: Sendable, Equatable {
     public var requests: UInt64
     /// Malformed requests, chains and register writes the guest sent.
     public var guestErrors: UInt64
+
+    public init(name: String, notifications: UInt64, interrupts: UInt64, requests: UInt64, guestErrors: UInt64) {
+        self.name = name
+        self.notifications = notifications
+        self.interrupts = interrupts
+        self.requests = requests
+        self.guestErrors = guestErrors
+    }
 }

@@ -46,6 +46,9 @@ final class Machine: Sendable {
     }
     private let state = Mutex(RunState())
     private let finished = Atomic<Bool>(false)
+    /// Where vCPUs park while paused, and the guest's kvmclock saved by `pause()` (nil while running).
+    private let pauseGate = ParkingGate()
+    private let pauseLock = Mutex<UInt64?>(nil)
     private let teardown = Mutex(false)
 
 
@@ -135,6 +138,9 @@ final class Machine: Sendable {
             devices.append(("balloon0", balloon!))
         }
         self.balloon = balloon
+        if let entropy = configuration.entropy {
+            devices.append(("rng0", try Rng(entropy, clock: monotonicNanoseconds)))
+        }
         guard devices.map(\.name) == description.virtioDevices.map(\.name) else {
             throw SwiftletError(.invalidConfiguration, "the virtio devices \(devices.map(\.name)) differ from the machine description's \(description.virtioDevices.map(\.name))")
         }
@@ -271,6 +277,10 @@ final class Machine: Sendable {
         var exitWith: MachineExit?
         if vcpu.id == 0 { noteFirstRun() }
         while exitWith == nil && !finished.load(ordering: .acquiring) {
+            if pauseGate.isClosed {
+                pauseGate.park()
+                continue
+            }
             let exit: VcpuExit
             do { exit = try vcpu.runUntilExit() } catch {
                 exitWith = .failed(error.description)
@@ -341,11 +351,43 @@ final class Machine: Sendable {
         }
         guard first else { return }
         finished.store(true, ordering: .releasing)
+        pauseGate.cancel()
         let threads = state.withLock { $0.threads }
         for vcpu in vcpus { vcpu.requestExit() }
         for thread in threads { thread.send(signal: KickSignal.number) }
         ended.signal()
     }
+
+    /// Stops every vCPU: each leaves KVM_RUN and parks until `resume()`. The guest's kvmclock is saved, so that its
+    /// time stops too. Devices go on serving what was queued. Returns when every vCPU has parked.
+    func pause() throws(SwiftletError) {
+        try pauseLock.withLock { (paused) throws(SwiftletError) in
+            guard state.withLock({ $0.started && $0.exit == nil }) else {
+                throw SwiftletError(.invalidConfiguration, "the VM is not running")
+            }
+            guard paused == nil else { return }
+            pauseGate.close()
+            let threads = state.withLock { $0.threads }
+            for vcpu in vcpus { vcpu.requestExit() }
+            for thread in threads { thread.send(signal: KickSignal.number) }
+            guard pauseGate.waitForParked(vcpus.count) else {
+                throw SwiftletError(.invalidConfiguration, "the VM ended while it was being paused")
+            }
+            paused = try vm.clock()
+        }
+    }
+
+    /// Lets the vCPUs run again, with the guest's clock going on from where `pause()` stopped it.
+    func resume() throws(SwiftletError) {
+        try pauseLock.withLock { (paused) throws(SwiftletError) in
+            guard let clock = paused else { return }
+            try vm.setClock(clock)
+            paused = nil
+            pauseGate.open()
+        }
+    }
+
+    var isPaused: Bool { pauseLock.withLock { $0 != nil } }
 
     /// Waits until the machine has ended. The wait is a thread's poll on `ended`, started from the caller (a thread
     /// under the process filter only), which then resumes the caller.

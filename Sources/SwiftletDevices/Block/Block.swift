@@ -7,7 +7,7 @@ import SwiftletVirtio
 import SystemPackage
 
 /// How a disk is attached.
-public struct BlockConfiguration: Sendable {
+public struct BlockConfiguration: Sendable, Equatable {
     public var path: String
     public var readOnly: Bool
     /// What GET_ID returns (at most 20 bytes).

@@ -18,7 +18,7 @@ public protocol PacketEndpoint: Sendable {
 
 extension Tap: PacketEndpoint {}
 
-public struct NetConfiguration: Sendable {
+public struct NetConfiguration: Sendable, Equatable {
     public var tap: String
     public var mac: [UInt8]
     public var mtu: UInt16?

@@ -6,7 +6,7 @@ import SwiftletMemory
 import SwiftletVirtio
 import SystemPackage
 
-public struct VsockConfiguration: Sendable {
+public struct VsockConfiguration: Sendable, Equatable {
     /// The guest's context ID: 3 or more (0-2 are reserved, 2 is the host), below 2^32 - 1.
     public var guestCID: UInt64
     /// The host end, Firecracker's hybrid vsock: host programs connect here and send `CONNECT <port>\n`; a guest

@@ -1,0 +1,236 @@
+import Glibc
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Swiftlet
+import SwiftletDevices
+import SwiftletHost
+
+/// Firecracker's API: HTTP/1.1 on a Unix socket, parsed by NIOHTTP1 (llhttp) on one event-loop thread. Requests go to
+/// a `FirecrackerVMM` one at a time; connections are served side by side, so a slow or stuck client costs only its
+/// own connection:
+/// - at most `maximumConnections` at once: past that, a new connection closes the one idle the longest (so a client
+///   holding idle connections cannot lock others out), or is itself closed when every connection is mid-request;
+/// - a request must arrive whole within `requestDeadline` of its first byte (a client sending a byte a second is
+///   closed), and an idle connection is closed after `idleTimeout`;
+/// - a body over `maximumRequestBody` gets a 400 and the connection is closed.
+public final class APIServer: Sendable {
+    public static let maximumConnections = 128
+    public static let requestDeadline = TimeAmount.seconds(10)
+    public static let idleTimeout = TimeAmount.seconds(300)
+
+    public let path: String
+    private let group: MultiThreadedEventLoopGroup
+    private let channel: any Channel
+
+    private init(path: String, group: MultiThreadedEventLoopGroup, channel: any Channel) {
+        self.path = path
+        self.group = group
+        self.channel = channel
+    }
+
+    /// Binds `path` (which must not exist) and starts serving `vmm` on a thread of its own.
+    public static func start(path: String, vmm: FirecrackerVMM) throws(SwiftletError) -> APIServer {
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            throw SwiftletError(.invalidConfiguration, "the API socket \(path) already exists: another VMM may be using it; if not, remove it and start again")
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let registry = ConnectionRegistry()
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    guard registry.opened(channel) else {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    channel.closeFuture.whenComplete { _ in registry.closed(channel) }
+                    let timer = RequestTimer(registry: registry, channel: channel)
+                    try channel.pipeline.syncOperations.addHandler(RequestStartWatcher(timer: timer))
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(APIHandler(vmm: vmm, timer: timer))
+                }
+            }
+        do {
+            let channel = try bootstrap.bind(unixDomainSocketPath: path).wait()
+            return APIServer(path: path, group: group, channel: channel)
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw SwiftletError(.systemCall, "cannot serve the API on \(path): \(error)")
+        }
+    }
+
+    /// Stops serving, removes the socket and ends the thread.
+    public func close() {
+        try? channel.close().wait()
+        unlink(path)
+        try? group.syncShutdownGracefully()
+    }
+}
+
+/// The open connections, against `APIServer.maximumConnections`, and since when each has been idle (no request in
+/// progress). Used only on the server's one event loop (every connection's handlers run there).
+final class ConnectionRegistry: @unchecked Sendable { // @unchecked: confined to the event loop
+    private struct Entry {
+        let channel: any Channel
+        var idleSince: NIODeadline?
+    }
+    private var members: [ObjectIdentifier: Entry] = [:]
+
+    /// Admits `channel`; at the cap, closes the longest-idle connection to make room, or refuses `channel` (false)
+    /// when none is idle.
+    func opened(_ channel: any Channel) -> Bool {
+        if members.count >= APIServer.maximumConnections {
+            guard let (id, oldest) = members.filter({ $0.value.idleSince != nil })
+                .min(by: { $0.value.idleSince! < $1.value.idleSince! }) else { return false }
+            members.removeValue(forKey: id)
+            oldest.channel.close(promise: nil)
+        }
+        members[ObjectIdentifier(channel)] = Entry(channel: channel, idleSince: .now())
+        return true
+    }
+
+    func closed(_ channel: any Channel) { members.removeValue(forKey: ObjectIdentifier(channel)) }
+    func busy(_ channel: any Channel) { members[ObjectIdentifier(channel)]?.idleSince = nil }
+    func idle(_ channel: any Channel) { members[ObjectIdentifier(channel)]?.idleSince = .now() }
+}
+
+/// One connection's deadline: the idle timeout between requests, the request deadline once a request's first byte
+/// has come. Used only on the connection's event loop.
+final class RequestTimer {
+    private var scheduled: Scheduled<Void>?
+    private(set) var requestInProgress = false
+    private let registry: ConnectionRegistry
+    private let channel: any Channel
+
+    init(registry: ConnectionRegistry, channel: any Channel) {
+        self.registry = registry
+        self.channel = channel
+    }
+
+    func arm(_ timeout: TimeAmount, on context: ChannelHandlerContext) {
+        scheduled?.cancel()
+        let channel = context.channel
+        scheduled = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+
+    func requestStarted(_ context: ChannelHandlerContext) {
+        guard !requestInProgress else { return }
+        requestInProgress = true
+        registry.busy(channel)
+        arm(APIServer.requestDeadline, on: context)
+    }
+
+    /// The request is whole: no deadline while the VMM works on it.
+    func requestReceived() {
+        scheduled?.cancel()
+        scheduled = nil
+    }
+
+    func responseSent(_ context: ChannelHandlerContext) {
+        requestInProgress = false
+        registry.idle(channel)
+        arm(APIServer.idleTimeout, on: context)
+    }
+
+    func cancel() { scheduled?.cancel() }
+}
+
+/// Sees a connection's raw bytes before the HTTP parser does, to start the request deadline at a request's first byte.
+final class RequestStartWatcher: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private let timer: RequestTimer
+
+    init(timer: RequestTimer) { self.timer = timer }
+
+    func channelActive(context: ChannelHandlerContext) {
+        timer.arm(APIServer.idleTimeout, on: context)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        timer.requestStarted(context)
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer.cancel()
+        context.fireChannelInactive()
+    }
+}
+
+/// Collects one request (head and body, up to the limit), has the VMM answer it, writes the answer.
+final class APIHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let vmm: FirecrackerVMM
+    private let timer: RequestTimer
+    private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+    private var tooLarge = false
+
+    init(vmm: FirecrackerVMM, timer: RequestTimer) {
+        self.vmm = vmm
+        self.timer = timer
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let requestHead):
+            head = requestHead
+            body = []
+            tooLarge = false
+        case .body(var buffer):
+            if body.count + buffer.readableBytes > maximumRequestBody {
+                tooLarge = true
+                body = []
+            } else if !tooLarge, let bytes = buffer.readBytes(length: buffer.readableBytes) {
+                body += bytes
+            }
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            timer.requestReceived()
+            if tooLarge {
+                respond(context, .fault("the request body is more than the \(maximumRequestBody) bytes this API reads"), keepAlive: false)
+                return
+            }
+            let method = head.method.rawValue, uri = head.uri, body = self.body
+            let keepAlive = head.isKeepAlive
+            self.body = []
+            let promise = context.eventLoop.makePromise(of: APIResponse.self)
+            let vmm = self.vmm
+            promise.completeWithTask { await vmm.handle(method: method, path: uri, body: body) }
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            promise.futureResult.whenSuccess { response in
+                let (handler, context) = bound.value
+                handler.respond(context, response, keepAlive: keepAlive)
+            }
+        }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ response: APIResponse, keepAlive: Bool) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Server", value: "Firecracker API")
+        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        if response.status != 204 {
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: String(response.body.count))
+        }
+        let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if response.status != 204 {
+            var buffer = context.channel.allocator.buffer(capacity: response.body.count)
+            buffer.writeBytes(response.body)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive { channel.close(promise: nil) }
+        }
+        timer.responseSent(context)
+    }
+}

@@ -1,0 +1,292 @@
+import FoundationEssentials
+import Swiftlet
+import SwiftletDevices
+import SwiftletHost
+
+/// A machine the API started: what the post-boot calls act on. `MicroVM` is one; tests use a fake.
+public protocol RunningMachine: AnyObject, Sendable {
+    func setBalloonTarget(bytes: UInt64) throws(SwiftletError)
+    func balloonStatus() -> BalloonStatus?
+    func statistics() -> [DeviceStatistics]
+    func pause() throws(SwiftletError)
+    func resume() throws(SwiftletError)
+}
+
+extension MicroVM: RunningMachine {}
+
+/// Starts the machine `InstanceStart` describes; the default boots a `MicroVM`, tests pass a fake.
+public typealias MachineStarter = @Sendable (MachineConfiguration) async throws(SwiftletError) -> any RunningMachine
+
+/// An API answer: an HTTP status and, unless 204, a JSON body.
+public struct APIResponse: Equatable, Sendable {
+    public var status: Int
+    public var body: [UInt8]
+
+    static let noContent = APIResponse(status: 204, body: [])
+
+    static func fault(_ message: String, status: Int = 400) -> APIResponse {
+        APIResponse(status: status, body: json(ErrorBody(fault_message: message)))
+    }
+
+    static func ok<T: Encodable>(_ value: T) -> APIResponse { APIResponse(status: 200, body: json(value)) }
+
+    /// The fault message of an error answer, for tests and logs.
+    public var faultMessage: String? {
+        guard status >= 400, let text = String(bytes: body, encoding: .utf8) else { return nil }
+        struct Fault: Decodable { var fault_message: String }
+        return try? JSONDecoder().decode(Fault.self, from: Data(text.utf8)).fault_message
+    }
+}
+
+func json<T: Encodable>(_ value: T) -> [UInt8] {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return (try? Array(encoder.encode(value))) ?? Array("{}".utf8)
+}
+
+/// Firecracker's VMM as its API sees it: the machine being configured, then the one running. Each request is handled
+/// whole before the next (an actor), as in Firecracker, whose API thread hands requests to the VMM one at a time.
+///
+/// The configuration calls build a `FirecrackerSetup`, which turns into the same `MachineConfiguration` that
+/// `swiftlet run`'s flags build; `InstanceStart` boots it.
+public actor FirecrackerVMM {
+    public enum State: String, Sendable { case notStarted = "Not started", running = "Running", paused = "Paused" }
+
+    public let id: String
+    public private(set) var state = State.notStarted
+    public private(set) var setup: FirecrackerSetup
+    private var machine: (any RunningMachine)?
+    private let starter: MachineStarter
+    /// The metrics writer, once `PUT /metrics` (or the configuration file) named a path.
+    private var metrics: MetricsWriter?
+    private let startedAt = monotonicNanoseconds()
+
+    /// The API level answered: Firecracker's specification this implements.
+    public static let apiVersion = "1.16.1"
+
+    public init(id: String = "anonymous-instance", setup: FirecrackerSetup = FirecrackerSetup(), starter: @escaping MachineStarter) {
+        self.id = id
+        self.setup = setup
+        self.starter = starter
+    }
+
+    /// Handles one request: METHOD, the path (with any query string) and the body.
+    public func handle(method: String, path rawPath: String, body: [UInt8]) async -> APIResponse {
+        let path = String(rawPath.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+        let parts = path.split(separator: "/").map(String.init)
+        do throws(APIFault) {
+            if let refusal = Refusals.reason(for: parts) { return .fault(refusal) }
+            switch (method, parts.first, parts.count) {
+            case ("GET", nil, 0): return .ok(InstanceInfo(app_name: "Swiftlet", id: id, state: state.rawValue, vmm_version: Self.apiVersion))
+            case ("GET", "version", 1): return .ok(FirecrackerVersion(firecracker_version: Self.apiVersion))
+            case ("GET", "machine-config", 1): return .ok(setup.machineConfig)
+            case ("PUT", "machine-config", 1):
+                try requireNotStarted("machine-config")
+                try setup.setMachineConfig(decodeBody(FirecrackerMachineConfig.self, body))
+                return .noContent
+            case ("PATCH", "machine-config", 1):
+                try requireNotStarted("machine-config")
+                try setup.updateMachineConfig(decodeBody(MachineConfigUpdate.self, body))
+                return .noContent
+            case ("PUT", "boot-source", 1):
+                try requireNotStarted("boot-source")
+                try setup.setBootSource(decodeBody(BootSource.self, body))
+                return .noContent
+            case ("PUT", "drives", 2):
+                try requireNotStarted("drives")
+                try setup.putDrive(id: parts[1], decodeBody(Drive.self, body))
+                return .noContent
+            case ("PATCH", "drives", 2):
+                return try await patchDrive(id: parts[1], decodeBody(PartialDrive.self, body))
+            case ("PUT", "network-interfaces", 2):
+                try requireNotStarted("network-interfaces")
+                try setup.putNetworkInterface(id: parts[1], decodeBody(NetworkInterface.self, body))
+                return .noContent
+            case ("PATCH", "network-interfaces", 2):
+                let update = try decodeBody(PartialNetworkInterface.self, body)
+                try setup.checkNetworkPatch(id: parts[1], update)
+                guard state != .notStarted else {
+                    throw APIFault("PATCH /network-interfaces/\(parts[1]) changes a running microVM's rate limiters; before InstanceStart, PUT the interface instead")
+                }
+                return .noContent
+            case ("PUT", "vsock", 1):
+                try requireNotStarted("vsock")
+                try setup.setVsock(decodeBody(Vsock.self, body))
+                return .noContent
+            case ("GET", "balloon", 1):
+                guard let balloon = setup.balloon else { throw APIFault("no balloon device is configured (PUT /balloon before InstanceStart)") }
+                var answer = balloon
+                if let status = machine?.balloonStatus() { answer.amount_mib = Int(status.targetBytes >> 20) }
+                return .ok(answer)
+            case ("PUT", "balloon", 1):
+                try requireNotStarted("balloon")
+                try setup.setBalloon(decodeBody(Balloon.self, body))
+                return .noContent
+            case ("PATCH", "balloon", 1):
+                return try patchBalloon(decodeBody(BalloonUpdate.self, body))
+            case ("GET", "balloon", 2) where parts[1] == "statistics":
+                return try balloonStatistics()
+            case ("PATCH", "balloon", 2) where parts[1] == "statistics":
+                let update = try decodeBody(BalloonStatsUpdate.self, body)
+                return try patchBalloonStatistics(update)
+            case ("PUT", "entropy", 1):
+                try requireNotStarted("entropy")
+                try setup.setEntropy(decodeBody(EntropyDevice.self, body))
+                return .noContent
+            case ("PUT", "logger", 1):
+                try requireNotStarted("logger")
+                try setup.setLogger(decodeBody(Logger.self, body))
+                return .noContent
+            case ("PUT", "metrics", 1):
+                try requireNotStarted("metrics")
+                try setMetrics(decodeBody(Metrics.self, body))
+                return .noContent
+            case ("PUT", "actions", 1):
+                return try await action(decodeBody(InstanceActionInfo.self, body))
+            case ("PATCH", "vm", 1):
+                let request = try decodeBody(VmState.self, body)
+                guard request.state == "Paused" || request.state == "Resumed" else {
+                    throw APIFault("state `\(request.state)` is not one of `Paused`, `Resumed`")
+                }
+                guard state != .notStarted, let machine else { throw APIFault("the microVM is not started: InstanceStart first") }
+                do {
+                    if request.state == "Paused" { try machine.pause(); state = .paused } else { try machine.resume(); state = .running }
+                } catch {
+                    throw APIFault("PATCH /vm (\(request.state)): \(error.description)")
+                }
+                return .noContent
+            case ("GET", "vm", 2) where parts[1] == "config":
+                return .ok(setup.fullConfiguration)
+            default:
+                let known = ["", "version", "machine-config", "boot-source", "drives", "network-interfaces", "vsock", "balloon",
+                             "entropy", "logger", "metrics", "actions", "vm"]
+                if let first = parts.first, !known.contains(first) {
+                    return .fault("unknown resource \(path): this API (Firecracker \(Self.apiVersion)) has no such endpoint")
+                }
+                return .fault("invalid request method and/or path: \(method) \(path)")
+            }
+        } catch {
+            return .fault(error.message)
+        }
+    }
+
+    /// `--config-file`: Firecracker's JSON (the shape of `GET /vm/config`), applied as the PUT of each part would be,
+    /// with the same checks. The parts Swiftlet does not have are refused by name.
+    public func configure(fromFile bytes: [UInt8]) throws(APIFault) {
+        let file = try decodeBody(FullVmConfiguration.self, bytes, limit: 1 << 20)
+        for (key, refused) in [("cpu-config", "cpu-config"), ("mmds-config", "mmds"), ("pmem", "pmem"),
+                               ("memory-hotplug", "hotplug"), ("serial", "serial")] where file.present.contains(key) {
+            throw APIFault("`\(key)`: " + (Refusals.reason(for: [refused]) ?? "not supported"))
+        }
+        if let logger = file.logger { try setup.setLogger(logger) }
+        if let config = file.machine_config { try setup.setMachineConfig(config) }
+        if let source = file.boot_source { try setup.setBootSource(source) }
+        for drive in file.drives ?? [] { try setup.putDrive(id: drive.drive_id, drive) }
+        for interface in file.network_interfaces ?? [] { try setup.putNetworkInterface(id: interface.iface_id, interface) }
+        if let vsock = file.vsock { try setup.setVsock(vsock) }
+        if let balloon = file.balloon { try setup.setBalloon(balloon) }
+        if let entropy = file.entropy { try setup.setEntropy(entropy) }
+        if let request = file.metrics { try setMetrics(request) }
+    }
+
+    /// Firecracker's `--level`, `--log-path` and `--metrics-path`: what `PUT /logger` and `PUT /metrics` set.
+    public func configure(logLevel: String?, logPath: String?, metricsPath: String?) throws(APIFault) {
+        if logLevel != nil || logPath != nil { try setup.setLogger(Logger(level: logLevel, log_path: logPath)) }
+        if let metricsPath { try setMetrics(Metrics(metrics_path: metricsPath)) }
+    }
+
+    /// Opens the metrics path; Firecracker sets it once.
+    private func setMetrics(_ request: Metrics) throws(APIFault) {
+        guard metrics == nil else {
+            throw APIFault("the metrics path is already set (\(setup.metrics?.metrics_path ?? "")): Firecracker sets it once")
+        }
+        metrics = try MetricsWriter(path: request.metrics_path)
+        setup.metrics = request
+    }
+
+    private func requireNotStarted(_ resource: String) throws(APIFault) {
+        guard state == .notStarted else {
+            throw APIFault("/\(resource) can only be set before InstanceStart: the microVM is \(state.rawValue.lowercased())")
+        }
+    }
+
+    private func action(_ request: InstanceActionInfo) async throws(APIFault) -> APIResponse {
+        switch request.action_type {
+        case "InstanceStart":
+            guard state == .notStarted else { throw APIFault("InstanceStart: the microVM is already \(state.rawValue.lowercased())") }
+            let configuration = try setup.machineConfiguration()
+            do {
+                machine = try await starter(configuration)
+            } catch {
+                throw APIFault("InstanceStart failed: \(error.description)")
+            }
+            state = .running
+            return .noContent
+        case "FlushMetrics":
+            guard let metrics else { throw APIFault("FlushMetrics: no metrics path is set (PUT /metrics first)") }
+            try metrics.write(snapshot())
+            return .noContent
+        case "SendCtrlAltDel":
+            guard state != .notStarted else { throw APIFault("SendCtrlAltDel: the microVM is not started") }
+            throw APIFault("SendCtrlAltDel is not implemented yet: Swiftlet's i8042 has no keyboard to press the keys on")
+        default:
+            throw APIFault("action_type `\(request.action_type)` is not one of `InstanceStart`, `SendCtrlAltDel`, `FlushMetrics`")
+        }
+    }
+
+    private func patchDrive(id: String, _ update: PartialDrive) async throws(APIFault) -> APIResponse {
+        try setup.checkDrivePatch(id: id, update)
+        guard state != .notStarted else {
+            throw APIFault("PATCH /drives/\(id) changes a running microVM's drive; before InstanceStart, PUT the drive instead")
+        }
+        throw APIFault("PATCH /drives/\(id): changing a running drive's backing file is not implemented yet")
+    }
+
+    private func patchBalloon(_ update: BalloonUpdate) throws(APIFault) -> APIResponse {
+        guard setup.balloon != nil else { throw APIFault("no balloon device is configured (PUT /balloon before InstanceStart)") }
+        guard update.amount_mib >= 0 else { throw APIFault("amount_mib must not be negative") }
+        guard UInt64(update.amount_mib) << 20 <= setup.memoryBytes else {
+            throw APIFault("amount_mib \(update.amount_mib) is more than the guest's \(setup.machineConfig.mem_size_mib) MiB")
+        }
+        guard let machine else {
+            throw APIFault("PATCH /balloon changes a running microVM's balloon; before InstanceStart, PUT /balloon instead")
+        }
+        do { try machine.setBalloonTarget(bytes: UInt64(update.amount_mib) << 20) } catch {
+            throw APIFault("PATCH /balloon: \(error.description)")
+        }
+        setup.balloon?.amount_mib = update.amount_mib
+        return .noContent
+    }
+
+    private func balloonStatistics() throws(APIFault) -> APIResponse {
+        guard let balloon = setup.balloon else { throw APIFault("no balloon device is configured (PUT /balloon before InstanceStart)") }
+        guard (balloon.stats_polling_interval_s ?? 0) > 0 else {
+            throw APIFault("the balloon's statistics are off: set stats_polling_interval_s in PUT /balloon before InstanceStart")
+        }
+        guard let status = machine?.balloonStatus() else { throw APIFault("the microVM is not started: its balloon has no statistics yet") }
+        let s = status.statistics
+        return .ok(BalloonStats(target_pages: UInt64(status.targetPages), actual_pages: UInt64(status.actualPages),
+                                target_mib: status.targetBytes >> 20, actual_mib: status.actualBytes >> 20,
+                                swap_in: s?.swapIn, swap_out: s?.swapOut, major_faults: s?.majorFaults,
+                                minor_faults: s?.minorFaults, free_memory: s?.freeMemory, total_memory: s?.totalMemory,
+                                available_memory: s?.availableMemory, disk_caches: s?.diskCaches,
+                                hugetlb_allocations: s?.hugetlbAllocations, hugetlb_failures: s?.hugetlbFailures))
+    }
+
+    private func patchBalloonStatistics(_ update: BalloonStatsUpdate) throws(APIFault) -> APIResponse {
+        guard let balloon = setup.balloon else { throw APIFault("no balloon device is configured (PUT /balloon before InstanceStart)") }
+        guard state != .notStarted else {
+            throw APIFault("PATCH /balloon/statistics changes a running microVM's balloon; before InstanceStart, PUT /balloon instead")
+        }
+        let current = balloon.stats_polling_interval_s ?? 0
+        guard (current == 0) == (update.stats_polling_interval_s == 0) else {
+            throw APIFault("the balloon's statistics cannot be turned \(current == 0 ? "on" : "off") after InstanceStart")
+        }
+        throw APIFault("PATCH /balloon/statistics: changing the polling interval of a running balloon is not implemented yet")
+    }
+
+    /// The metrics line: Firecracker's groups, with Swiftlet's counters where Firecracker has a name for them.
+    func snapshot() -> MetricsSnapshot {
+        MetricsSnapshot(devices: machine?.statistics() ?? [], uptimeNanoseconds: monotonicNanoseconds() - startedAt)
+    }
+}

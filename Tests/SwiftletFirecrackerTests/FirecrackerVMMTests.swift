@@ -1,0 +1,226 @@
+import FoundationEssentials
+import Swiftlet
+import SwiftletDevices
+@testable import SwiftletFirecracker
+import SwiftletHost
+import Synchronization
+import Testing
+
+/// A machine that records what it was asked.
+final class FakeMachine: RunningMachine {
+    let targets = Mutex<[UInt64]>([])
+    func setBalloonTarget(bytes: UInt64) throws(SwiftletError) { targets.withLock { $0.append(bytes) } }
+    func balloonStatus() -> BalloonStatus? { nil }
+    let pauses = Mutex<[String]>([])
+    func pause() throws(SwiftletError) { pauses.withLock { $0.append("pause") } }
+    func resume() throws(SwiftletError) { pauses.withLock { $0.append("resume") } }
+    func statistics() -> [DeviceStatistics] {
+        [DeviceStatistics(name: "blk0", notifications: 5, interrupts: 4, requests: 3, guestErrors: 0)]
+    }
+}
+
+final class Recorder: Sendable {
+    let configurations = Mutex<[MachineConfiguration]>([])
+    let machine = FakeMachine()
+    var starter: MachineStarter {
+        { [self] configuration async throws(SwiftletError) -> any RunningMachine in
+            configurations.withLock { $0.append(configuration) }
+            return machine
+        }
+    }
+}
+
+private func send(_ vmm: FirecrackerVMM, _ method: String, _ path: String, _ body: String = "") async -> APIResponse {
+    await vmm.handle(method: method, path: path, body: Array(body.utf8))
+}
+
+private func object(_ response: APIResponse) throws -> [String: String] {
+    struct Loose: Decodable {
+        var values: [String: String] = [:]
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: AnyKey.self)
+            for key in container.allKeys {
+                if let text = try? container.decode(String.self, forKey: key) { values[key.stringValue] = text }
+                else if let number = try? container.decode(Int.self, forKey: key) { values[key.stringValue] = String(number) }
+                else if let flag = try? container.decode(Bool.self, forKey: key) { values[key.stringValue] = String(flag) }
+            }
+        }
+    }
+    return try JSONDecoder().decode(Loose.self, from: Data(response.body)).values
+}
+
+private let bootSource = #"{"kernel_image_path": "/k/vmlinux", "initrd_path": "/k/initrd", "boot_args": "console=ttyS0"}"#
+private let start = #"{"action_type": "InstanceStart"}"#
+
+@Suite struct FirecrackerVMMTests {
+    @Test func instanceInfoAndVersion() async throws {
+        let vmm = FirecrackerVMM(id: "sandbox-7", starter: Recorder().starter)
+        let info = try object(await send(vmm, "GET", "/"))
+        #expect(info == ["app_name": "Swiftlet", "id": "sandbox-7", "state": "Not started", "vmm_version": "1.16.1"])
+        #expect(try object(await send(vmm, "GET", "/version")) == ["firecracker_version": "1.16.1"])
+    }
+
+    @Test func gettingStartedBuildsTheMachineRunWouldBuild() async throws {
+        let recorder = Recorder()
+        let vmm = FirecrackerVMM(starter: recorder.starter)
+        #expect(await send(vmm, "PUT", "/boot-source", bootSource).status == 204)
+        #expect(await send(vmm, "PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 512}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/drives/scratch", #"{"drive_id": "scratch", "path_on_host": "/d/scratch.img", "is_root_device": false, "is_read_only": true}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/drives/rootfs", #"{"drive_id": "rootfs", "path_on_host": "/d/root.img", "is_root_device": true, "is_read_only": false}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "tap7", "guest_mac": "06:00:AC:10:00:02"}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/vsock", #"{"guest_cid": 9, "uds_path": "/run/v.sock"}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/balloon", #"{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 5}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/actions", start).status == 204)
+        let built = try #require(recorder.configurations.withLock { $0.first })
+        #expect(built.entropy == EntropyConfiguration(bytesPerSecond: 10_000))
+        // What `swiftlet run --kernel /k/vmlinux --initrd /k/initrd --cmdline '… root=/dev/vda rw' --cpus 2 --memory 512M
+        // --disk /d/root.img,id=rootfs --disk /d/scratch.img,readonly=on,id=scratch --net tap=tap7,mac=… --vsock … --balloon …` builds.
+        var expected = MachineConfiguration(kernelPath: "/k/vmlinux", initrdPath: "/k/initrd", commandLine: "console=ttyS0 root=/dev/vda rw",
+                                            cpus: 2, memorySize: 512 << 20, console: .stdio)
+        expected.disks = [DiskConfiguration(path: "/d/root.img", readOnly: false, serial: "rootfs"),
+                          DiskConfiguration(path: "/d/scratch.img", readOnly: true, serial: "scratch")]
+        expected.networks = [NetworkConfiguration(tap: "tap7", mac: [0x06, 0, 0xac, 0x10, 0, 2])]
+        expected.vsock = SocketConfiguration(guestCID: 9, socketPath: "/run/v.sock")
+        expected.balloon = MemoryBalloonConfiguration(targetSize: 64 << 20, deflateOnOOM: true, statisticsInterval: 5)
+        #expect(built.kernelPath == expected.kernelPath && built.initrdPath == expected.initrdPath)
+        #expect(built.commandLine == expected.commandLine)
+        #expect(built.cpus == 2 && built.memorySize == expected.memorySize)
+        #expect(built.disks == expected.disks)
+        #expect(built.networks == expected.networks)
+        #expect(built.vsock == expected.vsock)
+        #expect(built.balloon == expected.balloon)
+        #expect(try object(await send(vmm, "GET", "/"))["state"] == "Running")
+    }
+
+    @Test func defaultBootArgsAndPartuuidRoot() async throws {
+        let recorder = Recorder()
+        let vmm = FirecrackerVMM(starter: recorder.starter)
+        #expect(await send(vmm, "PUT", "/boot-source", #"{"kernel_image_path": "/k"}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/drives/r", #"{"drive_id": "r", "path_on_host": "/r", "is_root_device": true, "is_read_only": true, "partuuid": "0eaa91a0-01"}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/actions", start).status == 204)
+        let built = try #require(recorder.configurations.withLock { $0.first })
+        #expect(built.commandLine == FirecrackerSetup.defaultBootArgs + " root=PARTUUID=0eaa91a0-01 ro")
+    }
+
+    @Test func unknownFieldsWrongTypesAndBadJSONAreRefusedByName() async {
+        let vmm = FirecrackerVMM(starter: Recorder().starter)
+        let cases: [(String, String, String)] = [
+            ("/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "vcpus": 2}"#, "unknown field `vcpus`"),
+            ("/machine-config", #"{"vcpu_count": "one", "mem_size_mib": 128}"#, "vcpu_count: invalid type: expected an integer"),
+            ("/machine-config", #"{"mem_size_mib": 128}"#, "missing field `vcpu_count`"),
+            ("/machine-config", #"{"vcpu_count": 1,"#, "not valid JSON"),
+            ("/machine-config", "", "needs a JSON body"),
+            ("/machine-config", "[1, 2]", "expected a JSON object"),
+            ("/machine-config", String(repeating: "[", count: 40), "nests deeper than 16"),
+            ("/drives/a", #"{"drive_id": "a", "is_root_device": false, "is_read_only": false, "path_on_host": "/a", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1, "extra": 0}}}"#,
+             "rate_limiter.bandwidth: unknown field `extra`"),
+        ]
+        for (path, body, fragment) in cases {
+            let response = await send(vmm, "PUT", path, body)
+            #expect(response.status == 400, "\(path) \(body)")
+            #expect(response.faultMessage?.contains(fragment) == true, "\(path) \(body): \(response.faultMessage ?? "no fault")")
+        }
+    }
+
+    @Test func firecrackerRulesOnValues() async {
+        let vmm = FirecrackerVMM(starter: Recorder().starter)
+        let cases: [(String, String, String, String)] = [
+            ("PUT", "/machine-config", #"{"vcpu_count": 33, "mem_size_mib": 128}"#, "vcpu_count 33 is out of range: 1 to 32"),
+            ("PUT", "/machine-config", #"{"vcpu_count": 0, "mem_size_mib": 128}"#, "out of range"),
+            ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}"#, "huge_pages `1G` is not one of"),
+            ("PUT", "/drives/a", #"{"drive_id": "b", "is_root_device": false, "is_read_only": false, "path_on_host": "/a"}"#, "the body's drive_id is `b`"),
+            ("PUT", "/drives/a", #"{"drive_id": "a", "is_root_device": false, "path_on_host": "/a"}"#, "is_read_only is required"),
+            ("PUT", "/drives/a", #"{"drive_id": "a", "is_root_device": false, "is_read_only": false, "socket": "/s"}"#, "vhost-user"),
+            ("PUT", "/drives/a", #"{"drive_id": "a", "is_root_device": false, "is_read_only": false, "path_on_host": "/a", "cache_type": "Sometimes"}"#, "cache_type `Sometimes`"),
+            ("PUT", "/network-interfaces/e", #"{"iface_id": "e", "host_dev_name": "tap0", "guest_mac": "zz:00:00:00:00:00"}"#, "is not a MAC address"),
+            ("PUT", "/network-interfaces/e", #"{"iface_id": "e", "host_dev_name": "a-very-long-tap-name"}"#, "1 to 15 bytes"),
+            ("PUT", "/vsock", #"{"guest_cid": 2, "uds_path": "/v"}"#, "guest_cid 2 is out of range"),
+            ("PUT", "/balloon", #"{"amount_mib": 4096, "deflate_on_oom": false}"#, "more than the guest's 128 MiB"),
+            ("PUT", "/balloon", #"{"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true}"#, "free page reporting is"),
+            ("PUT", "/actions", #"{"action_type": "Reboot"}"#, "action_type `Reboot` is not one of"),
+            ("PUT", "/actions", start, "PUT /boot-source first"),
+            ("PATCH", "/vm", #"{"state": "Paused"}"#, "not started"),
+            ("PATCH", "/vm", #"{"state": "Frozen"}"#, "`Frozen` is not one of"),
+            ("PATCH", "/balloon", #"{"amount_mib": 1}"#, "no balloon device"),
+            ("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#, "no metrics path"),
+        ]
+        for (method, path, body, fragment) in cases {
+            let response = await send(vmm, method, path, body)
+            #expect(response.status == 400, "\(method) \(path) \(body)")
+            #expect(response.faultMessage?.contains(fragment) == true, "\(method) \(path): \(response.faultMessage ?? "no fault")")
+        }
+    }
+
+    @Test func onlyOneRootDevice() async {
+        let vmm = FirecrackerVMM(starter: Recorder().starter)
+        #expect(await send(vmm, "PUT", "/drives/a", #"{"drive_id": "a", "is_root_device": true, "is_read_only": false, "path_on_host": "/a"}"#).status == 204)
+        let second = await send(vmm, "PUT", "/drives/b", #"{"drive_id": "b", "is_root_device": true, "is_read_only": false, "path_on_host": "/b"}"#)
+        #expect(second.faultMessage == "drive `a` is already the root device: only one drive can be")
+        // Putting `a` again replaces it.
+        #expect(await send(vmm, "PUT", "/drives/a", #"{"drive_id": "a", "is_root_device": false, "is_read_only": false, "path_on_host": "/a"}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/drives/b", #"{"drive_id": "b", "is_root_device": true, "is_read_only": false, "path_on_host": "/b"}"#).status == 204)
+    }
+
+    @Test func preBootOnlyCallsAreRefusedAfterStart() async throws {
+        let recorder = Recorder()
+        let vmm = FirecrackerVMM(starter: recorder.starter)
+        _ = await send(vmm, "PUT", "/boot-source", bootSource)
+        _ = await send(vmm, "PUT", "/balloon", #"{"amount_mib": 0, "deflate_on_oom": false}"#)
+        #expect(await send(vmm, "PUT", "/actions", start).status == 204)
+        for (path, body) in [("/boot-source", bootSource), ("/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#),
+                             ("/vsock", #"{"guest_cid": 3, "uds_path": "/v"}"#)] {
+            let response = await send(vmm, "PUT", path, body)
+            #expect(response.faultMessage == "\(path) can only be set before InstanceStart: the microVM is running", "\(path)")
+        }
+        #expect(await send(vmm, "PUT", "/actions", start).faultMessage == "InstanceStart: the microVM is already running")
+        // A post-boot call reaches the machine.
+        #expect(await send(vmm, "PATCH", "/balloon", #"{"amount_mib": 32}"#).status == 204)
+        #expect(recorder.machine.targets.withLock { $0 } == [32 << 20])
+        #expect(try object(await send(vmm, "GET", "/balloon"))["amount_mib"] == "32")
+        #expect(await send(vmm, "PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        #expect(try object(await send(vmm, "GET", "/"))["state"] == "Paused")
+        #expect(await send(vmm, "PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
+        #expect(try object(await send(vmm, "GET", "/"))["state"] == "Running")
+        #expect(recorder.machine.pauses.withLock { $0 } == ["pause", "resume"])
+    }
+
+    @Test func unimplementedEndpointsAnswer400NamingThem() async {
+        let vmm = FirecrackerVMM(starter: Recorder().starter)
+        for (method, path) in [("PUT", "/snapshot/create"), ("PUT", "/snapshot/load"), ("GET", "/mmds"), ("PUT", "/mmds/config"),
+                               ("PUT", "/cpu-config"), ("PUT", "/hotplug/memory"), ("PUT", "/pmem/p0"), ("PUT", "/serial"),
+                               ("PATCH", "/balloon/hinting/start"), ("GET", "/balloon/hinting/status")] {
+            let response = await send(vmm, method, path, "{}")
+            #expect(response.status == 400)
+            #expect(response.faultMessage?.hasPrefix(path + " is not supported") == true, "\(path): \(response.faultMessage ?? "")")
+        }
+        #expect(await send(vmm, "GET", "/no-such-thing").faultMessage?.contains("unknown resource /no-such-thing") == true)
+        #expect(await send(vmm, "DELETE", "/machine-config").faultMessage == "invalid request method and/or path: DELETE /machine-config")
+    }
+
+    @Test func configFileIsAppliedWithTheSameChecks() async throws {
+        let recorder = Recorder()
+        let vmm = FirecrackerVMM(starter: recorder.starter)
+        let file = #"""
+            {"boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},
+             "drives": [{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}],
+             "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
+             "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap3"}]}
+            """#
+        try await vmm.configure(fromFile: Array(file.utf8))
+        #expect(await send(vmm, "PUT", "/actions", start).status == 204)
+        let built = try #require(recorder.configurations.withLock { $0.first })
+        #expect(built.cpus == 2 && built.memorySize == 256 << 20 && built.disks.map(\.path) == ["/r"] && built.networks.map(\.tap) == ["tap3"])
+        let vmConfig = await send(vmm, "GET", "/vm/config")
+        let text = String(decoding: vmConfig.body, as: UTF8.self)
+        #expect(text.contains(#""drives":[{"drive_id":"rootfs","is_read_only":false,"is_root_device":true,"path_on_host":"/r"}]"#), "\(text)")
+
+        let refused = FirecrackerVMM(starter: Recorder().starter)
+        await #expect(throws: APIFault(#"`mmds-config`: /mmds is not supported: Swiftlet has no microVM metadata service (MMDS); pass data to the guest over vsock or the kernel command line"#)) {
+            try await refused.configure(fromFile: Array(#"{"mmds-config": {"network_interfaces": []}}"#.utf8))
+        }
+        await #expect(throws: APIFault("drives[0]: missing field `is_root_device`")) {
+            try await refused.configure(fromFile: Array(#"{"drives": [{"drive_id": "x", "path_on_host": "/x", "is_read_only": false}]}"#.utf8))
+        }
+    }
+}
