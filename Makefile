@@ -20,8 +20,10 @@ help:
 	@echo "make lab CMD='...'  run a command in the nested lab (/job holds swiftlet, the guest, the tests)"
 	@echo "make probe          does this host's /dev/kvm boot guests?"
 
+# schemathesis (the API's schema test) comes from PyPI into a venv of its own, cached by its version.
 deps:
 	@tools/install-deps.sh
+	@tools/setup-schemathesis.sh
 
 # A fully static executable: nothing for the dynamic loader to do at start-up, nothing to stage into the lab.
 # (The linker warns that FoundationEssentials' getpwnam & co. need glibc's NSS at run time and that it uses mktemp;

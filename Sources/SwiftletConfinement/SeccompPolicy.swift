@@ -83,7 +83,9 @@ public enum SeccompPolicy {
                   "openat", "bind", "listen", "socketpair", "uname", "sysinfo", "getcwd", "ftruncate", "seccomp", "umask",
                   "setpriority", "getpriority",
                   // The Firecracker API's event loop (SwiftNIO) on its accepted connections.
-                  "getsockname", "getpeername"]
+                  "getsockname", "getpeername",
+                  // A running disk's new image (MicroVM.replaceDiskImage, the API's drive PATCH): its write lock.
+                  "flock"]
             .map(SystemCallRule.init)
         var seen = Set<String>()
         return all.filter { seen.insert($0.name).inserted } // each class repeats `runtime`

@@ -231,11 +231,23 @@ public struct FirecrackerSetup: Sendable, Equatable {
         logger = request
     }
 
+    /// The drives in the order the machine attaches them: the root device first (/dev/vda), then the others as
+    /// they were PUT.
+    var orderedDrives: [Drive] { drives.filter(\.is_root_device) + drives.filter { !$0.is_root_device } }
+
+    /// Where drive `id` is in `MachineConfiguration.disks`.
+    func diskIndex(of id: String) -> Int? { orderedDrives.firstIndex { $0.drive_id == id } }
+
+    /// Records a running drive's new backing file (after the machine attached it).
+    mutating func setDrivePath(id: String, _ path: String) {
+        if let index = drives.firstIndex(where: { $0.drive_id == id }) { drives[index].path_on_host = path }
+    }
+
     /// The machine `InstanceStart` boots: what `swiftlet run` would get from the equivalent flags.
     public func machineConfiguration() throws(APIFault) -> MachineConfiguration {
         guard let bootSource else { throw APIFault("InstanceStart needs a kernel: PUT /boot-source first") }
         var commandLine = bootSource.boot_args ?? Self.defaultBootArgs
-        let ordered = drives.filter(\.is_root_device) + drives.filter { !$0.is_root_device }
+        let ordered = orderedDrives
         if let root = ordered.first, root.is_root_device {
             let device = root.partuuid.map { "PARTUUID=\($0)" } ?? "/dev/vda"
             commandLine += " root=\(device) \(root.is_read_only == true ? "ro" : "rw")"

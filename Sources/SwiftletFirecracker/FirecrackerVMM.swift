@@ -6,6 +6,8 @@ import SwiftletHost
 /// A machine the API started: what the post-boot calls act on. `MicroVM` is one; tests use a fake.
 public protocol RunningMachine: AnyObject, Sendable {
     func setBalloonTarget(bytes: UInt64) throws(SwiftletError)
+    func setBalloonStatisticsInterval(seconds: UInt32) throws(SwiftletError)
+    func replaceDiskImage(index: Int, path: String) throws(SwiftletError)
     func balloonStatus() -> BalloonStatus?
     func statistics() -> [DeviceStatistics]
     func pause() throws(SwiftletError)
@@ -239,7 +241,13 @@ public actor FirecrackerVMM {
         guard state != .notStarted else {
             throw APIFault("PATCH /drives/\(id) changes a running microVM's drive; before InstanceStart, PUT the drive instead")
         }
-        throw APIFault("PATCH /drives/\(id): changing a running drive's backing file is not implemented yet")
+        guard let path = update.path_on_host else { return .noContent } // nothing to change (no rate limiters)
+        guard let machine, let index = setup.diskIndex(of: id) else { throw APIFault("no drive `\(id)` in the running microVM") }
+        do { try machine.replaceDiskImage(index: index, path: path) } catch {
+            throw APIFault("PATCH /drives/\(id): \(error.description); the drive keeps its image")
+        }
+        setup.setDrivePath(id: id, path)
+        return .noContent
     }
 
     private func patchBalloon(_ update: BalloonUpdate) throws(APIFault) -> APIResponse {
@@ -282,8 +290,27 @@ public actor FirecrackerVMM {
         guard (current == 0) == (update.stats_polling_interval_s == 0) else {
             throw APIFault("the balloon's statistics cannot be turned \(current == 0 ? "on" : "off") after InstanceStart")
         }
-        throw APIFault("PATCH /balloon/statistics: changing the polling interval of a running balloon is not implemented yet")
+        guard (0...Int(UInt16.max)).contains(update.stats_polling_interval_s) else {
+            throw APIFault("stats_polling_interval_s \(update.stats_polling_interval_s) is out of range: 0 to \(UInt16.max)")
+        }
+        guard update.stats_polling_interval_s != current else { return .noContent }
+        guard let machine else { throw APIFault("the microVM is not started") }
+        do { try machine.setBalloonStatisticsInterval(seconds: UInt32(update.stats_polling_interval_s)) } catch {
+            throw APIFault("PATCH /balloon/statistics: \(error.description)")
+        }
+        setup.balloon?.stats_polling_interval_s = update.stats_polling_interval_s
+        return .noContent
     }
+
+    /// The periodic metrics line (PeriodicMetrics): written once the microVM runs and a metrics path is set. A
+    /// failed write (a FIFO nobody reads) is counted, not fatal, and the next period tries again.
+    public func writePeriodicMetrics() {
+        guard state != .notStarted, let metrics else { return }
+        do { try metrics.write(snapshot()) } catch { periodicMetricsFailures += 1 }
+    }
+
+    /// Periodic metrics lines that could not be written.
+    public private(set) var periodicMetricsFailures = 0
 
     /// The metrics line: Firecracker's groups, with Swiftlet's counters where Firecracker has a name for them.
     func snapshot() -> MetricsSnapshot {

@@ -67,6 +67,12 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func reset()
 }
 
+/// A device whose configuration space changes while the driver runs (a balloon's new target, a disk's new image):
+/// the machine gives it the transport's configuration change notice (a new ConfigGeneration and an interrupt).
+public protocol ConfigurationChanging: AnyObject, Sendable {
+    func attachConfigurationNotifier(_ notify: @escaping @Sendable () -> Void)
+}
+
 /// What connects a device to its transport once both exist: the interrupt it raises when it used buffers, and what
 /// it calls when the driver broke a queue beyond use (the transport then sets DEVICE_NEEDS_RESET).
 public final class DeviceLink: Sendable {

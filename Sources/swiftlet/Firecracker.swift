@@ -77,6 +77,9 @@ struct FirecrackerCommand: AsyncParsableCommand {
             do throws(SwiftletError) { started = try APIServer.start(path: apiSocket, vmm: vmm) } catch { fail(error.description) }
         }
         let server = started
+        // A metrics line every 60 s once the guest runs, as Firecracker writes them (on the API's event loop).
+        let periodic: PeriodicMetrics? = server == nil ? PeriodicMetrics(vmm) : nil
+        server?.flushMetricsPeriodically(vmm)
         let signals = try SignalForwarder { _ in
             Task {
                 if let vm = exits.vm { await vm.stop() } else { server?.close(); Glibc.exit(0) }
@@ -104,6 +107,7 @@ struct FirecrackerCommand: AsyncParsableCommand {
         let exit = await vm.wait()
         signals.cancel()
         server?.close()
+        periodic?.stop()
         if bootTimer { Run.reportBootTime(vm, start: start) }
         Run.end(exit)
     }

@@ -242,6 +242,26 @@ import Testing
         #expect(throws: SwiftletError.self) { try Balloon(BalloonConfiguration(targetSize: 2 << 20), guestMemorySize: 1 << 20) }
     }
 
+    @Test func theStatisticsIntervalChangesOnlyWhereTheQueueWasOffered() throws {
+        let plain = try Balloon(BalloonConfiguration(), guestMemorySize: 1 << 20)
+        do {
+            try plain.setStatisticsInterval(seconds: 3)
+            Issue.record("a balloon without the statistics queue took an interval")
+        } catch {
+            #expect(error.message.hasPrefix("this balloon was made without statistics"))
+        }
+        let polled = try Balloon(BalloonConfiguration(statisticsInterval: 5), guestMemorySize: 1 << 20)
+        try polled.setStatisticsInterval(seconds: 2)
+        #expect(polled.statisticsInterval == 2 && polled.configuration.statisticsInterval == 5)
+        do {
+            try polled.setStatisticsInterval(seconds: 0)
+            Issue.record("the statistics were turned off under a negotiated queue")
+        } catch {
+            #expect(error.message.hasPrefix("the statistics interval cannot become 0"))
+        }
+        #expect(polled.statisticsInterval == 2)
+    }
+
     @Test func statisticsAreHeldUntilTheDeviceAsksForMore() throws {
         let balloon = try device(BalloonConfiguration(statisticsInterval: 1), queue: 2)
         let bytes = BalloonStatisticsTests.entry(5, 256 << 20) + BalloonStatisticsTests.entry(4, 10 << 20)

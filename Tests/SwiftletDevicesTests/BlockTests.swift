@@ -216,6 +216,36 @@ final class TemporaryImage {
         }
     }
 
+    @Test func replacingTheImageSwitchesRequestsCapacityAndTellsTheDriver() throws {
+        let first = try TemporaryImage(bytes: 64 * 1024, fill: 1)
+        let second = try TemporaryImage(bytes: 128 * 1024, fill: 2)
+        let block = try device(first)
+        let notices = CountingLine()
+        block.attachConfigurationNotifier { notices.trigger() }
+        try block.replaceImage(path: second.path)
+        #expect(notices.count == 1 && block.imagePath == second.path && block.capacityBytes == 128 * 1024)
+        var capacity: UInt64 = 0
+        withUnsafeMutableBytes(of: &capacity) { block.readConfiguration(offset: 0, into: $0) }
+        #expect(capacity == 256)
+        // Reads come from the new image, and its added sectors are in bounds now.
+        #expect(try submit(block, type: 0, sector: 200, dataLength: 512, dataWritable: true).status == 0)
+        #expect(try driver.memory.read(UInt8.self, at: data) == 2)
+        try driver.memory.write([UInt8](repeating: 9, count: 512), at: data)
+        #expect(try submit(block, type: 1, sector: 0, dataLength: 512, dataWritable: false).status == 0)
+        #expect(second.read(at: 0, count: 1) == [9] && first.read(at: 0, count: 1) == [1])
+        // The old image's lock went with it: another writer can take it; the new one is locked.
+        _ = try Block(BlockConfiguration(path: first.path))
+        #expect(throws: SwiftletError.self) { try Block(BlockConfiguration(path: second.path)) }
+        // A path that cannot be opened leaves the image attached, and the driver is not told anything.
+        do {
+            try block.replaceImage(path: "/nonexistent/disk.img")
+            Issue.record("a missing image was attached")
+        } catch {
+            #expect(error.code == .invalidConfiguration && error.message.hasPrefix("cannot open disk image /nonexistent/disk.img"))
+        }
+        #expect(block.imagePath == second.path && notices.count == 1)
+    }
+
     @Test func configurationSpaceDescribesTheDisk() throws {
         let image = try TemporaryImage(bytes: 1 << 20)
         let block = try Block(BlockConfiguration(path: image.path))

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Glibc
 import Swiftlet
 import SwiftletDevices
 @testable import SwiftletFirecracker
@@ -14,6 +15,13 @@ final class FakeMachine: RunningMachine {
     let pauses = Mutex<[String]>([])
     func pause() throws(SwiftletError) { pauses.withLock { $0.append("pause") } }
     func resume() throws(SwiftletError) { pauses.withLock { $0.append("resume") } }
+    let intervals = Mutex<[UInt32]>([])
+    func setBalloonStatisticsInterval(seconds: UInt32) throws(SwiftletError) { intervals.withLock { $0.append(seconds) } }
+    let images = Mutex<[String]>([])
+    func replaceDiskImage(index: Int, path: String) throws(SwiftletError) {
+        guard !path.hasPrefix("/missing") else { throw SwiftletError(.invalidConfiguration, "cannot open disk image \(path)") }
+        images.withLock { $0.append("\(index):\(path)") }
+    }
     func statistics() -> [DeviceStatistics] {
         [DeviceStatistics(name: "blk0", notifications: 5, interrupts: 4, requests: 3, guestErrors: 0)]
     }
@@ -109,6 +117,9 @@ private let start = #"{"action_type": "InstanceStart"}"#
             ("/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "vcpus": 2}"#, "unknown field `vcpus`"),
             ("/machine-config", #"{"vcpu_count": "one", "mem_size_mib": 128}"#, "vcpu_count: invalid type: expected an integer"),
             ("/machine-config", #"{"mem_size_mib": 128}"#, "missing field `vcpu_count`"),
+            ("/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "smt": null}"#, "smt: invalid type: null (leave the field out instead)"),
+            ("/drives/a", #"{"drive_id": "a", "is_root_device": false, "is_read_only": false, "path_on_host": "/a", "rate_limiter": {"bandwidth": null}}"#,
+             "rate_limiter.bandwidth: invalid type: null"),
             ("/machine-config", #"{"vcpu_count": 1,"#, "not valid JSON"),
             ("/machine-config", "", "needs a JSON body"),
             ("/machine-config", "[1, 2]", "expected a JSON object"),
@@ -183,6 +194,70 @@ private let start = #"{"action_type": "InstanceStart"}"#
         #expect(await send(vmm, "PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
         #expect(try object(await send(vmm, "GET", "/"))["state"] == "Running")
         #expect(recorder.machine.pauses.withLock { $0 } == ["pause", "resume"])
+    }
+
+    @Test func drivePatchAndStatisticsIntervalReachTheRunningMachine() async throws {
+        let recorder = Recorder()
+        let vmm = FirecrackerVMM(starter: recorder.starter)
+        _ = await send(vmm, "PUT", "/boot-source", bootSource)
+        _ = await send(vmm, "PUT", "/drives/data", #"{"drive_id": "data", "is_root_device": false, "is_read_only": false, "path_on_host": "/d1"}"#)
+        _ = await send(vmm, "PUT", "/drives/root", #"{"drive_id": "root", "is_root_device": true, "is_read_only": true, "path_on_host": "/r"}"#)
+        _ = await send(vmm, "PUT", "/balloon", #"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#)
+        let patch = #"{"drive_id": "data", "path_on_host": "/d2"}"#
+        #expect(await send(vmm, "PATCH", "/drives/data", patch).faultMessage
+                == "PATCH /drives/data changes a running microVM's drive; before InstanceStart, PUT the drive instead")
+        #expect(await send(vmm, "PUT", "/actions", start).status == 204)
+        // The root drive is disk 0 whatever the order of the PUTs: `data` is disk 1.
+        #expect(await send(vmm, "PATCH", "/drives/data", patch).status == 204)
+        #expect(recorder.machine.images.withLock { $0 } == ["1:/d2"])
+        let text = String(decoding: await send(vmm, "GET", "/vm/config").body, as: UTF8.self)
+        #expect(text.contains(#""path_on_host":"/d2""#), "\(text)")
+        let failed = await send(vmm, "PATCH", "/drives/data", #"{"drive_id": "data", "path_on_host": "/missing.img"}"#)
+        #expect(failed.faultMessage == "PATCH /drives/data: cannot open disk image /missing.img; the drive keeps its image")
+        #expect(await send(vmm, "PATCH", "/drives/nope", #"{"drive_id": "nope", "path_on_host": "/x"}"#).faultMessage
+                == "no drive `nope` (PUT it before InstanceStart)")
+        #expect(await send(vmm, "PATCH", "/drives/data", #"{"drive_id": "data", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#).faultMessage
+                == "drive `data`: Swiftlet has no rate limiters; leave rate_limiter out")
+
+        #expect(await send(vmm, "PATCH", "/balloon/statistics", #"{"stats_polling_interval_s": 2}"#).status == 204)
+        #expect(recorder.machine.intervals.withLock { $0 } == [2])
+        #expect(try object(await send(vmm, "GET", "/balloon"))["stats_polling_interval_s"] == "2")
+        #expect(await send(vmm, "PATCH", "/balloon/statistics", #"{"stats_polling_interval_s": 0}"#).faultMessage
+                == "the balloon's statistics cannot be turned off after InstanceStart")
+        #expect(await send(vmm, "PATCH", "/balloon/statistics", #"{"stats_polling_interval_s": 70000}"#).faultMessage
+                == "stats_polling_interval_s 70000 is out of range: 0 to 65535")
+    }
+
+    @Test func metricsLinesOnFlushAndEveryPeriodOnceRunning() async throws {
+        var template = Array("/tmp/swiftlet-metrics-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        try #require(fd >= 0)
+        close(fd)
+        let path = String(cString: template)
+        defer { unlink(path) }
+        func lines() throws -> [String] {
+            let handle = fopen(path, "r")
+            defer { if handle != nil { fclose(handle) } }
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while let handle, case let n = fread(&chunk, 1, chunk.count, handle), n > 0 { bytes += chunk[0..<n] }
+            return String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+        }
+        let vmm = FirecrackerVMM(starter: Recorder().starter)
+        _ = await send(vmm, "PUT", "/boot-source", bootSource)
+        #expect(await send(vmm, "PUT", "/metrics", #"{"metrics_path": "\#(path)"}"#).status == 204)
+        let periodic = PeriodicMetrics(vmm, every: .milliseconds(50))
+        defer { periodic.stop() }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try lines().isEmpty) // nothing before the microVM runs
+        #expect(await send(vmm, "PUT", "/actions", start).status == 204)
+        var waited = 0
+        while try lines().count < 2 && waited < 100 { try await Task.sleep(for: .milliseconds(20)); waited += 1 }
+        let written = try lines()
+        #expect(written.count >= 2)
+        #expect(written.first?.contains(#""swiftlet":{"devices":{"blk0":{"#) == true, "\(written.first ?? "")")
+        #expect(written.first?.contains(#""block":{"activate_fails":0,"event_fails":0,"guest_errors":0,"interrupts":4,"queue_event_count":5,"requests":3}"#) == true)
+        #expect(await vmm.periodicMetricsFailures == 0)
     }
 
     @Test func unimplementedEndpointsAnswer400NamingThem() async {

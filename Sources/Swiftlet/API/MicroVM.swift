@@ -98,6 +98,28 @@ public final class MicroVM: Sendable {
         try balloon.setTarget(bytes: bytes)
     }
 
+    /// Changes how often a running VM's balloon asks the guest for memory statistics (its configuration's
+    /// `statisticsInterval` must have been above 0: that offered the statistics queue).
+    public func setBalloonStatisticsInterval(seconds: UInt32) throws(SwiftletError) {
+        guard let balloon = machine.withLock({ $0?.balloon }) else {
+            throw SwiftletError(.invalidConfiguration, "this VM has no balloon (set MachineConfiguration.balloon, or --balloon) or is not started")
+        }
+        try balloon.setStatisticsInterval(seconds: seconds)
+    }
+
+    /// Attaches the image at `path` to disk `index` (in `MachineConfiguration.disks` order) of a running VM, in place
+    /// of the one it has, opened the same way (read-only or not); the guest is told the capacity changed. Requests
+    /// in flight finish on the old image. On an error the old image stays attached.
+    public func replaceDiskImage(index: Int, path: String) throws(SwiftletError) {
+        guard let slots = machine.withLock({ $0?.virtioDevices }) else {
+            throw SwiftletError(.invalidConfiguration, "the VM is not started: change MachineConfiguration.disks instead")
+        }
+        guard let block = slots.first(where: { $0.name == "blk\(index)" })?.device as? Block else {
+            throw SwiftletError(.invalidConfiguration, "this VM has no disk \(index) (it has \(slots.filter { $0.device is Block }.count))")
+        }
+        try block.replaceImage(path: path)
+    }
+
     /// The balloon's target and actual size, the guest's latest memory statistics and what the device released;
     /// nil without a balloon or before `start()`.
     public func balloonStatus() -> BalloonStatus? {

@@ -146,7 +146,7 @@ final class Machine: Sendable {
         }
         for (index, (name, device)) in devices.enumerated() {
             let slot = try VirtioSlot(name: name, placement: description.virtioDevices[index], device: device, vm: vm, memory: memory)
-            (device as? Balloon)?.attachConfigurationNotifier { [transport = slot.transport] in transport.notifyConfigurationChange() }
+            (device as? ConfigurationChanging)?.attachConfigurationNotifier { [transport = slot.transport] in transport.notifyConfigurationChange() }
             device.attach(interrupt: slot.transport.interrupt) { [transport = slot.transport] in transport.markNeedsReset() }
             do { try mmioBus.insert(slot.transport, base: slot.base.rawValue, size: MmioTransport.size) } catch {
                 throw SwiftletError(.invalidConfiguration, "virtio device \(index) overlaps another device: \(error)")

@@ -55,7 +55,7 @@ public struct BalloonStatus: Sendable, Equatable {
 /// released to the host, takes them back through the deflate queue, reports free blocks through the reporting
 /// queue (released the same way) and sends memory statistics through the statistics queue whenever the device
 /// returns its buffer, which a timer on the device loop does every `statisticsInterval` seconds.
-public final class Balloon: VirtioDevice {
+public final class Balloon: VirtioDevice, ConfigurationChanging {
     /// Balloon page frame numbers count 4 KiB pages (VIRTIO_BALLOON_PFN_SHIFT).
     public static let pageSize: UInt64 = 4096
     public static let queueSize: UInt16 = 256
@@ -87,6 +87,9 @@ public final class Balloon: VirtioDevice {
     public var queueMaximumSizes: [UInt16] { Array(repeating: Self.queueSize, count: queueEvents.count) }
     let guestMemorySize: UInt64
     private let statisticsTimer: TimerFd?
+    /// Seconds between statistics requests: the configuration's, until `setStatisticsInterval` changes it.
+    private let statisticsSeconds: Atomic<UInt32>
+    private let statisticsTimerArmed = Atomic<Bool>(false)
     private let link = DeviceLink()
 
     private struct Sizes { var target: UInt32; var actual: UInt32 = 0 }
@@ -136,6 +139,7 @@ public final class Balloon: VirtioDevice {
             throw SwiftletError(.systemCall, "cannot create the balloon's queue eventfds", cause: error)
         }
         statisticsTimer = configuration.statisticsInterval > 0 ? try TimerFd() : nil
+        statisticsSeconds = Atomic(configuration.statisticsInterval)
         queueEvents = events
         sizes = Mutex(Sizes(target: UInt32(configuration.targetSize / Self.pageSize)))
     }
@@ -160,6 +164,26 @@ public final class Balloon: VirtioDevice {
         }
         sizes.withLock { $0.target = UInt32(bytes / Self.pageSize) }
         if active.withLock({ $0 != nil }) { configurationNotifier.withLock { $0 }?() }
+    }
+
+    /// Seconds between the device's statistics requests; 0 for a balloon made without the statistics queue.
+    public var statisticsInterval: UInt32 { statisticsSeconds.load(ordering: .relaxed) }
+
+    /// Changes how often the device asks the driver for statistics (Firecracker's PATCH /balloon/statistics). The
+    /// statistics queue is offered, or not, when the device is made, so only a balloon made with an interval can
+    /// change it, and not to 0 (the driver negotiated the queue). The next request comes `seconds` from now.
+    public func setStatisticsInterval(seconds: UInt32) throws(SwiftletError) {
+        guard let statisticsTimer else {
+            throw SwiftletError(.invalidConfiguration, "this balloon was made without statistics (an interval of 0): it has no statistics queue whose interval could change")
+        }
+        guard seconds > 0 else {
+            throw SwiftletError(.invalidConfiguration, "the statistics interval cannot become 0 while the guest runs: the driver negotiated the statistics queue")
+        }
+        statisticsSeconds.store(seconds, ordering: .relaxed)
+        if statisticsTimerArmed.load(ordering: .acquiring) {
+            let interval = UInt64(seconds) * 1_000_000_000
+            statisticsTimer.arm(initial: interval, interval: interval)
+        }
     }
 
     public func status() -> BalloonStatus {
@@ -375,8 +399,9 @@ public final class Balloon: VirtioDevice {
             try loop.register(event.rawValue) { [self] _ in handleQueueEvent(index) }
         }
         if let statisticsTimer {
-            let interval = UInt64(configuration.statisticsInterval) * 1_000_000_000
+            let interval = UInt64(statisticsSeconds.load(ordering: .relaxed)) * 1_000_000_000
             statisticsTimer.arm(initial: interval, interval: interval)
+            statisticsTimerArmed.store(true, ordering: .releasing)
             try loop.register(statisticsTimer.rawValue) { [self] _ in requestStatistics() }
         }
     }

@@ -25,7 +25,7 @@ public struct BlockConfiguration: Sendable, Equatable {
 
 /// virtio-blk on a raw image file (virtio 1.2 §5.2), with a synchronous engine: each request is one
 /// preadv/pwritev straight between the file and the guest's buffers, on the device's event loop thread.
-public final class Block: VirtioDevice {
+public final class Block: VirtioDevice, ConfigurationChanging {
     public static let sectorSize: UInt64 = 512
     public static let queueSize: UInt16 = 256
     /// Segments per request: the queue size less the header and status descriptors (SEG_MAX).
@@ -43,14 +43,20 @@ public final class Block: VirtioDevice {
     }
 
     public let configuration: BlockConfiguration
-    public let capacityBytes: UInt64
+    /// The disk's size now: the image's, in whole sectors (`replaceImage` changes it).
+    public var capacityBytes: UInt64 { image.withLock { $0.capacityBytes } }
+    /// The path of the image attached now.
+    public var imagePath: String { image.withLock { $0.path } }
     public let counters = DeviceCounters()
     public let queueEvents: [EventFd]
     public let offeredFeatures: UInt64
     public var deviceType: UInt32 { 2 }
     public var queueMaximumSizes: [UInt16] { [Self.queueSize] }
-    private let file: OwnedFileDescriptor
-    private let configurationSpace: ConfigurationSpace
+    /// The attached image. A request takes it once and keeps it to the end, so a `replaceImage` between two
+    /// requests never splits one, and the old file closes when its last request lets go of it.
+    private let image: Mutex<Image>
+    private let configurationSpace: Mutex<ConfigurationSpace>
+    private let configurationNotifier = Mutex<Callback?>(nil)
     private let serial: [UInt8]
     private let link = DeviceLink()
 
@@ -63,32 +69,45 @@ public final class Block: VirtioDevice {
     }
     private let active = Mutex<Active?>(nil)
 
-    /// Opens the image (read-only or read-write) and takes an exclusive lock on a writable one, so two VMs cannot
-    /// write the same image.
+    /// An open image: the file, its path and its size in whole sectors.
+    private struct Image: Sendable {
+        var file: OwnedFileDescriptor
+        var path: String
+        var capacityBytes: UInt64
+
+        /// Opens the image (read-only or read-write) and takes an exclusive lock on a writable one, so two VMs
+        /// cannot write the same image.
+        init(path: String, readOnly: Bool) throws(SwiftletError) {
+            self.path = path
+            do {
+                file = try OwnedFileDescriptor(opening: path, flags: readOnly ? O_RDONLY : O_RDWR)
+            } catch {
+                throw SwiftletError(.invalidConfiguration, "cannot open disk image \(path)"
+                    + (error == .permissionDenied && !readOnly ? " for writing (add readonly=on?)" : ""), cause: error)
+            }
+            if !readOnly && flock(file.rawValue, LOCK_EX | LOCK_NB) != 0 {
+                let error = Errno(rawValue: errno)
+                throw SwiftletError(.invalidConfiguration, "disk image \(path) is locked by another process "
+                    + "(another VM has it open for writing); attach it readonly=on or stop the other VM", cause: error)
+            }
+            let addressable: Bool
+            do {
+                addressable = try file.isFileOrBlockDevice()
+                capacityBytes = UInt64(try file.fileSize()) / Block.sectorSize * Block.sectorSize
+            } catch {
+                throw SwiftletError(.io, "cannot stat disk image \(path)", cause: error)
+            }
+            guard addressable else {
+                throw SwiftletError(.invalidConfiguration, "disk image \(path) is neither a regular file nor a "
+                    + "block device; give --disk an image file (truncate -s 1G disk.raw makes an empty one) or a block device")
+            }
+        }
+    }
+
     public init(_ configuration: BlockConfiguration) throws(SwiftletError) {
         self.configuration = configuration
-        do {
-            file = try OwnedFileDescriptor(opening: configuration.path, flags: configuration.readOnly ? O_RDONLY : O_RDWR)
-        } catch {
-            throw SwiftletError(.invalidConfiguration, "cannot open disk image \(configuration.path)"
-                + (error == .permissionDenied && !configuration.readOnly ? " for writing (add readonly=on?)" : ""), cause: error)
-        }
-        if !configuration.readOnly && flock(file.rawValue, LOCK_EX | LOCK_NB) != 0 {
-            let error = Errno(rawValue: errno)
-            throw SwiftletError(.invalidConfiguration, "disk image \(configuration.path) is locked by another process "
-                + "(another VM has it open for writing); attach it readonly=on or stop the other VM", cause: error)
-        }
-        let addressable: Bool
-        do {
-            addressable = try file.isFileOrBlockDevice()
-            capacityBytes = UInt64(try file.fileSize()) / Self.sectorSize * Self.sectorSize
-        } catch {
-            throw SwiftletError(.io, "cannot stat disk image \(configuration.path)", cause: error)
-        }
-        guard addressable else {
-            throw SwiftletError(.invalidConfiguration, "disk image \(configuration.path) is neither a regular file nor a "
-                + "block device; give --disk an image file (truncate -s 1G disk.raw makes an empty one) or a block device")
-        }
+        let opened = try Image(path: configuration.path, readOnly: configuration.readOnly)
+        image = Mutex(opened)
         let serialBytes = Array((configuration.serial ?? "").utf8)
         guard serialBytes.count <= 20 else {
             throw SwiftletError(.invalidConfiguration, "disk serial \"\(configuration.serial ?? "")\" is longer than 20 bytes")
@@ -104,7 +123,26 @@ public final class Block: VirtioDevice {
         if configuration.eventIndex { features |= VirtioFeature.eventIndex }
         if configuration.readOnly { features |= Feature.readOnly }
         offeredFeatures = features
-        configurationSpace = ConfigurationSpace(Self.configurationSpace(capacitySectors: capacityBytes / Self.sectorSize))
+        configurationSpace = Mutex(ConfigurationSpace(Self.configurationSpace(capacitySectors: opened.capacityBytes / Self.sectorSize)))
+    }
+
+    /// Attaches the image at `path` in place of the current one (Firecracker's drive PATCH), opened the same way
+    /// (read-only or not), and tells the driver the capacity changed: a configuration change, after which Linux
+    /// re-reads the size (virtio_blk's config_work). A request being served finishes on the old image, every later
+    /// one uses the new; the old file is closed when the last request on it is done. On an error the old image
+    /// stays attached.
+    public func replaceImage(path: String) throws(SwiftletError) {
+        let opened = try Image(path: path, readOnly: configuration.readOnly)
+        image.withLock { $0 = opened }
+        configurationSpace.withLock {
+            $0 = ConfigurationSpace(Self.configurationSpace(capacitySectors: opened.capacityBytes / Self.sectorSize))
+        }
+        if active.withLock({ $0 != nil }) { configurationNotifier.withLock { $0 }?() }
+    }
+
+    /// What the device calls when its configuration space changed (the transport's configuration change notice).
+    public func attachConfigurationNotifier(_ notify: @escaping @Sendable () -> Void) {
+        configurationNotifier.withLock { $0 = Callback(notify) }
     }
 
     /// struct virtio_blk_config (§5.2.4), the fields up to write_zeroes_may_unmap.
@@ -132,7 +170,7 @@ public final class Block: VirtioDevice {
     }
 
     public func readConfiguration(offset: Int, into data: UnsafeMutableRawBufferPointer) {
-        configurationSpace.read(offset: offset, into: data)
+        configurationSpace.withLock { $0 }.read(offset: offset, into: data)
     }
 
     public func writeConfiguration(offset: Int, from data: UnsafeRawBufferPointer) {
@@ -183,6 +221,9 @@ public final class Block: VirtioDevice {
 
     /// Runs one request and writes its status byte; returns the bytes written into the chain's writable buffers.
     func execute(_ chain: DescriptorChain, vectors: inout [iovec]) -> UInt32 {
+        let image = image.withLock { $0 }
+        let file = image.file
+        func inBounds(sector: UInt64, length: UInt64) -> Bool { Self.inBounds(sector: sector, length: length, capacity: image.capacityBytes) }
         // The status byte is the last byte of the last device-writable buffer; without one nothing can be reported.
         guard let last = chain.writable.last else {
             counters.errorCount.add(1, ordering: .relaxed)
@@ -204,7 +245,7 @@ public final class Block: VirtioDevice {
                 return finish(BlockRequestHeader.Status.ioError)
             }
             collect(chain, skippingReadable: Int(chain.readableLength), writableLimit: dataWritable, into: &vectors)
-            guard transfer(vectors: &vectors, offset: header.sector * Self.sectorSize, length: dataWritable, write: false) else {
+            guard transfer(file, vectors: &vectors, offset: header.sector * Self.sectorSize, length: dataWritable, write: false) else {
                 return finish(BlockRequestHeader.Status.ioError)
             }
             return finish(BlockRequestHeader.Status.ok, data: dataWritable)
@@ -213,7 +254,7 @@ public final class Block: VirtioDevice {
                 return finish(BlockRequestHeader.Status.ioError)
             }
             collect(chain, skippingReadable: BlockRequestHeader.size, writableLimit: 0, into: &vectors)
-            guard transfer(vectors: &vectors, offset: header.sector * Self.sectorSize, length: dataReadable, write: true) else {
+            guard transfer(file, vectors: &vectors, offset: header.sector * Self.sectorSize, length: dataReadable, write: true) else {
                 return finish(BlockRequestHeader.Status.ioError)
             }
             return finish(BlockRequestHeader.Status.ok)
@@ -261,12 +302,12 @@ public final class Block: VirtioDevice {
         }
     }
 
-    /// Whether [sector, sector + length) lies inside the disk, in whole sectors, without overflow.
-    func inBounds(sector: UInt64, length: UInt64) -> Bool {
-        guard length % Self.sectorSize == 0 else { return false }
-        let (start, overflow) = sector.multipliedReportingOverflow(by: Self.sectorSize)
-        guard !overflow, start <= capacityBytes else { return false }
-        return length <= capacityBytes - start
+    /// Whether [sector, sector + length) lies inside a disk of `capacity` bytes, in whole sectors, without overflow.
+    static func inBounds(sector: UInt64, length: UInt64, capacity: UInt64) -> Bool {
+        guard length % sectorSize == 0 else { return false }
+        let (start, overflow) = sector.multipliedReportingOverflow(by: sectorSize)
+        guard !overflow, start <= capacity else { return false }
+        return length <= capacity - start
     }
 
     /// The DISCARD / WRITE_ZEROES segments in the readable data after the header; nil when malformed.
@@ -296,7 +337,7 @@ public final class Block: VirtioDevice {
     }
 
     /// preadv/pwritev of `length` bytes at `offset`, continuing after short transfers. false on an I/O error.
-    private func transfer(vectors: inout [iovec], offset: UInt64, length: UInt64, write: Bool) -> Bool {
+    private func transfer(_ file: OwnedFileDescriptor, vectors: inout [iovec], offset: UInt64, length: UInt64, write: Bool) -> Bool {
         var done: UInt64 = 0
         var first = 0
         while done < length {

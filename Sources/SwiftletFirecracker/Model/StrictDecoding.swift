@@ -77,13 +77,19 @@ func checkFields<T: StrictObject>(_ decoder: any Decoder, _ type: T.Type) throws
     do { container = try decoder.container(keyedBy: AnyKey.self) } catch {
         throw APIFault("\(pathText(decoder.codingPath))expected a JSON object (\(T.self))")
     }
-    for key in container.allKeys where !T.fields.contains(key.stringValue) {
-        throw APIFault("\(pathText(decoder.codingPath))unknown field `\(key.stringValue)`, expected one of \(T.fields.sorted().map { "`\($0)`" }.joined(separator: ", "))")
+    for key in container.allKeys {
+        guard T.fields.contains(key.stringValue) else {
+            throw APIFault("\(pathText(decoder.codingPath))unknown field `\(key.stringValue)`, expected one of \(T.fields.sorted().map { "`\($0)`" }.joined(separator: ", "))")
+        }
+        // No field of the specification is nullable: a null is refused, not taken as "left out".
+        if (try? container.decodeNil(forKey: key)) == true {
+            throw APIFault("\(pathText(decoder.codingPath + [key]))invalid type: null (leave the field out instead)")
+        }
     }
 }
 
-/// An optional nested strict object (a rate limiter inside a drive, say): decoded with the same check, absent or
-/// null as nil, and left out of the JSON when nil (the specification has no nullable fields).
+/// An optional nested strict object (a rate limiter inside a drive, say): decoded with the same check, absent as nil
+/// (checkFields refuses a null), and left out of the JSON when nil (the specification has no nullable fields).
 @propertyWrapper
 public struct StrictOptional<T: StrictObject & Encodable & Equatable & Sendable>: Codable, Equatable, Sendable {
     public var wrappedValue: T?

@@ -16,6 +16,8 @@
  *   hostile.trace=1    print "HOSTILE begin <case>" before each case
  *   hostile.ram=SIZE   guest RAM, where the boot information has no memory map
  *   hostile.vsock_flood=N  REQUESTs of the vsock RST flood (default 5000; the device keeps 4096)
+ *   hostile.end=halt   halt (interrupts off) after the last case instead of resetting: a guest that stays running,
+ *                      for tests of the VMM's control plane (with hostile.only=none it runs no case at all)
  */
 #include "boot.h"
 #include "hostile.h"
@@ -123,5 +125,10 @@ void hostile_main(int kind, u64 boot)
     discover();
     run_all();
     printk("HOSTILE done passed=%d failed=%d\r\n", cases_passed, cases_failed);
+    char end[8];
+    if (cmdline_string("hostile.end", end, sizeof end) && strncmp(end, "halt", sizeof end) == 0) {
+        printk("HOSTILE halted\r\n");
+        for (;;) __asm__ volatile("cli; hlt");
+    }
     machine_reset();
 }

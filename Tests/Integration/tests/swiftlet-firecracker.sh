@@ -2,7 +2,8 @@
 # Firecracker's API, end to end, as its getting-started guide drives it: `swiftlet firecracker --api-sock S` and
 # `curl --unix-socket S` (logger, metrics, boot-source, drives, network-interfaces, machine-config, vsock, balloon,
 # InstanceStart) boot the tiny guest with its agent. After boot: a balloon PATCH takes effect (the guest inflates to
-# it: GET /balloon/statistics), Paused stops the guest's clock and Resumed continues it, FlushMetrics writes our
+# it: GET /balloon/statistics), a drive PATCH swaps the disk's image (the guest sees its new size and data), the
+# balloon's statistics interval changes, Paused stops the guest's clock and Resumed continues it, FlushMetrics writes our
 # counters to the metrics file, pre-boot calls are refused, and the guest's reboot ends the VMM with 0 and removes
 # the socket. Then `--config-file` boots the same guest without the API.
 . "$INTEGRATION/lib.sh"
@@ -82,6 +83,33 @@ while [ $i -lt 60 ]; do
     sleep 0.5; i=$((i + 1))
 done
 check balloon-actual "$actual" 64 "$(cat "$WORK/body")"
+
+echo "step: a drive PATCH swaps the backing file"
+# The new image is larger (96 MiB against 64) and holds a marker at 80 MiB, past the old image's end: the guest sees
+# the new size (a configuration change) and reads the marker from a sector it never read before (no page cache).
+truncate -s 96M "$WORK/scratch2.img"
+printf 'swiftlet-patched' | dd of="$WORK/scratch2.img" bs=1M seek=80 conv=notrunc 2>/dev/null
+api PATCH /drives/scratch "{\"drive_id\": \"scratch\", \"path_on_host\": \"$WORK/scratch2.img\"}"
+check drive-patch "$code" 204 "$(cat "$WORK/body")"
+i=0 size=
+while [ $i -lt 20 ]; do
+    size=$(x -- cat /sys/block/vda/size)
+    [ "$size" = 196608 ] && break
+    sleep 0.5; i=$((i + 1))
+done
+check drive-patch-size "$size" 196608 "$(cat "$WORK/exec.err")"
+check drive-patch-data "$(x -- sh -c 'dd if=/dev/vda bs=512 skip=163840 count=1 2>/dev/null | head -c 16')" swiftlet-patched \
+    "$(cat "$WORK/exec.err")"
+api GET /vm/config
+check drive-patch-config "$(grep -c "\"path_on_host\":\"$WORK/scratch2.img\"" "$WORK/body")" 1 "$(cat "$WORK/body")"
+api PATCH /drives/scratch "{\"drive_id\": \"scratch\", \"path_on_host\": \"$WORK/missing.img\"}"
+check drive-patch-missing "$code $(grep -c 'cannot open disk image' "$WORK/body")" "400 1" "$(cat "$WORK/body")"
+
+echo "step: the balloon's statistics interval changes"
+api PATCH /balloon/statistics '{"stats_polling_interval_s": 2}'
+check balloon-stats-patch "$code" 204 "$(cat "$WORK/body")"
+api GET /balloon
+check balloon-stats-interval "$(sed -n 's/.*"stats_polling_interval_s":\([0-9]*\).*/\1/p' "$WORK/body")" 2 "$(cat "$WORK/body")"
 
 echo "step: Paused stops the guest's clock, Resumed continues it"
 g1=$(x -- cut -d' ' -f1 /proc/uptime | tr -d .)
