@@ -167,14 +167,16 @@ def native_env():
     env = dict(os.environ)
     tools = integration_tools()
     env.update(SWIFTLET=SWIFTLET, SWIFTLET_TRIGGER=SWIFTLET_TRIGGER, GUEST=GUEST, VMMBENCH=tools["vmmbench"], RUNAS=tools["runas"],
-               TCPPEER=tools["tcppeer"], VSOCKPEER=tools["vsockpeer"], AGENTEXEC=tools["agentexec"])
+               TCPPEER=tools["tcppeer"], VSOCKPEER=tools["vsockpeer"], AGENTEXEC=tools["agentexec"],
+               CTLSTART=tools["ctlstart"])
     env.setdefault("QEMU", "qemu-system-x86_64")
     env.setdefault("QEMU_FIRMWARE", "/usr/share/qemu")
     return env
 
 
 LAB_ENV = "SWIFTLET=/job/bin/swiftlet SWIFTLET_TRIGGER=/job/bin/swiftlet-trigger GUEST=/job/guest VMMBENCH=/job/bin/vmmbench RUNAS=/job/bin/runas " \
-          "TCPPEER=/job/bin/tcppeer VSOCKPEER=/job/bin/vsockpeer AGENTEXEC=/job/bin/agentexec QEMU=qemu-system-x86_64 " \
+          "TCPPEER=/job/bin/tcppeer VSOCKPEER=/job/bin/vsockpeer AGENTEXEC=/job/bin/agentexec CTLSTART=/job/bin/ctlstart " \
+          "QEMU=qemu-system-x86_64 " \
           "QEMU_FIRMWARE=/usr/share/qemu"
 
 
@@ -640,10 +642,20 @@ BENCHES = {
     # systemd-analyze split of that boot: kernel (with the initramfs-tools initrd, which is not systemd) and userspace.
     "distro": {"distro_boot_to_multiuser": ("ms", "lower"), "distro_guest_kernel": ("ms", "lower"),
                "distro_guest_userspace": ("ms", "lower")},
+    # The control socket: Swiftlet's Firecracker API against QEMU's QMP. On the host (Tests/Integration/host/
+    # bench_api.py): process start to the socket accepting, in wall and CPU time, and the round trip of GET
+    # /machine-config (QMP: query-status) on one connection, median and p99. In the lab (bench/api.sh): from the
+    # start request (InstanceStart; QMP cont on a QEMU started with -S) to the guest's init.
+    "api": {"api_socket_ready_ms": ("ms", "lower"), "api_socket_ready_cpu_ms": ("ms", "lower"),
+            "api_request_us": ("us", "lower"), "api_request_p99_us": ("us", "lower"),
+            "api_instance_start_to_init_ms": ("ms", "lower")},
 }
+# Metrics measured on this host whatever runs the guest side.
+HOST_METRICS = {"start_to_first_run", "start_to_first_run_bare", "start_to_first_run_jailed", "api_socket_ready_ms",
+                "api_socket_ready_cpu_ms", "api_request_us", "api_request_p99_us"}
 # Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab; a net round is
 # five boots with up to 2 x 10 s of iperf3 each (about 4 minutes).
-DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3, "distro": 5}
+DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3, "distro": 5, "api": 10}
 # The bench scripts' own settings (their headers explain them), passed on from this process's environment, so that
 # `NET_ORDER=swiftlet,qemu make bench BENCH=net` reaches the lab too.
 BENCH_KNOBS = ("NET_ORDER", "NET_TIME", "NET_RR", "BLK_RUNTIME", "BLK_RAMP", "BLK_JOBS", "VSOCK_MIB",
@@ -736,6 +748,19 @@ def cmd_bench(args):
         if name == "boot":
             for metric, values in start_to_first_run(max(runs, 10)).items():
                 samples[(metric, "swiftlet")] = values
+        if name == "api":
+            env = native_env()
+            r = subprocess.run([sys.executable, os.path.join(INTEGRATION, "host", "bench_api.py"), SWIFTLET,
+                                env["QEMU"], str(runs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for line in r.stdout.splitlines():
+                m = SAMPLE_RE.match(line)
+                if m:
+                    samples.setdefault((m.group(1), m.group(2)), []).append(float(m.group(3)))
+                else:
+                    print(line, flush=True)
+            if r.returncode != 0:
+                say(f"benchmark api: the host side exited {r.returncode}")
+                status = 1
         where_ran = "host" if native else "nested lab (QEMU TCG + emulated SVM, L1 Debian cloud kernel)"
         report = {"bench": name, "where": where_ran, "host_kvm_native": native,
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": []}
@@ -746,13 +771,13 @@ def cmd_bench(args):
             med_peer = statistics.median(peer) if peer else None
             ratio = med_ours / med_peer if med_ours is not None and med_peer else None
             fmt = lambda v: "-" if v is None else f"{v:.2f}"
-            where_note = " (host)" if metric.startswith("start_to_first_run") else ""
+            where_note = " (host)" if metric in HOST_METRICS else ""
             print(f"bench: {metric} swiftlet={fmt(med_ours)} qemu={fmt(med_peer)} unit={unit} better={better} "
                   f"ratio={fmt(ratio)} runs={max(len(ours), len(peer))}{where_note}", flush=True)
             entry = {"name": metric, "unit": unit, "better": better, "swiftlet": med_ours,
                      "qemu": med_peer, "ratio": ratio, "runs": max(len(ours), len(peer)),
                      "swiftlet_samples": ours, "qemu_samples": peer,
-                     "where": "host" if metric.startswith("start_to_first_run") else where_ran}
+                     "where": "host" if metric in HOST_METRICS else where_ran}
             base = samples.get((metric, "baseline"), [])
             if base:
                 # The same metric for the older build, from the same rounds. Round by round, both builds' ratios

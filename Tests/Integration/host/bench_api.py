@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""The control socket on this host, Swiftlet's Firecracker API against QEMU's QMP (the same machine: microvm, 1 vCPU,
+128 MiB, not started: QEMU with -S, Swiftlet before InstanceStart), alternating, RUNS rounds:
+  - api_socket_ready_ms: from just before the fork to the first successful connect() to the control socket (polled
+    every 0.2 ms); api_socket_ready_cpu_ms: the CPU time of all the process's threads at that moment (schedstat);
+  - api_request_us: the median of REQUESTS round trips on one connection (Swiftlet: GET /machine-config; QEMU:
+    query-status), and api_request_p99_us their 99th percentile.
+Usage: bench_api.py SWIFTLET QEMU RUNS [REQUESTS]. Prints BENCH-SAMPLE lines (harness.py's format)."""
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SWIFTLET, QEMU, RUNS = sys.argv[1], sys.argv[2], int(sys.argv[3])
+REQUESTS = int(sys.argv[4]) if len(sys.argv) > 4 else 1000
+
+
+def cpu_ms(pid):
+    """CPU time of every thread of `pid` so far, from schedstat (nanoseconds; utime/stime count 10 ms ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / 1e6
+
+
+def wait_for_socket(path, proc, started, deadline_s=10):
+    """Polls connect() until it succeeds; returns (connected socket, ms since `started`, CPU ms)."""
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(path)
+            elapsed = (time.monotonic_ns() - started) / 1e6
+            return s, elapsed, cpu_ms(proc.pid)
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited {proc.returncode} before its socket accepted")
+        if (time.monotonic_ns() - started) / 1e9 > deadline_s:
+            raise RuntimeError(f"{path} did not accept within {deadline_s} s")
+        time.sleep(0.0002)
+
+
+def recv_until(s, predicate, buffer=b""):
+    while not predicate(buffer):
+        chunk = s.recv(65536)
+        if not chunk:
+            raise RuntimeError("the control socket closed")
+        buffer += chunk
+    return buffer
+
+
+def http_round_trips(s, count):
+    request = b"GET /machine-config HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    times = []
+    for _ in range(count):
+        t0 = time.monotonic_ns()
+        s.sendall(request)
+        data = recv_until(s, lambda b: b"\r\n\r\n" in b)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int([line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")][0])
+        recv_until(s, lambda b: len(b) >= length, body)
+        times.append((time.monotonic_ns() - t0) / 1e3)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"GET /machine-config answered {head[:40]!r}")
+    return times
+
+
+def qmp_round_trips(s, count):
+    recv_until(s, lambda b: b"\n" in b)  # the greeting
+    s.sendall(b'{"execute": "qmp_capabilities"}\n')
+    recv_until(s, lambda b: b"return" in b)
+    times = []
+    for _ in range(count):
+        t0 = time.monotonic_ns()
+        s.sendall(b'{"execute": "query-status"}\n')
+        data = recv_until(s, lambda b: b"\n" in b)
+        times.append((time.monotonic_ns() - t0) / 1e3)
+        if b'"return"' not in data:
+            raise RuntimeError(f"query-status answered {data[:80]!r}")
+    return times
+
+
+def one(vmm, work):
+    path = os.path.join(work, f"{vmm}.sock")
+    if vmm == "swiftlet":
+        argv = [SWIFTLET, "firecracker", "--api-sock", path]
+    else:
+        argv = [QEMU, "-M", "microvm", "-accel", "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg",
+                "-m", "128", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-S",
+                "-qmp", f"unix:{path},server=on,wait=off"]
+    started = time.monotonic_ns()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        s, ready_ms, ready_cpu = wait_for_socket(path, proc, started)
+        with s:
+            s.settimeout(10)
+            times = http_round_trips(s, REQUESTS) if vmm == "swiftlet" else qmp_round_trips(s, REQUESTS)
+        return ready_ms, ready_cpu, times
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="swiftlet-bench-api.")
+    status = 0
+    try:
+        for round_ in range(RUNS):
+            for vmm in ("swiftlet", "qemu"):
+                try:
+                    ready_ms, ready_cpu, times = one(vmm, work)
+                except (RuntimeError, OSError) as e:
+                    print(f"api bench: {vmm} round {round_ + 1} failed: {e}", flush=True)
+                    status = 1
+                    continue
+                times.sort()
+                p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+                for metric, value, unit in (("api_socket_ready_ms", ready_ms, "ms"),
+                                            ("api_socket_ready_cpu_ms", ready_cpu, "ms"),
+                                            ("api_request_us", statistics.median(times), "us"),
+                                            ("api_request_p99_us", p99, "us")):
+                    print(f"BENCH-SAMPLE metric={metric} vmm={vmm} value={value:.2f} unit={unit}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
