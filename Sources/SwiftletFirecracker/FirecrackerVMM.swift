@@ -7,6 +7,7 @@ import SwiftletHost
 public protocol RunningMachine: AnyObject, Sendable {
     func setBalloonTarget(bytes: UInt64) throws(SwiftletError)
     func setBalloonStatisticsInterval(seconds: UInt32) throws(SwiftletError)
+    func sendCtrlAltDel() throws(SwiftletError)
     func replaceDiskImage(index: Int, path: String) throws(SwiftletError)
     func balloonStatus() -> BalloonStatus?
     func statistics() -> [DeviceStatistics]
@@ -229,8 +230,9 @@ public actor FirecrackerVMM {
             try metrics.write(snapshot())
             return .noContent
         case "SendCtrlAltDel":
-            guard state != .notStarted else { throw APIFault("SendCtrlAltDel: the microVM is not started") }
-            throw APIFault("SendCtrlAltDel is not implemented yet: Swiftlet's i8042 has no keyboard to press the keys on")
+            guard state != .notStarted, let machine else { throw APIFault("SendCtrlAltDel: the microVM is not started") }
+            do { try machine.sendCtrlAltDel() } catch { throw APIFault("SendCtrlAltDel: \(error.description)") }
+            return .noContent
         default:
             throw APIFault("action_type `\(request.action_type)` is not one of `InstanceStart`, `SendCtrlAltDel`, `FlushMetrics`")
         }

@@ -117,6 +117,55 @@ extension BusDevice {
         controller.writeByte(4, 0xfe)
         #expect(resets.load(ordering: .relaxed) == 1)
     }
+
+    /// What Linux's i8042 and atkbd drivers do at boot, then Ctrl+Alt+Del: every keyboard byte raises IRQ 1.
+    @Test func theKeyboardAnswersAtkbdAndPressesCtrlAltDel() throws {
+        let line = CountingInterrupts()
+        let controller = I8042(interrupt: line) {}
+        func drain() -> [UInt8] {
+            var bytes: [UInt8] = []
+            while controller.readByte(4) & 0x01 != 0 && bytes.count < 64 { bytes.append(controller.readByte(0)) }
+            return bytes
+        }
+        controller.writeByte(4, 0x20)
+        #expect(drain() == [0x05]) // keyboard interrupt on, system flag, no translation: scan code set 2
+        controller.writeByte(4, 0xab)
+        #expect(drain() == [0x00])
+        controller.writeByte(4, 0xa9) // the auxiliary port's test: no answer, so no mouse
+        controller.writeByte(4, 0xd3) // its loop-back: the byte is taken, and nothing comes back
+        controller.writeByte(0, 0x5a)
+        #expect(drain() == [])
+        #expect(line.count == 0) // controller answers raise no interrupt
+        controller.writeByte(0, 0xf2) // GET ID
+        #expect(drain() == [0xfa, 0xab, 0x83])
+        #expect(line.count == 3) // one per byte: the first when queued, each following after a read
+        controller.writeByte(0, 0xf0) // SET SCAN CODE SET ...
+        controller.writeByte(0, 0x02) // ... 2
+        #expect(drain() == [0xfa, 0xfa])
+        controller.writeByte(0, 0xff) // RESET
+        #expect(drain() == [0xfa, 0xaa])
+        try controller.pressCtrlAltDel()
+        #expect(drain() == [0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14])
+        // A guest that never reads: the second press does not fit and is refused, the first stays whole.
+        try controller.pressCtrlAltDel()
+        #expect(throws: SwiftletError.self) { try controller.pressCtrlAltDel() }
+        #expect(drain().count == 11)
+        // With the keyboard interrupt off in the configuration byte, keys queue without interrupts.
+        controller.writeByte(4, 0x60)
+        controller.writeByte(0, 0x04)
+        let before = line.count
+        try controller.pressCtrlAltDel()
+        #expect(line.count == before && drain().count == 11)
+        // A guest flooding the keyboard with commands fills the buffer, and no further.
+        for _ in 0..<1000 { controller.writeByte(0, 0xee) }
+        #expect(drain().count == 16)
+    }
+}
+
+final class CountingInterrupts: InterruptLine, @unchecked Sendable {
+    // @unchecked: one test thread.
+    private(set) var count = 0
+    func trigger() { count += 1 }
 }
 
 @Suite struct BusTests {

@@ -17,6 +17,8 @@ final class FakeMachine: RunningMachine {
     func resume() throws(SwiftletError) { pauses.withLock { $0.append("resume") } }
     let intervals = Mutex<[UInt32]>([])
     func setBalloonStatisticsInterval(seconds: UInt32) throws(SwiftletError) { intervals.withLock { $0.append(seconds) } }
+    let ctrlAltDels = Mutex(0)
+    func sendCtrlAltDel() throws(SwiftletError) { ctrlAltDels.withLock { $0 += 1 } }
     let images = Mutex<[String]>([])
     func replaceDiskImage(index: Int, path: String) throws(SwiftletError) {
         guard !path.hasPrefix("/missing") else { throw SwiftletError(.invalidConfiguration, "cannot open disk image \(path)") }
@@ -194,6 +196,8 @@ private let start = #"{"action_type": "InstanceStart"}"#
         #expect(await send(vmm, "PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
         #expect(try object(await send(vmm, "GET", "/"))["state"] == "Running")
         #expect(recorder.machine.pauses.withLock { $0 } == ["pause", "resume"])
+        #expect(await send(vmm, "PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#).status == 204)
+        #expect(recorder.machine.ctrlAltDels.withLock { $0 } == 1)
     }
 
     @Test func drivePatchAndStatisticsIntervalReachTheRunningMachine() async throws {

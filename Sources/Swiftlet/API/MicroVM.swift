@@ -98,6 +98,16 @@ public final class MicroVM: Sendable {
         try balloon.setTarget(bytes: bytes)
     }
 
+    /// Presses Ctrl+Alt+Del on the VM's i8042 keyboard (Firecracker's `SendCtrlAltDel`): a guest kernel with the
+    /// i8042 and AT keyboard drivers and a VT treats it as its Ctrl-Alt-Del (systemd reboots; init's `ctrlaltdel`
+    /// action). A guest without them never reads it; a second press before the guest read the first is refused.
+    public func sendCtrlAltDel() throws(SwiftletError) {
+        guard let i8042 = machine.withLock({ $0?.i8042 }) else {
+            throw SwiftletError(.invalidConfiguration, "the VM is not started")
+        }
+        try i8042.pressCtrlAltDel()
+    }
+
     /// Changes how often a running VM's balloon asks the guest for memory statistics (its configuration's
     /// `statisticsInterval` must have been above 0: that offered the statistics queue).
     public func setBalloonStatisticsInterval(seconds: UInt32) throws(SwiftletError) {

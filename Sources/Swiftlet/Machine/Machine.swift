@@ -22,6 +22,9 @@ final class Machine: Sendable {
     let mmioBus: Bus
     let serial: Serial
     let serialInterrupt: EventFd
+    /// The i8042: the reset line, and the keyboard behind `MicroVM.sendCtrlAltDel`, whose IRQ 1 is this eventfd.
+    let i8042: I8042
+    let keyboardInterrupt: EventFd
     let bootTimer: BootTimer
     let console: ConsoleSink
     let kernel: LoadedKernel
@@ -123,6 +126,10 @@ final class Machine: Sendable {
             throw SwiftletError(.systemCall, "cannot create the serial interrupt eventfd", cause: error)
         }
         try vm.registerIrqfd(serialInterrupt, gsi: X86Layout.serialIRQ)
+        do { keyboardInterrupt = try EventFd() } catch {
+            throw SwiftletError(.systemCall, "cannot create the keyboard interrupt eventfd", cause: error)
+        }
+        try vm.registerIrqfd(keyboardInterrupt, gsi: I8042.keyboardIRQ)
         serial = Serial(output: console, interrupt: serialInterrupt)
         bootTimer = BootTimer(clock: monotonicNanoseconds)
 
@@ -164,9 +171,10 @@ final class Machine: Sendable {
         self.mmioBus = mmioBus
         // Devices need `self` to report a reset, so the i8042 reaches the machine through a weak box.
         let resetTarget = WeakMachine()
+        i8042 = I8042(interrupt: keyboardInterrupt) { resetTarget.machine?.finish(.reset) }
         do {
             try portBus.insert(serial, base: UInt64(X86Layout.serialPort), size: Serial.portCount)
-            try portBus.insert(I8042 { resetTarget.machine?.finish(.reset) }, base: UInt64(I8042.dataPort), size: 5)
+            try portBus.insert(i8042, base: UInt64(I8042.dataPort), size: 5)
             if configuration.discovery != .legacy {
                 // The FADT's sleep and reset registers: `poweroff` and `reboot` of a guest that uses ACPI.
                 let power = ACPIPower(sleepTypeOff: ACPITables.sleepTypeS5, resetValue: X86Layout.acpiResetValue,

@@ -4,7 +4,8 @@
 # agent as a systemd service) boots on Swiftlet through ACPI alone to systemd's multi-user target, with 2 vCPUs, a
 # NIC on a TAP and a vsock device. Through the agent (`swiftlet exec --attach`, as a user would) it checks that
 # systemd is running (or degraded, with the failed units named), the 2 CPUs, /dev/vda as the root, eth0's MAC and a
-# ping of the host; then `systemctl poweroff` and, in a second boot, `systemctl reboot` end the VMM with status 0.
+# ping of the host; then `systemctl poweroff` and, in a second boot, `systemctl reboot` end the VMM with status 0;
+# and Firecracker's SendCtrlAltDel, through `swiftlet firecracker`'s API, reboots it too.
 # QEMU's microvm with acpi=on (and vhost-vsock-device, reached with agentexec) runs the same checks on the same
 # kernel, initrd and image as the reference.
 # Each boot gets a fresh copy of the image: in the lab, one of the disks $DISTRO_DISKS that lab.py attaches to L1
@@ -249,7 +250,43 @@ for vmm in swiftlet qemu; do
             "$(tail -c 300 "$WORK/$n.err")"
 done
 
-# 4. root= naming a disk that does not exist: the initrd's own message. initramfs-tools waits 30 s for the device,
+# 4. Firecracker's SendCtrlAltDel, through `swiftlet firecracker`'s API (curl, as a Firecracker user would): the
+# i8042's keyboard presses Ctrl+Alt+Del, the kernel's AT keyboard driver passes it to systemd, which reboots, and the
+# VMM ends with 0. Swiftlet only (QEMU has no Firecracker API).
+n=swiftlet-ctrl-alt-del
+if take_disk $n; then
+    S=$WORK/$n.api
+    rm -f "$S" "$WORK/$n.sock"
+    echo "step: swiftlet: boot $n through the Firecracker API from $disk"
+    "$SWIFTLET" firecracker --api-sock "$S" >"$WORK/$n.console" 2>"$WORK/$n.err" </dev/null &
+    vm=$!
+    _i=0
+    while [ ! -S "$S" ] && [ $_i -lt 100 ]; do sleep 0.1; _i=$((_i + 1)); done
+    fc() { curl -sS --unix-socket "$S" -X PUT "http://localhost$1" -H 'Content-Type: application/json' -d "$2" -o "$WORK/$n.body" -w '%{http_code}' 2>&1; }
+    codes=
+    codes="$codes $(fc /boot-source "{\"kernel_image_path\": \"$K\", \"initrd_path\": \"$I\", \"boot_args\": \"$CMDLINE\"}")"
+    codes="$codes $(fc /drives/rootfs "{\"drive_id\": \"rootfs\", \"path_on_host\": \"$disk\", \"is_root_device\": false, \"is_read_only\": false}")"
+    codes="$codes $(fc /machine-config '{"vcpu_count": 2, "mem_size_mib": 512}')"
+    codes="$codes $(fc /network-interfaces/eth0 "{\"iface_id\": \"eth0\", \"host_dev_name\": \"$TAP\", \"guest_mac\": \"$MAC\"}")"
+    codes="$codes $(fc /vsock "{\"guest_cid\": $CID, \"uds_path\": \"$WORK/$n.sock\"}")"
+    codes="$codes $(fc /actions '{"action_type": "InstanceStart"}')"
+    check ctrl-alt-del.api-start "$codes" " 204 204 204 204 204 204" "$(cat "$WORK/$n.body") $(tail -c 300 "$WORK/$n.err")"
+    if wait_marker $n; then
+        # The keyboard the guest found: atkbd on the i8042's keyboard port, in scan code set 2 untranslated.
+        check ctrl-alt-del.keyboard "$(guest swiftlet $n grep -c 'AT Raw Set 2 keyboard' /proc/bus/input/devices)" 1
+        check ctrl-alt-del.send "$(fc /actions '{"action_type": "SendCtrlAltDel"}')" 204 "$(cat "$WORK/$n.body")"
+        finish $n
+        check ctrl-alt-del.exit "$(cat "$WORK/$n.status")" 0 "$(tail -c 300 "$WORK/$n.err") console: $(console_tail $n)"
+        check ctrl-alt-del.rebooted "$(grep -c 'reboot: Restarting system' "$WORK/$n.console")" 1 "$(console_tail $n)"
+    else
+        test_fail "$t.ctrl-alt-del.multi-user" "no SWIFTLET-MULTIUSER on the console: $(tail -c 300 "$WORK/$n.err") console: $(console_tail $n 600)"
+        finish $n
+    fi
+else
+    test_fail "$t.ctrl-alt-del.start" "no disk to boot"
+fi
+
+# 5. root= naming a disk that does not exist: the initrd's own message. initramfs-tools waits 30 s for the device,
 # says the device does not exist and, with panic=-1, reboots (its script, not a kernel panic: the VMM sees a reboot
 # and ends with 0; without panic= it would wait at its shell on the console). Swiftlet only: QEMU runs the same script.
 n=swiftlet-missing-root
