@@ -34,20 +34,27 @@ struct Describe: ParsableCommand {
 
     func run() throws {
         guard let architecture = arch ?? GuestArchitecture.host else {
-            fail("this host is neither x86_64 nor aarch64: pass --arch")
+            Self.fail("this host is neither x86_64 nor aarch64: pass --arch")
         }
         if dtb != nil && architecture == .x86_64 {
-            fail("an x86_64 guest gets no device tree (it is described by boot_params, the command line and the MP table): drop --dtb")
+            Self.fail("an x86_64 guest gets no device tree (it is described by boot_params, the command line and the MP table): drop --dtb")
         }
-        // --kernel is optional here: without it the aarch64 tree is built, but nothing is placed.
-        var configuration = MachineConfiguration(kernelPath: machine.kernel ?? "", initrdPath: machine.initrd,
-                                                 commandLine: machine.cmdline ?? MachineConfiguration.defaultCommandLine,
-                                                 cpus: machine.cpus, memorySize: machine.memory.bytes, console: .none)
-        configuration.disks = machine.disk.map(\.configuration)
-        configuration.networks = machine.net.map(\.configuration)
-        configuration.vsock = machine.vsock?.configuration
-        configuration.balloon = machine.balloon?.configuration
-        if let acpi = machine.acpi { configuration.discovery = acpi.discovery }
+        // The machine `run` would build from the same options (--kernel is optional here: without it the aarch64
+        // tree is built, but nothing is placed).
+        let configuration: MachineConfiguration
+        do {
+            configuration = try machine.configuration(console: "none", commandLine: MachineConfiguration.defaultCommandLine,
+                                                      requireKernel: false)
+        } catch {
+            Self.fail("\(error)")
+        }
+        Self.print(configuration, architecture: architecture, interruptController: gic, seed: seed, dtb: dtb)
+    }
+
+    /// Prints what the guest of `configuration` would see (and writes its device tree to `dtb`): `describe`'s
+    /// output, which `swiftlet firecracker --describe` prints for the machine its configuration file builds.
+    static func print(_ configuration: MachineConfiguration, architecture: GuestArchitecture,
+                      interruptController gic: InterruptControllerVersion = .gicV3, seed: UInt64? = nil, dtb: String? = nil) {
         let description: BootDescription
         do {
             description = try BootDescription(configuration, architecture: architecture, interruptController: gic, seed: seed)
@@ -61,7 +68,7 @@ struct Describe: ParsableCommand {
         report.withUTF8 { _ = Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
     }
 
-    private func write(_ bytes: [UInt8], to path: String) {
+    private static func write(_ bytes: [UInt8], to path: String) {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { fail("cannot create \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -72,7 +79,7 @@ struct Describe: ParsableCommand {
         }
     }
 
-    private func fail(_ message: String) -> Never {
+    private static func fail(_ message: String) -> Never {
         Run.report("error: " + message)
         Glibc.exit(1)
     }

@@ -51,8 +51,12 @@ struct FirecrackerCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-seccomp"), help: "No seccomp filters (as --seccomp-level 0).")
     var noSeccomp = false
 
+    @Flag(name: .long, help: "Print what the guest of --config-file would see, as `swiftlet describe` prints it for the same machine given as run's options, and exit: nothing is opened or booted.")
+    var describe = false
+
     func validate() throws {
         if noAPI && configFile == nil { throw ValidationError("--no-api needs --config-file: without the API, the configuration file is the only way to describe the microVM") }
+        if describe && configFile == nil { throw ValidationError("--describe needs --config-file: the machine to describe") }
         if let seccompLevel, !(0...2).contains(seccompLevel) { throw ValidationError("--seccomp-level \(seccompLevel) is not 0, 1 or 2") }
     }
 
@@ -71,6 +75,17 @@ struct FirecrackerCommand: AsyncParsableCommand {
         }
         do throws(APIFault) { try await vmm.configure(logLevel: level, logPath: logPath, metricsPath: metricsPath) } catch {
             fail(error.message)
+        }
+        if describe, let configFile {
+            let bytes: [UInt8]
+            do { bytes = try readFile(configFile) } catch { fail("--config-file \(configFile): \(error)") }
+            do throws(APIFault) {
+                try await vmm.configure(fromFile: bytes)
+                Describe.print(try await vmm.setup.machineConfiguration(), architecture: .x86_64)
+            } catch {
+                fail("--config-file \(configFile): \(error.message)")
+            }
+            Glibc.exit(0)
         }
         var started: APIServer?
         if !noAPI {

@@ -70,9 +70,13 @@ struct MachineOptions: ParsableArguments {
         valueName: "on|log|off"))
     var seccomp: SeccompMode?
 
-    /// The machine these options describe; `console` and `commandLine` are the command's defaults.
-    func configuration(console defaultConsole: String, commandLine defaultCommandLine: String) throws -> MachineConfiguration {
-        guard let kernel else { throw ValidationError("--kernel is required: the guest kernel (bzImage or vmlinux) to boot") }
+    /// The machine these options describe; `console` and `commandLine` are the command's defaults. Only `describe`
+    /// goes without a kernel (`requireKernel: false`: an aarch64 tree with nothing placed).
+    func configuration(console defaultConsole: String, commandLine defaultCommandLine: String,
+                       requireKernel: Bool = true) throws -> MachineConfiguration {
+        guard let kernel = kernel ?? (requireKernel ? nil : "") else {
+            throw ValidationError("--kernel is required: the guest kernel (bzImage or vmlinux) to boot")
+        }
         let (consoleSetting, consoleLimit) = try Self.console(console ?? defaultConsole)
         var configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline ?? defaultCommandLine,
                                                  cpus: cpus, memorySize: memory.bytes, console: consoleSetting, kvmPath: kvm)

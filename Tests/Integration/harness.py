@@ -428,7 +428,7 @@ def host_api_tests():
     getting-started calls, bad input and misbehaving clients. Needs no KVM. Returns (passed, failed, skipped)."""
     require_artifacts()
     say("host test: Firecracker's API on a Unix socket (Tests/Integration/host/test_firecracker_api.py)")
-    p, f, s = host_script("host-api", [os.path.join(INTEGRATION, "host", "test_firecracker_api.py"), SWIFTLET])
+    p, f, s = host_script("host-api", [os.path.join(INTEGRATION, "host", "test_firecracker_api.py"), SWIFTLET, GUEST])
     # schemathesis against the specification, before and after InstanceStart (the hostile guest, halted, is the
     # guest after boot: this host's KVM runs it). About a minute.
     say("host test: Firecracker's API against its specification, with schemathesis "

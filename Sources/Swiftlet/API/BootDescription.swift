@@ -28,7 +28,7 @@ public struct BootDescription: Sendable {
         }
         self.architecture = architecture
         var machine = try configuration.machineDescription(for: architecture)
-        var lines = ["architecture \(architecture.rawValue)"]
+        var lines = ["architecture \(architecture.rawValue)"] + BootDescription.backendLines(configuration)
         switch architecture {
         case .x86_64:
             deviceTree = nil
@@ -91,6 +91,27 @@ public struct BootDescription: Sendable {
 
     static func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
     static func hex(_ address: GuestAddress) -> String { hex(address.rawValue) }
+
+    /// What each virtio device is attached to on the host, in device order (the names of `deviceLines`).
+    static func backendLines(_ configuration: MachineConfiguration) -> [String] {
+        func onOff(_ flag: Bool) -> String { flag ? "on" : "off" }
+        var lines = configuration.disks.enumerated().map { index, disk in
+            "backend blk\(index) \(disk.path) readonly=\(onOff(disk.readOnly)) serial=\(disk.serial ?? "-") event-idx=\(onOff(disk.eventIndex))"
+        }
+        lines += configuration.networks.enumerated().map { index, network in
+            let mac = network.mac.map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined(separator: ":")
+            return "backend net\(index) tap=\(network.tap) mac=\(mac) mtu=\(network.mtu.map(String.init) ?? "default")"
+        }
+        if let vsock = configuration.vsock { lines.append("backend vsock0 cid=\(vsock.guestCID) socket=\(vsock.socketPath)") }
+        if let balloon = configuration.balloon {
+            lines.append("backend balloon0 target=\(balloon.targetSize >> 20)MiB deflate-on-oom=\(onOff(balloon.deflateOnOOM)) "
+                + "free-page-reporting=\(onOff(balloon.freePageReporting)) statistics=\(balloon.statisticsInterval)s")
+        }
+        if let entropy = configuration.entropy {
+            lines.append("backend rng0 rate=\(entropy.bytesPerSecond.map { "\($0)B/s" } ?? "unlimited")")
+        }
+        return lines
+    }
 
     static func deviceLines(_ machine: MachineDescription, interrupt: String) -> [String] {
         machine.virtioDevices.map { device in

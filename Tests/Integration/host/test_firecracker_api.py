@@ -2,7 +2,8 @@
 """Firecracker's API on this host, before boot (no KVM needed): `swiftlet firecracker --api-sock` answers the calls of
 Firecracker's getting-started guide, refuses bad input with a 400 whose fault_message says what was wrong, and keeps
 serving while clients misbehave (a flood of connections, a client sending a byte a second, an oversized body).
-Usage: test_firecracker_api.py SWIFTLET. Prints TEST-RESULT lines (Tests/Integration/lib.sh's format)."""
+Usage: test_firecracker_api.py SWIFTLET [GUEST_DIR] (the tiny guest's bzImage and initramfs.cpio, for the describe
+comparison; default .build/guest). Prints TEST-RESULT lines (Tests/Integration/lib.sh's format)."""
 import json
 import os
 import socket
@@ -12,6 +13,8 @@ import tempfile
 import time
 
 SWIFTLET = sys.argv[1]
+GUEST = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                                            ".build", "guest")
 results = {"ok": 0, "fail": 0}
 
 
@@ -191,5 +194,49 @@ def main():
     return 0 if results["fail"] == 0 else 1
 
 
+def same_machine_both_ways():
+    """The CLI and the API describe the same machine: `swiftlet describe` with run's options and `swiftlet firecracker
+    --describe` with the Firecracker configuration file of the same guest print the same thing (memory, vCPUs,
+    devices and their windows and interrupts, the command line, the ACPI tables). Nothing is opened or booted."""
+    work = tempfile.mkdtemp(prefix="swiftlet-api-describe.")
+    try:
+        kernel, initrd = os.path.join(GUEST, "bzImage"), os.path.join(GUEST, "initramfs.cpio")
+        disk, data = os.path.join(work, "root.img"), os.path.join(work, "data.img")
+        for path in (disk, data):
+            open(path, "wb").close()
+        vsock = os.path.join(work, "v.sock")
+        cmdline = "console=ttyS0 reboot=k panic=1"
+        cli = [SWIFTLET, "describe", "--arch", "x86_64", "--kernel", kernel, "--initrd", initrd, "--cpus", "2",
+               "--memory", "256M", "--cmdline", cmdline + " root=/dev/vda rw", "--disk", f"{disk},id=rootfs",
+               "--disk", f"{data},readonly=on,id=data", "--net", "tap=tap7,mac=06:00:ac:10:00:02",
+               "--vsock", f"socket={vsock},cid=3", "--balloon", "on", "--rng", "on"]
+        config = {"boot-source": {"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": cmdline},
+                  "drives": [{"drive_id": "data", "path_on_host": data, "is_root_device": False, "is_read_only": True},
+                             {"drive_id": "rootfs", "path_on_host": disk, "is_root_device": True, "is_read_only": False}],
+                  "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
+                  "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap7", "guest_mac": "06:00:AC:10:00:02"}],
+                  "vsock": {"guest_cid": 3, "uds_path": vsock},
+                  "balloon": {"amount_mib": 0, "deflate_on_oom": False},
+                  "entropy": {}}
+        path = os.path.join(work, "config.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        a = subprocess.run(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        b = subprocess.run([SWIFTLET, "firecracker", "--no-api", "--config-file", path, "--describe"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        report("describe.cli", a.returncode == 0 and "virtio" in a.stdout, a.stdout[-300:])
+        report("describe.api", b.returncode == 0 and "virtio" in b.stdout, b.stdout[-300:])
+        differ = [f"cli: {x!r} api: {y!r}" for x, y in zip(a.stdout.splitlines(), b.stdout.splitlines()) if x != y]
+        if len(a.stdout.splitlines()) != len(b.stdout.splitlines()):
+            differ.append(f"{len(a.stdout.splitlines())} lines against {len(b.stdout.splitlines())}")
+        report("describe.same-machine", a.stdout == b.stdout and a.returncode == 0, "; ".join(differ)[:600])
+    finally:
+        for name in os.listdir(work):
+            os.unlink(os.path.join(work, name))
+        os.rmdir(work)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    same_machine_both_ways()
+    sys.exit(1 if results["fail"] else status)
