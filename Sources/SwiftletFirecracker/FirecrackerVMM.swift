@@ -62,6 +62,8 @@ public actor FirecrackerVMM {
     private let starter: MachineStarter
     /// The metrics writer, once `PUT /metrics` (or the configuration file) named a path.
     private var metrics: MetricsWriter?
+    /// The log, once `PUT /logger` (or `--log-path`, or the configuration file) named a path.
+    private var log: LogWriter?
     private let startedAt = monotonicNanoseconds()
 
     /// The API level answered: Firecracker's specification this implements.
@@ -75,6 +77,18 @@ public actor FirecrackerVMM {
 
     /// Handles one request: METHOD, the path (with any query string) and the body.
     public func handle(method: String, path rawPath: String, body: [UInt8]) async -> APIResponse {
+        let response = await answer(method: method, path: rawPath, body: body)
+        if let log {
+            if let fault = response.faultMessage {
+                log.log(.warning, "\(method) \(rawPath) refused (\(response.status)): \(fault)")
+            } else {
+                log.log(.debug, "\(method) \(rawPath): \(response.status)")
+            }
+        }
+        return response
+    }
+
+    private func answer(method: String, path rawPath: String, body: [UInt8]) async -> APIResponse {
         let path = String(rawPath.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
         let parts = path.split(separator: "/").map(String.init)
         do throws(APIFault) {
@@ -138,7 +152,7 @@ public actor FirecrackerVMM {
                 return .noContent
             case ("PUT", "logger", 1):
                 try requireNotStarted("logger")
-                try setup.setLogger(decodeBody(Logger.self, body))
+                try setLogger(decodeBody(Logger.self, body))
                 return .noContent
             case ("PUT", "metrics", 1):
                 try requireNotStarted("metrics")
@@ -154,6 +168,7 @@ public actor FirecrackerVMM {
                 guard state != .notStarted, let machine else { throw APIFault("the microVM is not started: InstanceStart first") }
                 do {
                     if request.state == "Paused" { try machine.pause(); state = .paused } else { try machine.resume(); state = .running }
+                    log?.log(.info, "the microVM is \(state.rawValue.lowercased())")
                 } catch {
                     throw APIFault("PATCH /vm (\(request.state)): \(error.description)")
                 }
@@ -181,7 +196,7 @@ public actor FirecrackerVMM {
                                ("memory-hotplug", "hotplug"), ("serial", "serial")] where file.present.contains(key) {
             throw APIFault("`\(key)`: " + (Refusals.reason(for: [refused]) ?? "not supported"))
         }
-        if let logger = file.logger { try setup.setLogger(logger) }
+        if let logger = file.logger { try setLogger(logger) }
         if let config = file.machine_config { try setup.setMachineConfig(config) }
         if let source = file.boot_source { try setup.setBootSource(source) }
         for drive in file.drives ?? [] { try setup.putDrive(id: drive.drive_id, drive) }
@@ -194,8 +209,22 @@ public actor FirecrackerVMM {
 
     /// Firecracker's `--level`, `--log-path` and `--metrics-path`: what `PUT /logger` and `PUT /metrics` set.
     public func configure(logLevel: String?, logPath: String?, metricsPath: String?) throws(APIFault) {
-        if logLevel != nil || logPath != nil { try setup.setLogger(Logger(level: logLevel, log_path: logPath)) }
+        if logPath != nil { try setLogger(Logger(level: logLevel, log_path: logPath)) } else if logLevel != nil {
+            try setup.setLogger(Logger(level: logLevel)) // a level without a path: checked, kept for a later PUT /logger
+        }
         if let metricsPath { try setMetrics(Metrics(metrics_path: metricsPath)) }
+    }
+
+    /// Opens the log path (the level as checked by the setup); Firecracker sets it once.
+    private func setLogger(_ request: Logger) throws(APIFault) {
+        guard log == nil else {
+            throw APIFault("the logger is already set (\(log?.path ?? "")): Firecracker sets it once")
+        }
+        var request = request
+        if request.level == nil { request.level = setup.logger?.level }
+        try setup.setLogger(request)
+        log = try LogWriter(request, id: id)
+        log?.log(.info, "Swiftlet \(Self.apiVersion)-compatible API, instance \(id): logging at \(request.level ?? "Info")")
     }
 
     /// Opens the metrics path; Firecracker sets it once.
@@ -221,9 +250,12 @@ public actor FirecrackerVMM {
             do {
                 machine = try await starter(configuration)
             } catch {
+                log?.log(.error, "InstanceStart failed: \(error.description)")
                 throw APIFault("InstanceStart failed: \(error.description)")
             }
             state = .running
+            log?.log(.info, "InstanceStart: the microVM runs (\(configuration.cpus) vCPUs, \(configuration.memorySize >> 20) MiB, "
+                + "\(configuration.disks.count) drives, \(configuration.networks.count) network interfaces)")
             return .noContent
         case "FlushMetrics":
             guard let metrics else { throw APIFault("FlushMetrics: no metrics path is set (PUT /metrics first)") }

@@ -264,6 +264,35 @@ private let start = #"{"action_type": "InstanceStart"}"#
         #expect(await vmm.periodicMetricsFailures == 0)
     }
 
+    @Test func theLogHasTheEventsAndTheRefusals() async throws {
+        var template = Array("/tmp/swiftlet-log-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        try #require(fd >= 0)
+        close(fd)
+        let path = String(cString: template)
+        defer { unlink(path) }
+        let vmm = FirecrackerVMM(id: "logged", starter: Recorder().starter)
+        #expect(await send(vmm, "PUT", "/logger", #"{"log_path": "/nonexistent/fc.log"}"#).faultMessage?
+                .hasPrefix("log_path /nonexistent/fc.log:") == true)
+        #expect(await send(vmm, "PUT", "/logger", #"{"log_path": "\#(path)", "level": "Info", "show_level": true}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/logger", #"{"log_path": "\#(path)"}"#).faultMessage?.hasPrefix("the logger is already set") == true)
+        _ = await send(vmm, "PUT", "/boot-source", bootSource)
+        _ = await send(vmm, "PUT", "/machine-config", #"{"vcpu_count": 0, "mem_size_mib": 128}"#)
+        #expect(await send(vmm, "PUT", "/actions", start).status == 204)
+        let handle = try #require(fopen(path, "r"))
+        defer { fclose(handle) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while case let n = fread(&chunk, 1, chunk.count, handle), n > 0 { bytes += chunk[0..<n] }
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(lines.count == 4, "\(lines)")
+        #expect(lines.allSatisfy { $0.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9} \[logged:api:(INFO|WARN)\] .+/) != nil }, "\(lines)")
+        #expect(lines[0].hasSuffix("[logged:api:INFO] Swiftlet 1.16.1-compatible API, instance logged: logging at Info"))
+        #expect(lines[1].contains("[logged:api:WARN] PUT /logger refused (400): the logger is already set"))
+        #expect(lines[2].contains("[logged:api:WARN] PUT /machine-config refused (400): vcpu_count"))
+        #expect(lines[3].contains("[logged:api:INFO] InstanceStart: the microVM runs (1 vCPUs, 128 MiB, 0 drives, 0 network interfaces)"))
+    }
+
     @Test func unimplementedEndpointsAnswer400NamingThem() async {
         let vmm = FirecrackerVMM(starter: Recorder().starter)
         for (method, path) in [("PUT", "/snapshot/create"), ("PUT", "/snapshot/load"), ("GET", "/mmds"), ("PUT", "/mmds/config"),

@@ -62,6 +62,9 @@ for call in \
 done
 api GET /
 check running "$(sed 's/.*"state":"\([^"]*\)".*/\1/' "$WORK/body")" Running
+# PUT /logger's file has the events, in Firecracker's line format.
+check log-instance-start "$(grep -c '^[0-9-]*T[0-9:.]* \[fc-test:api\] InstanceStart: the microVM runs (2 vCPUs, 256 MiB, 1 drives, 1 network interfaces)$' "$WORK/fc.log")" 1 \
+    "$(tail -c 400 "$WORK/fc.log")"
 out=$(x -- cat /sys/class/net/eth0/address)
 check guest-mac "$out" "06:00:ac:10:00:02" "$(cat "$WORK/exec.err") console: $(tail -c 300 "$WORK/console")"
 check guest-cpus "$(x -- grep -c ^processor /proc/cpuinfo)" 2
