@@ -62,9 +62,14 @@ ex() { "$SWIFTLET" exec --attach "$S" "$@"; }
 innet "$TCPPEER" recv 5001 >"$WORK/tcp.recv" 2>"$WORK/tcp.err" &
 rx=$!
 sleep 0.3
-out=$(ex -- sh -c 'head -c 8388608 /dev/urandom | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null
+# Under heartbeat: in a slow lab this exec prints nothing for more than the watchdog's 10 s (seen once).
+bulk() {
+    ex -- sh -c 'head -c 8388608 /dev/urandom | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null
     echo 3 >/proc/sys/vm/drop_caches; head -c 8388608 /dev/vda | sha256sum | cut -d" " -f1
-    head -c 8388608 /dev/vda | tcppeer send 5001 10.0.4.1 && echo sent' 2>"$WORK/exec.err")
+    head -c 8388608 /dev/vda | tcppeer send 5001 10.0.4.1 && echo sent' >"$WORK/bulk.out" 2>"$WORK/exec.err"
+}
+heartbeat bulk
+out=$(cat "$WORK/bulk.out")
 wait $rx
 sum=$(sha256sum <"$WORK/tcp.recv" | cut -d' ' -f1)
 check blk-tcp "$(echo $out)" "$sum sent" "$(tail -c 300 "$WORK/exec.err") $(tail -c 200 "$WORK/tcp.err")"
