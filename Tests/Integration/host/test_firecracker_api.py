@@ -96,6 +96,8 @@ def main():
         open(kernel, "wb").close()
         rootfs = os.path.join(work, "rootfs.ext4")
         open(rootfs, "wb").close()
+        log = os.path.join(work, "fc.log")
+        open(log, "w").close()  # as the guide does (touch): Firecracker's log path must exist
         steps = [
             ("PUT", "/logger", {"log_path": os.path.join(work, "fc.log"), "level": "Debug", "show_level": True}),
             ("PUT", "/boot-source", {"kernel_image_path": kernel, "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}),
@@ -106,6 +108,10 @@ def main():
         for method, url, body in steps:
             status, answer = request(sock, method, url, body)
             report(f"getting-started{url.replace('/', '.')}", status == 204, f"{status} {answer}")
+        with open(log) as f:
+            lines = f.read().splitlines()
+        report("log-lines", len(lines) >= 2 and "[api-test:api:INFO] Swiftlet 1.16.1-compatible API" in lines[0]
+               and all("[api-test:api:" in line for line in lines), f"{lines[:4]}")
         status, config = request(sock, "GET", "/vm/config")
         report("vm-config", status == 200 and config["machine-config"]["vcpu_count"] == 2
                and config["drives"][0]["path_on_host"] == rootfs

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-SWIFTLET, SPEC, HOSTILE = sys.argv[1:4]
+SWIFTLET, SPEC, HOSTILE = (os.path.abspath(path) for path in sys.argv[1:4])  # schemathesis runs in a directory of its own
 CACHE = os.environ.get("SWIFTLET_CACHE") or os.path.expanduser("~/.cache/swiftlet")
 SCHEMATHESIS = os.environ.get("SCHEMATHESIS") or os.path.join(CACHE, "schemathesis", "4.32.5", "venv", "bin",
                                                                 "schemathesis")
