@@ -66,13 +66,15 @@ void blk_cases(struct vdev *d);
 void net_cases(struct vdev *d);
 void vsock_cases(struct vdev *d);
 void balloon_cases(struct vdev *d);
+void rng_cases(struct vdev *d);
 /* The end: every device serves a well-formed request. */
 void blk_final(struct vdev *d);
 void net_final(struct vdev *d);
 void vsock_final(struct vdev *d);
 void balloon_final(struct vdev *d);
+void rng_final(struct vdev *d);
 
-extern const struct device_ops blk_ops, net_ops, vsock_ops, balloon_ops;
+extern const struct device_ops blk_ops, net_ops, vsock_ops, balloon_ops, rng_ops;
 extern u64 net_frames_expected, balloon_inflated_expected;
 
 /* Host handshake through the balloon's num_pages (the harness sets a target with `swiftlet balloon SOCKET set`):

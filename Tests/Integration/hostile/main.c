@@ -30,6 +30,7 @@ static const char *device_name(u32 id)
     switch (id) {
     case 1: return "net";
     case 2: return "blk";
+    case 4: return "rng";
     case 5: return "balloon";
     case 19: return "vsock";
     default: return "unknown";

@@ -1,8 +1,8 @@
 # test-timeout: 600
 # The hostile guest (Tests/Integration/hostile/): a freestanding x86_64 program, booted as an ELF kernel, that drives
 # every virtio device as a malicious driver and prints one "HOSTILE case=... result=pass|fail" line per case. This
-# script gives it a disk, a TAP with a peer address, vsock echo listeners and a balloon, answers its handshakes (the
-# guest waits in a "hold" until the balloon target changes), and checks from the host what the guest cannot see:
+# script gives it a disk, a TAP with a peer address, vsock echo listeners, a balloon and an entropy device, answers
+# its handshakes (the guest waits in a "hold" until the balloon target changes), and checks from the host what the guest cannot see:
 #   - every case line becomes a TEST-RESULT, and the guest's own count agrees;
 #   - Swiftlet lives to the guest's last hold and exits 0 after its i8042 reset;
 #   - resident memory: VmHWM (the peak) under HOSTILE_RSS_KIB, 64 MiB. Swiftlet's own (about 10 MiB) plus the guest
@@ -175,7 +175,7 @@ hold_final() {
 echo "step: swiftlet run --kernel $ELF (the hostile guest)"
 start=$(cut -d' ' -f1 /proc/uptime)
 "$SWIFTLET" run --kernel "$ELF" --memory ${MEM_MIB}M --console "$LOG" --disk "$WORK/disk.img" \
-    --net "tap=$TAP,mac=$MAC" --vsock "socket=$S" --balloon on --balloon-socket "$CTL" --stats \
+    --net "tap=$TAP,mac=$MAC" --vsock "socket=$S" --balloon on --balloon-socket "$CTL" --rng on --stats \
     --cmdline "hostile.host=1 hostile.handshake=1 ${HOSTILE_CMDLINE:-}" 2>"$LOG.err" &
 vm=$!
 # The heartbeat on its own, light: the notify floods keep L1's one CPU busy, and a loop that forks a lot between
@@ -250,6 +250,14 @@ else
 fi
 if [ "${rss_max:-0}" -gt 0 ] && [ "$rss_max" -le "$HOSTILE_RSS_KIB" ]; then test_pass "$t.rss"; else
     test_fail "$t.rss" "peak resident set ${rss_max} KiB, limit $HOSTILE_RSS_KIB KiB"
+fi
+# virtio-rng: its malformed chains (no writable buffer, a corrupt descriptor) are the guest's errors, and counted.
+if ! needs host.rng-guest-errors rng.read-only-buffer; then :
+else
+    rng_errors=$(sed -n 's/^swiftlet: stats device=rng0 .* guest_errors=\([0-9]*\).*/\1/p' "$LOG.err")
+    if [ "${rng_errors:-0}" -ge 1 ]; then test_pass "$t.host.rng-guest-errors"; else
+        test_fail "$t.host.rng-guest-errors" "rng0's guest_errors is '${rng_errors:-missing}' after the guest's malformed chains: $(grep 'device=rng0' "$LOG.err")"
+    fi
 fi
 region_after=$(region_sum)
 if [ "$region_after" = "$region_before" ]; then test_pass "$t.host.disk-untouched-region"; else
