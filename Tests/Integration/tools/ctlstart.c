@@ -82,8 +82,11 @@ int main(int argc, char **argv) {
         request = "{\"execute\": \"cont\"}\n";
         until = "\n";
     } else {
-        request = "PUT /actions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                  "Content-Length: 33\r\n\r\n{\"action_type\": \"InstanceStart\"}";
+        static const char body[] = "{\"action_type\": \"InstanceStart\"}";
+        static char http[256];
+        snprintf(http, sizeof http, "PUT /actions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+        request = http;
         until = "\r\n\r\n";
     }
     long long sent = now_ns();
