@@ -59,6 +59,25 @@ private func object(_ response: APIResponse) throws -> [String: String] {
     return try JSONDecoder().decode(Loose.self, from: Data(response.body)).values
 }
 
+/// An empty file under /tmp (the metrics and log paths must exist); the caller removes it.
+private func temporaryFile(_ name: String) throws -> String {
+    var template = Array("/tmp/swiftlet-\(name)-XXXXXX".utf8CString)
+    let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+    try #require(fd >= 0)
+    close(fd)
+    return String(cString: template)
+}
+
+/// The lines of the file at `path` (none if it cannot be read).
+private func fileLines(_ path: String) -> [String] {
+    guard let handle = fopen(path, "r") else { return [] }
+    defer { fclose(handle) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while case let n = fread(&chunk, 1, chunk.count, handle), n > 0 { bytes += chunk[0..<n] }
+    return String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+}
+
 private let bootSource = #"{"kernel_image_path": "/k/vmlinux", "initrd_path": "/k/initrd", "boot_args": "console=ttyS0"}"#
 private let start = #"{"action_type": "InstanceStart"}"#
 
@@ -233,31 +252,20 @@ private let start = #"{"action_type": "InstanceStart"}"#
     }
 
     @Test func metricsLinesOnFlushAndEveryPeriodOnceRunning() async throws {
-        var template = Array("/tmp/swiftlet-metrics-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        try #require(fd >= 0)
-        close(fd)
-        let path = String(cString: template)
+        let path = try temporaryFile("metrics")
         defer { unlink(path) }
-        func lines() throws -> [String] {
-            let handle = fopen(path, "r")
-            defer { if handle != nil { fclose(handle) } }
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while let handle, case let n = fread(&chunk, 1, chunk.count, handle), n > 0 { bytes += chunk[0..<n] }
-            return String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
-        }
+        func lines() -> [String] { fileLines(path) }
         let vmm = FirecrackerVMM(starter: Recorder().starter)
         _ = await send(vmm, "PUT", "/boot-source", bootSource)
         #expect(await send(vmm, "PUT", "/metrics", #"{"metrics_path": "\#(path)"}"#).status == 204)
         let periodic = PeriodicMetrics(vmm, every: .milliseconds(50))
         defer { periodic.stop() }
         try await Task.sleep(for: .milliseconds(200))
-        #expect(try lines().isEmpty) // nothing before the microVM runs
+        #expect(lines().isEmpty) // nothing before the microVM runs
         #expect(await send(vmm, "PUT", "/actions", start).status == 204)
         var waited = 0
-        while try lines().count < 2 && waited < 100 { try await Task.sleep(for: .milliseconds(20)); waited += 1 }
-        let written = try lines()
+        while lines().count < 2 && waited < 100 { try await Task.sleep(for: .milliseconds(20)); waited += 1 }
+        let written = lines()
         #expect(written.count >= 2)
         #expect(written.first?.contains(#""swiftlet":{"devices":{"blk0":{"#) == true, "\(written.first ?? "")")
         #expect(written.first?.contains(#""block":{"activate_fails":0,"event_fails":0,"guest_errors":0,"interrupts":4,"queue_event_count":5,"requests":3}"#) == true)
@@ -265,11 +273,7 @@ private let start = #"{"action_type": "InstanceStart"}"#
     }
 
     @Test func theLogHasTheEventsAndTheRefusals() async throws {
-        var template = Array("/tmp/swiftlet-log-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        try #require(fd >= 0)
-        close(fd)
-        let path = String(cString: template)
+        let path = try temporaryFile("log")
         defer { unlink(path) }
         let vmm = FirecrackerVMM(id: "logged", starter: Recorder().starter)
         #expect(await send(vmm, "PUT", "/logger", #"{"log_path": "/nonexistent/fc.log"}"#).faultMessage?
@@ -279,12 +283,7 @@ private let start = #"{"action_type": "InstanceStart"}"#
         _ = await send(vmm, "PUT", "/boot-source", bootSource)
         _ = await send(vmm, "PUT", "/machine-config", #"{"vcpu_count": 0, "mem_size_mib": 128}"#)
         #expect(await send(vmm, "PUT", "/actions", start).status == 204)
-        let handle = try #require(fopen(path, "r"))
-        defer { fclose(handle) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while case let n = fread(&chunk, 1, chunk.count, handle), n > 0 { bytes += chunk[0..<n] }
-        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+        let lines = fileLines(path)
         #expect(lines.count == 4, "\(lines)")
         #expect(lines.allSatisfy { $0.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9} \[logged:api:(INFO|WARN)\] .+/) != nil }, "\(lines)")
         #expect(lines[0].hasSuffix("[logged:api:INFO] Swiftlet 1.16.1-compatible API, instance logged: logging at Info"))
