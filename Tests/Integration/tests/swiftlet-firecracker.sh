@@ -72,16 +72,17 @@ check guest-serial "$(x -- cat /sys/block/vda/serial)" scratch
 # The entropy device: the guest's hwrng is virtio's, and reads random bytes.
 check hwrng-current "$(x -- cat /sys/class/misc/hw_random/rng_current)" virtio_rng.0
 check hwrng-read "$(x -- sh -c 'dd if=/dev/hwrng bs=1024 count=64 2>/dev/null | wc -c')" 65536 "$(cat "$WORK/exec.err")"
-# Its throughput, as dd sees it in the guest: 4 MiB from /dev/hwrng, timed by the guest's own clock (TEST-INFO, not a
-# target: the lab's figures are not a host's), and the bytes are not one repeated value.
-rate=$(x -- sh -c 'a=$(cut -d" " -f1 /proc/uptime); n=$(dd if=/dev/hwrng bs=65536 count=64 2>/dev/null | wc -c)
+# Its throughput, as dd sees it in the guest: 64 KiB from /dev/hwrng, timed by the guest's own clock (TEST-INFO, not a
+# target: Linux's hwrng core reads 64 bytes a request, so this is about one request's round trip in the lab, whose
+# figures are not a host's), and the bytes are not one repeated value.
+rate=$(x -- sh -c 'a=$(cut -d" " -f1 /proc/uptime); n=$(dd if=/dev/hwrng bs=65536 count=1 2>/dev/null | wc -c)
     b=$(cut -d" " -f1 /proc/uptime); echo "$n $a $b"' 2>"$WORK/exec.err")
 set -- $rate
-if [ "${1:-0}" = 4194304 ]; then
-    test_pass "$t.hwrng-4mib"
-    echo "TEST-INFO virtio-rng in the lab's guest: 4 MiB from /dev/hwrng in $(awk "BEGIN { printf \"%.2f\", $3 - $2 }") s ($(awk "BEGIN { d = $3 - $2; if (d < 0.01) d = 0.01; printf \"%.1f\", 4 / d }") MiB/s)"
+if [ "${1:-0}" = 65536 ]; then
+    test_pass "$t.hwrng-timed"
+    echo "TEST-INFO virtio-rng in the lab's guest: 64 KiB from /dev/hwrng in $(awk "BEGIN { printf \"%.2f\", $3 - $2 }") s ($(awk "BEGIN { d = $3 - $2; if (d < 0.01) d = 0.01; printf \"%.1f\", 64 / d }") KiB/s)"
 else
-    test_fail "$t.hwrng-4mib" "got '$rate'; $(cat "$WORK/exec.err")"
+    test_fail "$t.hwrng-timed" "got '$rate'; $(cat "$WORK/exec.err")"
 fi
 # 4 KiB of random bytes hold nearly every byte value (all 256 but for a chance of 3e-5); a device that repeated one
 # value, or zeroes, would give 1.
