@@ -167,6 +167,10 @@ import Testing
         #expect(compact.contains("IO(Decode16,0x03F8,//RangeMinimum0x03F8,//RangeMaximum0x00,//Alignment0x08,//Length)"), "\(source)")
         #expect(compact.contains("IRQNoFlags(){4}"), "\(source)")
         #expect(compact.contains("Device(PEVT){Name(_HID,\"QEMU0001\")"), "pvpanic in \(source)")
+        #expect(compact.contains("Device(PS2K){Name(_HID,EisaId(\"PNP0303\")"), "the i8042's keyboard in \(source)")
+        #expect(compact.contains("IO(Decode16,0x0060,//RangeMinimum0x0060,//RangeMaximum")
+                && compact.contains("IO(Decode16,0x0064,//RangeMinimum0x0064,//RangeMaximum") && compact.contains("IRQNoFlags(){1}"),
+                "the keyboard's ports and IRQ 1 in \(source)")
         #expect(compact.contains("IO(Decode16,0x0505,//RangeMinimum0x0505,//RangeMaximum0x00,//Alignment0x01,//Length)"), "\(source)")
         #expect(compact.contains("Name(\\_S5,Package(0x02)//_S5_:S5SystemState{0x05,Zero})"), "\(source)")
     }

@@ -137,7 +137,7 @@ public struct BootDescription: Sendable {
         }
         if let tables = try? machine.acpiTables() {
             lines.append("acpi " + tables.tables.map { "\($0.signature.lowercased()) \(hex($0.address)) (\($0.bytes.count) bytes)" }.joined(separator: ", "))
-            let devices = ["COM1", "PEVT(pvpanic port \(hex(UInt64(X86Layout.pvpanicPort))))"]
+            let devices = ["COM1", "PS2K(i8042 keyboard, irq 1)", "PEVT(pvpanic port \(hex(UInt64(X86Layout.pvpanicPort))))"]
                 + machine.virtioDevices.indices.map { ACPITables.virtioDeviceName($0) }
             lines.append("acpi dsdt " + devices.joined(separator: " ")
                 + "; fadt hardware-reduced, sleep control port \(hex(UInt64(X86Layout.acpiSleepControlPort))), reset port \(hex(UInt64(X86Layout.acpiResetPort)))")

@@ -140,12 +140,16 @@ public struct ACPITables: Equatable, Sendable {
         return table("APIC", revision: 5, body: body)
     }
 
-    /// The DSDT: \_SB with COM1, pvpanic (PEVT) and one LNRO0005 device per virtio-mmio slot (named V000, V001, ...),
+    /// The DSDT: \_SB with COM1, the i8042's keyboard (PS2K), pvpanic (PEVT) and one LNRO0005 device per virtio-mmio slot (named V000, V001, ...),
     /// and \_S5.
     static func dsdt(_ machine: MachineDescription) -> [UInt8] {
         var devices: [AML] = [
             .device("COM1", [.name("_HID", .eisaID("PNP0501")), .name("_UID", .integer(1)),
                              .name("_CRS", .resources([.io(base: UInt16(X86Layout.serialPort), length: 8), .irq(UInt8(X86Layout.serialIRQ))]))]),
+            // The i8042's keyboard (PNP0303): a kernel without the legacy PIC (hardware-reduced ACPI) maps IRQ 1 only
+            // for a device that names it, so without this Linux's i8042 driver cannot request its interrupt.
+            .device("PS2K", [.name("_HID", .eisaID("PNP0303")),
+                             .name("_CRS", .resources([.io(base: 0x60, length: 1), .io(base: 0x64, length: 1), .irq(1)]))]),
             // pvpanic (QEMU's QEMU0001, which Linux's pvpanic-mmio driver binds by its port resource).
             .device("PEVT", [.name("_HID", .string("QEMU0001")),
                              .name("_CRS", .resources([.io(base: X86Layout.pvpanicPort, length: 1)]))]),

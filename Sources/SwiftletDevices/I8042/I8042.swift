@@ -28,6 +28,8 @@ public final class I8042: BusDevice {
     static let commandWriteKeyboardOutput: UInt8 = 0xd2, commandWriteAuxiliaryOutput: UInt8 = 0xd3
     static let commandWriteAuxiliary: UInt8 = 0xd4, commandPulseReset: UInt8 = 0xfe
     static let statusOutputFull: UInt8 = 0x01, statusSystemFlag: UInt8 = 0x04, statusCommand: UInt8 = 0x08
+    /// Bit 4 set: the keyboard is not inhibited (clear, Linux warns "Keylock active").
+    static let statusNotInhibited: UInt8 = 0x10
     /// Configuration byte: keyboard interrupt enabled (bit 0), system flag (2), keyboard clock disabled (4).
     static let configurationKeyboardInterrupt: UInt8 = 0x01, configurationSystemFlag: UInt8 = 0x04
     static let configurationKeyboardDisabled: UInt8 = 0x10
@@ -100,7 +102,7 @@ public final class I8042: BusDevice {
                 raise = !state.output.isEmpty && state.keyboardInterruptEnabled
                 return value
             case 4:
-                return Self.statusSystemFlag | (state.output.isEmpty ? 0 : Self.statusOutputFull)
+                return Self.statusSystemFlag | Self.statusNotInhibited | (state.output.isEmpty ? 0 : Self.statusOutputFull)
                     | (state.lastWasCommand ? Self.statusCommand : 0)
             default:
                 return 0xff
