@@ -256,7 +256,12 @@ done
 n=swiftlet-ctrl-alt-del
 # (The keyboard needs the DSDT's PNP0303 device: without it, a hardware-reduced kernel has no IRQ 1 to give the
 # i8042 driver, whose probe failed with -EINVAL, and the keys reached nothing.)
-if take_disk $n; then
+# It needs a 7th disk, which `make test` does not attach yet: in both lab runs with 7 disks on L1, QEMU's own
+# `systemctl reboot` above hung after "reboot: Restarting system" (it passed in every run with 6). Run it with
+# SWIFTLET_LAB_DISTRO=1 SWIFTLET_LAB_DISTRO_DISKS=7 harness.py lab -- "DISTRO_CTRL_ALT_DEL=1 TESTS=swiftlet-distro ...".
+if [ "${DISTRO_CTRL_ALT_DEL:-0}" != 1 ]; then
+    test_skip "$t.ctrl-alt-del" "needs a 7th disk on L1, with which the QEMU peer's reboot hung in the lab (DISTRO_CTRL_ALT_DEL=1 with SWIFTLET_LAB_DISTRO_DISKS=7 runs it)"
+elif take_disk $n; then
     S=$WORK/$n.api
     rm -f "$S" "$WORK/$n.sock"
     echo "step: swiftlet: boot $n through the Firecracker API from $disk"
