@@ -52,8 +52,8 @@ public final class Block: VirtioDevice, ConfigurationChanging {
     public let offeredFeatures: UInt64
     public var deviceType: UInt32 { 2 }
     public var queueMaximumSizes: [UInt16] { [Self.queueSize] }
-    /// The attached image. A request takes it once and keeps it to the end, so a `replaceImage` between two
-    /// requests never splits one, and the old file closes when its last request lets go of it.
+    /// The attached image. A drain round takes it once and keeps it to the end, so a `replaceImage` never splits a
+    /// request, and the old file closes when the last round on it lets go of it.
     private let image: Mutex<Image>
     private let configurationSpace: Mutex<ConfigurationSpace>
     private let configurationNotifier = Mutex<Callback?>(nil)
@@ -211,8 +211,10 @@ public final class Block: VirtioDevice, ConfigurationChanging {
     /// Drains the queue (SplitQueue.drain: malformed chains, a corrupt ring, the budget), one request per chain.
     private func processQueue(_ state: inout Active) -> DrainResult {
         let queue = state.queue
+        // The image once per round (one lock, not one per request); a replaceImage takes effect from the next round.
+        let image = image.withLock { $0 }
         return queue.drain(&state, chain: \.chain, onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
-            let written = execute(state.chain, vectors: &state.vectors)
+            let written = execute(state.chain, on: image, vectors: &state.vectors)
             completion.use(state.chain.head, length: written)
             counters.requestCount.add(1, ordering: .relaxed)
             counters.addBytes(Int(state.chain.readableLength + state.chain.writableLength))
@@ -220,8 +222,7 @@ public final class Block: VirtioDevice, ConfigurationChanging {
     }
 
     /// Runs one request and writes its status byte; returns the bytes written into the chain's writable buffers.
-    func execute(_ chain: DescriptorChain, vectors: inout [iovec]) -> UInt32 {
-        let image = image.withLock { $0 }
+    private func execute(_ chain: DescriptorChain, on image: Image, vectors: inout [iovec]) -> UInt32 {
         let file = image.file
         func inBounds(sector: UInt64, length: UInt64) -> Bool { Self.inBounds(sector: sector, length: length, capacity: image.capacityBytes) }
         // The status byte is the last byte of the last device-writable buffer; without one nothing can be reported.

@@ -76,20 +76,6 @@ const struct device_ops blk_ops = {
 
 /* ---- Requests ---------------------------------------------------------------------------------------------------- */
 
-/* Emits the buffers as one chain, publishes, notifies and waits; false on timeout. */
-static bool submit(struct vq *q, const struct buf *bufs, int n, struct vring_used_elem *e)
-{
-    u16 first = 0, prev = 0;
-    for (int i = 0; i < n; i++) {
-        u16 d = vq_desc(q, bufs[i].addr, bufs[i].len, bufs[i].write ? VRING_DESC_F_WRITE : 0);
-        if (i == 0) first = d; else vq_link(q, prev, d);
-        prev = d;
-    }
-    vq_publish(q, first);
-    vq_notify(q);
-    return vq_wait_used(q, e);
-}
-
 static u64 capacity_sectors(struct vdev *d)
 {
     return mmio_read32(d->base + VIRTIO_MMIO_CONFIG) | (u64)mmio_read32(d->base + VIRTIO_MMIO_CONFIG + 4) << 32;
@@ -113,7 +99,7 @@ static void status_case(struct vdev *d, const char *what, const char *expect, u6
     u8 *status = status_byte();
     bufs[n++] = (struct buf){ (u64)status, 1, true };
     struct vring_used_elem e;
-    if (!submit(&dq.q[0], bufs, n, &e)) { report(name, expect, false, "no_used_entry,status=0x%x", vstatus(d)); goto out; }
+    if (!chain_submit(&dq.q[0], bufs, n, &e)) { report(name, expect, false, "no_used_entry,status=0x%x", vstatus(d)); goto out; }
     report(name, expect, e.len == want_len && *status == want_status, "len=%u,blk_status=%u", e.len, *status);
 out:
     arena_release(mark);
@@ -136,7 +122,7 @@ static void raw_case(struct vdev *d, const char *what, const char *expect, const
     struct dev_queues dq;
     if (!dev_up(d, 1, &dq, F_INDIRECT_DESC, 64)) { report(name, expect, false, "bring-up_refused"); return; }
     struct vring_used_elem e;
-    if (!submit(&dq.q[0], bufs, n, &e)) { report(name, expect, false, "no_used_entry,status=0x%x", vstatus(d)); return; }
+    if (!chain_submit(&dq.q[0], bufs, n, &e)) { report(name, expect, false, "no_used_entry,status=0x%x", vstatus(d)); return; }
     int got_status = status ? *status : -1;
     report(name, expect, e.len == want_len && got_status == want_status && !(vstatus(d) & STATUS_NEEDS_RESET),
            "len=%u,blk_status=%d,status=0x%x", e.len, got_status, vstatus(d));
@@ -148,7 +134,7 @@ static bool blk_read(struct dev_queues *dq, u64 sector, void *buf, u32 count)
     u8 *status = status_byte();
     struct buf bufs[3] = { { (u64)header(T_IN, sector), 16, false }, { (u64)buf, count, true }, { (u64)status, 1, true } };
     struct vring_used_elem e;
-    return submit(&dq->q[0], bufs, 3, &e) && e.len == count + 1 && *status == S_OK;
+    return chain_submit(&dq->q[0], bufs, 3, &e) && e.len == count + 1 && *status == S_OK;
 }
 
 static bool blk_write(struct dev_queues *dq, u64 sector, const void *buf, u32 count)
@@ -156,7 +142,7 @@ static bool blk_write(struct dev_queues *dq, u64 sector, const void *buf, u32 co
     u8 *status = status_byte();
     struct buf bufs[3] = { { (u64)header(T_OUT, sector), 16, false }, { (u64)buf, count, false }, { (u64)status, 1, true } };
     struct vring_used_elem e;
-    return submit(&dq->q[0], bufs, 3, &e) && e.len == 1 && *status == S_OK;
+    return chain_submit(&dq->q[0], bufs, 3, &e) && e.len == 1 && *status == S_OK;
 }
 
 /* Before any case: a copy of the start of the untouched region, for blk_final to compare. */
@@ -193,7 +179,7 @@ static void event_index_case(struct vdev *d)
     u8 *data = pattern(512, 0xcc), *status = status_byte();
     struct buf bufs[3] = { { (u64)header(T_IN, 0), 16, false }, { (u64)data, 512, true }, { (u64)status, 1, true } };
     struct vring_used_elem e;
-    bool served = submit(q, bufs, 3, &e) && e.len == 513 && *status == S_OK;
+    bool served = chain_submit(q, bufs, 3, &e) && e.len == 513 && *status == S_OK;
     for (u64 i = 0; i < quiet_polls; i++) poll_step(d);
     u32 isr = vreg_read(d, VIRTIO_MMIO_INTERRUPT_STATUS);
     report(name, expect, served && !(isr & INT_USED_BUFFER), "served=%d,interrupt_status=0x%x", served, isr);
@@ -382,7 +368,7 @@ void blk_final(struct vdev *d)
         u8 *status = status_byte();
         struct buf flush[2] = { { (u64)header(T_FLUSH, 0), 16, false }, { (u64)status, 1, true } };
         struct vring_used_elem e;
-        bool flushed = wrote && submit(&dq.q[0], flush, 2, &e) && *status == S_OK;
+        bool flushed = wrote && chain_submit(&dq.q[0], flush, 2, &e) && *status == S_OK;
         bool read = flushed && blk_read(&dq, 1, in, 512);
         bool same = read && memcmp(in, out, 512) == 0;
         report("blk.final-write-read-back", "written,flushed,read_back_equal", same, "write=%d,flush=%d,read=%d,equal=%d",

@@ -41,6 +41,20 @@ u16 chain_build(struct vq *q, const struct shape *s)
     return idx[0];
 }
 
+bool chain_submit(struct vq *q, const struct buf *bufs, int n, struct vring_used_elem *e)
+{
+    u16 first = 0, prev = 0;
+    for (int i = 0; i < n; i++) {
+        u16 d = vq_desc(q, bufs[i].addr, bufs[i].len, bufs[i].write ? VRING_DESC_F_WRITE : 0);
+        if (i == 0) first = d; else vq_link(q, prev, d);
+        prev = d;
+    }
+    vq_publish(q, first);
+    vq_notify(q);
+    struct vring_used_elem local;
+    return vq_wait_used(q, e ? e : &local);
+}
+
 static struct vring_desc entry(const struct buf *b)
 {
     return (struct vring_desc){ b->addr, b->len, b->write ? VRING_DESC_F_WRITE : 0, 0 };

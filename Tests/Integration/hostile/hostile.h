@@ -57,6 +57,9 @@ struct device_ops {
 
 /* Builds the chain of `s` in q (prefix, body, suffix; direct descriptors) and returns its head. */
 u16 chain_build(struct vq *q, const struct shape *s);
+/* Emits `bufs` as one chain of direct descriptors on q, publishes and notifies it, and waits for it to come back
+ * (vq_wait_used's bound); false on timeout. The used element goes to *e (which may be NULL). */
+bool chain_submit(struct vq *q, const struct buf *bufs, int n, struct vring_used_elem *e);
 
 /* The suites. */
 void run_all(void);

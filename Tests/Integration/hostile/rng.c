@@ -44,17 +44,8 @@ const struct device_ops rng_ops = {
 /* One request of the given buffers; the used length in *len. False when nothing came back. */
 static bool request(struct dev_queues *dq, const struct buf *bufs, int count, u32 *len)
 {
-    struct vq *q = &dq->q[0];
-    u16 first = 0, prev = 0;
-    for (int i = 0; i < count; i++) {
-        u16 d = vq_desc(q, bufs[i].addr, bufs[i].len, bufs[i].write ? VRING_DESC_F_WRITE : 0);
-        if (i == 0) first = d; else vq_link(q, prev, d);
-        prev = d;
-    }
-    vq_publish(q, first);
-    vq_notify(q);
     struct vring_used_elem e;
-    if (!vq_wait_used(q, &e)) return false;
+    if (!chain_submit(&dq->q[0], bufs, count, &e)) return false;
     *len = e.len;
     return true;
 }

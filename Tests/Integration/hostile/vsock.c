@@ -80,17 +80,7 @@ static bool rx_wait(struct dev_queues *dq, u32 port, u64 polls, struct vsock_hdr
 /* Sends a chain on the transmit queue and waits for it to come back. */
 static bool tx_send(struct dev_queues *dq, const struct buf *bufs, int n)
 {
-    struct vq *tx = &dq->q[1];
-    u16 first = 0, prev = 0;
-    for (int i = 0; i < n; i++) {
-        u16 d = vq_desc(tx, bufs[i].addr, bufs[i].len, bufs[i].write ? VRING_DESC_F_WRITE : 0);
-        if (i == 0) first = d; else vq_link(tx, prev, d);
-        prev = d;
-    }
-    vq_publish(tx, first);
-    vq_notify(tx);
-    struct vring_used_elem e;
-    return vq_wait_used(tx, &e);
+    return chain_submit(&dq->q[1], bufs, n, NULL);
 }
 
 /* Header and payload in one buffer. */
