@@ -50,7 +50,7 @@ OPTIONAL_GUEST_FILES = ("distro-vmlinuz", "distro-initrd.img")
 # it to L1 as DISTRO_DISKS virtio disks with snapshot=on (/dev/vda, /dev/vdb, ...): one per guest boot of the distro
 # test and benchmark, each a fresh copy, and the cached image is never written. Natively the tests copy it instead.
 DISTRO_IMAGE = "distro-debian.raw"
-# 6 in make test; swiftlet-distro's SendCtrlAltDel boot needs a 7th (SWIFTLET_LAB_DISTRO_DISKS=7, its header says why).
+# 6 in make test (its SendCtrlAltDel boot reuses the disk of a clean poweroff: with 7, QEMU's reboot hung, its header says).
 DISTRO_DISKS = int(os.environ.get("SWIFTLET_LAB_DISTRO_DISKS", "6"))
 # The integration tests that boot the distro image. In the lab they run in an L1 of their own, the one job given the
 # disks: L1 then loads virtio_pci and virtio_blk (build-l1.sh, DISK_MODULES); the other jobs keep the L1 they had.
