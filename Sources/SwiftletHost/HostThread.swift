@@ -76,6 +76,14 @@ public enum KickSignal {
 @_silgen_name("__libc_current_sigrtmin")
 private func SIGRTMIN() -> Int32
 
+/// Ends the calling thread, and only it, as `pthread_exit` would but without its forced unwind: the process goes on
+/// with its other threads (of which there must be one). For the main thread once it has handed its work to others;
+/// the unwind would be the process's first, for which libgcc first sorts every FDE of a static executable (ms).
+/// Nothing on the thread's stack may be in use elsewhere.
+public func exitCurrentThreadWithoutUnwinding() -> Never {
+    CSwiftlet_exit_thread()
+}
+
 /// CLOCK_MONOTONIC in nanoseconds.
 public func monotonicNanoseconds() -> UInt64 {
     var now = timespec()

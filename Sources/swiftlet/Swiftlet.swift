@@ -5,21 +5,51 @@ import SwiftletConfinement
 import SwiftletHost
 
 @main
-struct SwiftletCommand: AsyncParsableCommand {
+struct SwiftletCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftlet",
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest, `swiftlet exec --help` for running one command in a fresh VM.",
         subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self, FirecrackerCommand.self])
 
+    /// A synchronous entry point that runs the async subcommands on the concurrency runtime's threads.
+    ///
+    /// An `async` main would hand the main thread to libdispatch (`dispatch_main`), which ends it with `pthread_exit`:
+    /// that forced unwind is the process's first, and in a static executable libgcc then sorts every FDE of the
+    /// binary first, which was over half of the time from exec to the Firecracker API socket accepting. Here the main
+    /// thread parses, starts the command in a task and waits for good in a `read` (below). The task ends the
+    /// process, as `main` returning would (with `exit`, so stdio is flushed); nothing runs on the main actor.
     /// Started as `firecracker` (a symlink to this executable): Firecracker's command line.
-    static func main() async {
+    static func main() {
         let name = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
         if name == "firecracker" {
-            await FirecrackerCommand.main(Array(CommandLine.arguments.dropFirst()))
+            run(FirecrackerCommand.self, Array(CommandLine.arguments.dropFirst()))
         } else {
-            await SwiftletCommand.main(nil)
+            run(SwiftletCommand.self, nil)
         }
+    }
+
+    private static func run<Root: ParsableCommand>(_ root: Root.Type, _ arguments: [String]?) -> Never {
+        let parsed: ParsableCommand
+        do { parsed = try root.parseAsRoot(arguments) } catch { root.exit(withError: error) }
+        guard let command = parsed as? AsyncParsableCommand else {
+            var command = parsed
+            do { try command.run() } catch { root.exit(withError: error) }
+            Glibc.exit(0)
+        }
+        // The main thread then waits, for good, in a read of a pipe nobody writes: signals' handlers may run on it,
+        // and `read` (unlike `pause`) is a call every seccomp filter of the process allows, also when restarted.
+        var idle: [Int32] = [-1, -1]
+        guard pipe(&idle) == 0 else { root.exit(withError: ValidationError("cannot create a pipe: \(String(cString: strerror(errno)))")) }
+        for fd in idle { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        Task.detached {
+            var command = command
+            do { try await command.run() } catch { root.exit(withError: error) }
+            Glibc.exit(0)
+        }
+        var byte: UInt8 = 0
+        while Glibc.read(idle[0], &byte, 1) != 0 {}
+        exitCurrentThreadWithoutUnwinding()
     }
 }
 
