@@ -1,5 +1,3 @@
-#include <sys/syscall.h>
-#include <unistd.h>
 #include "CSwiftlet.h"
 #include <fcntl.h>
 #include <errno.h>
@@ -60,7 +58,3 @@ const unsigned long CSwiftlet_KVM_SET_ONE_REG = KVM_SET_ONE_REG;
 const unsigned long CSwiftlet_KVM_CREATE_DEVICE = KVM_CREATE_DEVICE;
 const unsigned long CSwiftlet_KVM_SET_DEVICE_ATTR = KVM_SET_DEVICE_ATTR;
 const unsigned long CSwiftlet_KVM_HAS_DEVICE_ATTR = KVM_HAS_DEVICE_ATTR;
-
-void CSwiftlet_exit_thread(void) {
-    for (;;) syscall(SYS_exit, 0);
-}

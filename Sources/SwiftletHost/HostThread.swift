@@ -76,15 +76,6 @@ public enum KickSignal {
 @_silgen_name("__libc_current_sigrtmin")
 private func SIGRTMIN() -> Int32
 
-/// Ends the calling thread, and only it, as `pthread_exit` would but without its forced unwind (which, as the
-/// process's first, makes libgcc sort every FDE of a static executable: ms). The process goes on with its other
-/// threads, of which there must be one; nothing on the thread's stack may be in use elsewhere. Only for a thread that
-/// has nothing left to wait on: a process whose main thread ended this way did not run its SIGTERM handler (seen in
-/// the host API test), so `swiftlet`'s main thread waits in a `read` and calls this only if that read ever ends.
-public func exitCurrentThreadWithoutUnwinding() -> Never {
-    CSwiftlet_exit_thread()
-}
-
 /// CLOCK_MONOTONIC in nanoseconds.
 public func monotonicNanoseconds() -> UInt64 {
     var now = timespec()

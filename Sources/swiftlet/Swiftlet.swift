@@ -17,7 +17,8 @@ struct SwiftletCommand: ParsableCommand {
     /// An `async` main would hand the main thread to libdispatch (`dispatch_main`), which ends it with `pthread_exit`:
     /// that forced unwind is the process's first, and in a static executable libgcc then sorts every FDE of the
     /// binary first, which was over half of the time from exec to the Firecracker API socket accepting. Here the main
-    /// thread parses, starts the command in a task and waits for good in a `read` (below). The task ends the
+    /// thread parses, starts the command in a task and waits for good in a `read` (below; ending the thread instead,
+    /// with a raw SYS_exit, was seen to keep the SIGTERM handler from running). The task ends the
     /// process, as `main` returning would (with `exit`, so stdio is flushed); nothing runs on the main actor.
     /// Started as `firecracker` (a symlink to this executable): Firecracker's command line.
     static func main() {
@@ -40,16 +41,20 @@ struct SwiftletCommand: ParsableCommand {
         // The main thread then waits, for good, in a read of a pipe nobody writes: signals' handlers may run on it,
         // and `read` (unlike `pause`) is a call every seccomp filter of the process allows, also when restarted.
         var idle: [Int32] = [-1, -1]
-        guard pipe(&idle) == 0 else { root.exit(withError: ValidationError("cannot create a pipe: \(String(cString: strerror(errno)))")) }
+        guard pipe(&idle) == 0 else {
+            Run.report("error: cannot create the main thread's idle pipe: \(String(cString: strerror(errno)))")
+            Glibc.exit(1)
+        }
         for fd in idle { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         Task.detached {
             var command = command
             do { try await command.run() } catch { root.exit(withError: error) }
             Glibc.exit(0)
         }
+        // This process holds the write end until it exits, so the read never ends; an interrupted one is waited again.
         var byte: UInt8 = 0
-        while Glibc.read(idle[0], &byte, 1) != 0 {}
-        exitCurrentThreadWithoutUnwinding()
+        while Glibc.read(idle[0], &byte, 1) < 0 && errno == EINTR {}
+        fatalError("the main thread's idle pipe read ended (errno \(errno)): something closed its descriptors")
     }
 }
 

@@ -103,7 +103,4 @@ static inline void CSwiftlet_store_release_u16(void *address, uint16_t value) {
 }
 static inline void CSwiftlet_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
-/// Ends the calling thread only (SYS_exit, not exit_group), without pthread_exit's unwinding or destructors.
-__attribute__((noreturn)) void CSwiftlet_exit_thread(void);
-
 #endif
