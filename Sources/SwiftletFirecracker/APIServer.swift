@@ -29,16 +29,14 @@ public final class APIServer: Sendable {
         self.channel = channel
     }
 
-    /// Binds `path` (which must not exist) and starts serving `vmm` on a thread of its own.
-    public static func start(path: String, vmm: FirecrackerVMM) throws(SwiftletError) -> APIServer {
-        var info = stat()
-        if lstat(path, &info) == 0 {
-            throw SwiftletError(.invalidConfiguration, "the API socket \(path) already exists: another VMM may be using it; if not, remove it and start again")
-        }
+    /// Starts serving `vmm` on `socket` (from `APISocket.bind`), on a thread of its own. The socket's descriptor is
+    /// the server's from here on, also when this throws.
+    public static func start(socket: APISocket, vmm: FirecrackerVMM) throws(SwiftletError) -> APIServer {
+        let path = socket.path
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let registry = ConnectionRegistry()
         let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.backlog, value: APISocket.backlog)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     guard registry.opened(channel) else {
@@ -53,10 +51,11 @@ public final class APIServer: Sendable {
                 }
             }
         do {
-            let channel = try bootstrap.bind(unixDomainSocketPath: path).wait()
+            let channel = try bootstrap.withBoundSocket(socket.handOver()).wait()
             return APIServer(path: path, group: group, channel: channel)
         } catch {
             try? group.syncShutdownGracefully()
+            unlink(path)
             throw SwiftletError(.systemCall, "cannot serve the API on \(path): \(error)")
         }
     }
@@ -71,6 +70,72 @@ public final class APIServer: Sendable {
         try? channel.close().wait()
         unlink(path)
         try? group.syncShutdownGracefully()
+    }
+}
+
+/// The API's Unix socket, bound and listening before the server (or anything else of the VMM) starts: from `bind`
+/// on a client's connect succeeds, and what it sends waits in the socket's backlog until `APIServer.start` serves it.
+/// Binding first is what lets a tool that polls for the socket go on at once; the event loop's thread and NIO's
+/// set-up (about a millisecond) then overlap the client's first request.
+public final class APISocket: @unchecked Sendable { // @unchecked: `descriptor` is read once, by whoever takes it over
+    /// Connections the kernel queues before the server accepts them.
+    public static let backlog: Int32 = 64
+
+    public let path: String
+    private var descriptor: Int32
+
+    private init(path: String, descriptor: Int32) {
+        self.path = path
+        self.descriptor = descriptor
+    }
+
+    /// A stream socket bound to `path`, listening. `path` must not exist: a socket file left there may belong to a
+    /// VMM that is still running, so it is never removed here.
+    public static func bind(path: String) throws(SwiftletError) -> APISocket {
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            throw SwiftletError(.invalidConfiguration, "the API socket \(path) already exists: another VMM may be using it; if not, remove it and start again")
+        }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        let bytes = Array(path.utf8)
+        guard !bytes.isEmpty, bytes.count < capacity, !bytes.contains(0) else {
+            throw SwiftletError(.invalidConfiguration, "the API socket path \(path) is \(bytes.count) bytes: a Unix socket's path is 1 to \(capacity - 1) bytes; use a shorter one")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SwiftletError(.systemCall, "cannot create the API socket: \(String(cString: strerror(errno)))") }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0 else {
+            let error = errno
+            close(fd)
+            throw SwiftletError(.systemCall, "cannot bind the API socket \(path): \(String(cString: strerror(error)))"
+                + (error == EADDRINUSE ? " (something created it just now)" : error == ENOENT || error == EACCES ? " (does its directory exist, and may this user write to it?)" : ""))
+        }
+        guard listen(fd, backlog) == 0 else {
+            let error = errno
+            close(fd)
+            unlink(path)
+            throw SwiftletError(.systemCall, "cannot listen on the API socket \(path): \(String(cString: strerror(error)))")
+        }
+        return APISocket(path: path, descriptor: fd)
+    }
+
+    /// The descriptor, now the caller's to close (NIO's channel, which closes it with itself).
+    fileprivate func handOver() -> Int32 {
+        defer { descriptor = -1 }
+        return descriptor
+    }
+
+    /// Closes the socket and removes its path, when it is not served after all (the VMM failed before the server
+    /// started). A client connected meanwhile sees its connection closed.
+    public func discard() {
+        if descriptor >= 0 { close(descriptor) }
+        descriptor = -1
+        unlink(path)
     }
 }
 

@@ -6,77 +6,88 @@ import SwiftletFirecracker
 import SwiftletHost
 import Synchronization
 
-/// `swiftlet firecracker`, and this executable started under the name `firecracker`: Firecracker's command line and
-/// REST API in front of the same machine `swiftlet run` builds.
-struct FirecrackerCommand: AsyncParsableCommand {
+/// `swiftlet firecracker` as `swiftlet --help` lists it and `swiftlet help firecracker` explains it. `main` runs the
+/// front end itself, before swift-argument-parser sees the command line (`FirecrackerOptions` says why); this entry
+/// is reached only through `swiftlet help`.
+struct FirecrackerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "firecracker",
         abstract: "Answer Firecracker's API (and its command line), so that tools made for Firecracker drive Swiftlet.",
-        discussion: """
-            Serves Firecracker's REST API (v\(FirecrackerVMM.apiVersion): HTTP/1.1 on the Unix socket --api-sock) and \
-            boots the microVM it describes on InstanceStart; or boots --config-file's machine at once. The guest's \
-            serial console is on standard output. The process ends when the guest does: status 0 for a reboot or a \
-            power-off, 2 for a guest kernel panic, 1 with a message for a failure. A symlink named `firecracker` to \
-            this executable takes the same options. Endpoints Swiftlet does not implement answer 400 with the reason \
-            (README, "Firecracker's API").
-            """)
+        discussion: "Its options are Firecracker's: `swiftlet firecracker --help` lists them. A symlink named `firecracker` to this executable takes the same options.")
 
-    @Option(name: .customLong("api-sock"), help: ArgumentHelp("The API's Unix socket; it must not exist, and is removed at exit.", valueName: "path"))
-    var apiSocket = "/run/firecracker.socket"
+    @Argument(parsing: .captureForPassthrough, help: .hidden)
+    var arguments: [String] = []
 
-    @Option(name: .customLong("config-file"), help: ArgumentHelp("Firecracker's JSON machine configuration: boot it without waiting for the API.", valueName: "path"))
-    var configFile: String?
+    func run() { FirecrackerFrontEnd.main(arguments, program: "swiftlet firecracker") }
+}
 
-    @Flag(name: .customLong("no-api"), help: "Serve no API (needs --config-file).")
-    var noAPI = false
-
-    @Option(name: .long, help: "The instance ID (GET / reports it).")
-    var id = "anonymous-instance"
-
-    @Flag(name: .customLong("boot-timer"), help: "Print, on stderr, how long the guest took from this process's start to its init (the boot-timer port).")
-    var bootTimer = false
-
-    @Option(name: .long, help: ArgumentHelp("The log level, as PUT /logger's (Error, Warning, Info, Debug, Trace, Off).", valueName: "level"))
-    var level: String?
-
-    @Option(name: .customLong("log-path"), help: ArgumentHelp("Where log lines go (a file or FIFO that exists); default standard error.", valueName: "path"))
-    var logPath: String?
-
-    @Option(name: .customLong("metrics-path"), help: ArgumentHelp("Where metrics lines go (a file or FIFO that exists), as PUT /metrics.", valueName: "path"))
-    var metricsPath: String?
-
-    @Option(name: .customLong("seccomp-level"), help: ArgumentHelp("Firecracker's seccomp levels: 0 no filters, 1 or 2 Swiftlet's per-thread filters (swiftlet run --seccomp on).", valueName: "0|1|2"))
-    var seccompLevel: Int?
-
-    @Flag(name: .customLong("no-seccomp"), help: "No seccomp filters (as --seccomp-level 0).")
-    var noSeccomp = false
-
-    @Flag(name: .long, help: "Print what the guest of --config-file would see, as `swiftlet describe` prints it for the same machine given as run's options, and exit: nothing is opened or booted.")
-    var describe = false
-
-    func validate() throws {
-        if noAPI && configFile == nil { throw ValidationError("--no-api needs --config-file: without the API, the configuration file is the only way to describe the microVM") }
-        if describe && configFile == nil { throw ValidationError("--describe needs --config-file: the machine to describe") }
-        if let seccompLevel, !(0...2).contains(seccompLevel) { throw ValidationError("--seccomp-level \(seccompLevel) is not 0, 1 or 2") }
+/// `swiftlet firecracker`, and this executable started under the name `firecracker`: Firecracker's command line and
+/// REST API in front of the same machine `swiftlet run` builds.
+///
+/// The API socket is bound and listening first, before the concurrency runtime, the VMM's set-up and NIO's event
+/// loop start, so that a tool polling for it goes on at once; its first request waits in the backlog meanwhile.
+final class FirecrackerFrontEnd: Sendable {
+    /// Parses `arguments` (after the program name, or after `swiftlet firecracker`), binds the API socket and runs
+    /// the front end; ends the process.
+    static func main(_ arguments: [String], program: String) -> Never {
+        let start = monotonicNanoseconds()
+        let options: FirecrackerOptions
+        do throws(FirecrackerOptions.UsageError) { options = try FirecrackerOptions.parse(arguments) } catch {
+            Run.report("error: \(error)")
+            Run.report("usage: \(program) --help lists the options")
+            Glibc.exit(64) // EX_USAGE, as swift-argument-parser's other commands
+        }
+        if options.help || options.version {
+            var text = options.help ? FirecrackerOptions.help(program: program) : FirecrackerOptions.versionLine + "\n"
+            text.withUTF8 { _ = Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+            Glibc.exit(0)
+        }
+        let frontEnd = FirecrackerFrontEnd(options)
+        // Signals from here on remove the socket (before a VM runs) or stop the VM.
+        let signals: SignalForwarder
+        do { signals = try SignalForwarder { _ in frontEnd.signalled() } } catch { frontEnd.fail("\(error)") }
+        if !options.noAPI && !options.describe {
+            do throws(SwiftletError) { try frontEnd.bind() } catch { frontEnd.fail(error.description) }
+        }
+        SwiftletCommand.runDetached {
+            await frontEnd.run(start: start)
+            signals.cancel()
+        }
     }
 
-    func run() async throws {
-        let start = monotonicNanoseconds()
-        let seccomp: SeccompMode = (noSeccomp || seccompLevel == 0) ? .off : .on
-        let exits = ExitBox()
-        let vmm = FirecrackerVMM(id: id) { configuration async throws(SwiftletError) -> any RunningMachine in
+    private struct State {
+        var socket: APISocket?
+        var server: APIServer?
+        var vm: MicroVM?
+        var waiters: [CheckedContinuation<MicroVM, Never>] = []
+    }
+
+    private let options: FirecrackerOptions
+    private let state = Mutex(State())
+
+    private init(_ options: FirecrackerOptions) { self.options = options }
+
+    private func bind() throws(SwiftletError) {
+        let socket = try APISocket.bind(path: options.apiSocket)
+        state.withLock { $0.socket = socket }
+    }
+
+    private func run(start: UInt64) async {
+        let options = self.options
+        let seccomp: SeccompMode = options.seccompFilters ? .on : .off
+        let vmm = FirecrackerVMM(id: options.id) { configuration async throws(SwiftletError) -> any RunningMachine in
             var configuration = configuration
             configuration.seccomp = seccomp
             configuration.confineProcess = true
             let vm = MicroVM(configuration)
             try await vm.start()
-            exits.started(vm)
+            self.started(vm)
             return vm
         }
-        do throws(APIFault) { try await vmm.configure(logLevel: level, logPath: logPath, metricsPath: metricsPath) } catch {
+        do throws(APIFault) { try await vmm.configure(logLevel: options.level, logPath: options.logPath, metricsPath: options.metricsPath) } catch {
             fail(error.message)
         }
-        if describe, let configFile {
+        if options.describe, let configFile = options.configFile {
             let bytes: [UInt8]
             do { bytes = try readFile(configFile) } catch { fail("--config-file \(configFile): \(error)") }
             do throws(APIFault) {
@@ -87,59 +98,47 @@ struct FirecrackerCommand: AsyncParsableCommand {
             }
             Glibc.exit(0)
         }
-        var started: APIServer?
-        if !noAPI {
-            do throws(SwiftletError) { started = try APIServer.start(path: apiSocket, vmm: vmm) } catch { fail(error.description) }
-        }
-        let server = started
-        // A metrics line every 60 s once the guest runs, as Firecracker writes them (on the API's event loop).
-        let periodic: PeriodicMetrics? = server == nil ? PeriodicMetrics(vmm) : nil
-        server?.flushMetricsPeriodically(vmm)
-        let signals = try SignalForwarder { _ in
-            Task {
-                if let vm = exits.vm { await vm.stop() } else { server?.close(); Glibc.exit(0) }
-            }
-        }
-        if let configFile {
-            let bytes: [UInt8]
-            do { bytes = try readFile(configFile) } catch {
-                server?.close()
-                fail("--config-file \(configFile): \(error)")
-            }
-            do throws(APIFault) {
-                try await vmm.configure(fromFile: bytes)
+        if let socket = state.withLock({ $0.socket }) {
+            do throws(SwiftletError) {
+                let server = try APIServer.start(socket: socket, vmm: vmm)
+                state.withLock { $0.server = server }
+                // A metrics line every 60 s once the guest runs, as Firecracker writes them (on the API's event loop).
+                server.flushMetricsPeriodically(vmm)
             } catch {
-                server?.close()
+                fail(error.description)
+            }
+        }
+        let server = state.withLock { $0.server }
+        let periodic: PeriodicMetrics? = server == nil ? PeriodicMetrics(vmm) : nil
+        if let configFile = options.configFile {
+            let bytes: [UInt8]
+            do { bytes = try readFile(configFile) } catch { fail("--config-file \(configFile): \(error)") }
+            do throws(APIFault) { try await vmm.configure(fromFile: bytes) } catch {
                 fail("--config-file \(configFile): \(error.message)")
             }
             let response = await vmm.handle(method: "PUT", path: "/actions", body: Array(#"{"action_type": "InstanceStart"}"#.utf8))
-            if response.status != 204 {
-                server?.close()
-                fail(response.faultMessage ?? "InstanceStart failed")
-            }
+            if response.status != 204 { fail(response.faultMessage ?? "InstanceStart failed") }
         }
-        let vm = await exits.waitForStart()
+        let vm = await waitForStart()
         let exit = await vm.wait()
-        signals.cancel()
         server?.close()
         periodic?.stop()
-        if bootTimer { Run.reportBootTime(vm, start: start) }
+        if options.bootTimer { Run.reportBootTime(vm, start: start) }
         Run.end(exit)
     }
 
-    private func fail(_ message: String) -> Never {
-        Run.report("error: " + message)
-        Glibc.exit(1)
+    /// SIGINT, SIGTERM or SIGHUP: a running VM is stopped (and the front end ends as when the guest does); before
+    /// one runs, the socket goes and the process ends.
+    private func signalled() {
+        if let vm = state.withLock({ $0.vm }) {
+            Task { await vm.stop() }
+        } else {
+            removeSocket()
+            Glibc.exit(0)
+        }
     }
-}
 
-/// The started VM, for the main task (which waits for it) and the signal handler (which stops it).
-final class ExitBox: Sendable {
-    private let state = Mutex<(vm: MicroVM?, waiters: [CheckedContinuation<MicroVM, Never>])>((nil, []))
-
-    var vm: MicroVM? { state.withLock { $0.vm } }
-
-    func started(_ vm: MicroVM) {
+    private func started(_ vm: MicroVM) {
         let waiters = state.withLock { state in
             state.vm = vm
             defer { state.waiters = [] }
@@ -148,7 +147,7 @@ final class ExitBox: Sendable {
         for waiter in waiters { waiter.resume(returning: vm) }
     }
 
-    func waitForStart() async -> MicroVM {
+    private func waitForStart() async -> MicroVM {
         await withCheckedContinuation { continuation in
             let vm = state.withLock { state -> MicroVM? in
                 if let vm = state.vm { return vm }
@@ -157,6 +156,21 @@ final class ExitBox: Sendable {
             }
             if let vm { continuation.resume(returning: vm) }
         }
+    }
+
+    private func removeSocket() {
+        let (server, socket) = state.withLock { state in
+            defer { state.server = nil; state.socket = nil }
+            return (state.server, state.socket)
+        }
+        if let server { server.close() } else { socket?.discard() }
+    }
+
+    /// Ends the process with `message`, removing the socket first.
+    private func fail(_ message: String) -> Never {
+        removeSocket()
+        Run.report("error: " + message)
+        Glibc.exit(1)
     }
 }
 

@@ -20,26 +20,33 @@ struct SwiftletCommand: ParsableCommand {
     /// thread parses, starts the command in a task and waits for good in a `read` (below; ending the thread instead,
     /// with a raw SYS_exit, was seen to keep the SIGTERM handler from running). The task ends the
     /// process, as `main` returning would (with `exit`, so stdio is flushed); nothing runs on the main actor.
-    /// Started as `firecracker` (a symlink to this executable): Firecracker's command line.
+    /// Started as `firecracker` (a symlink to this executable), or as `swiftlet firecracker`: Firecracker's command
+    /// line, parsed by `FirecrackerOptions` without swift-argument-parser.
     static func main() {
-        let name = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+        let arguments = CommandLine.arguments
+        let name = arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
         if name == "firecracker" {
-            run(FirecrackerCommand.self, Array(CommandLine.arguments.dropFirst()))
-        } else {
-            run(SwiftletCommand.self, nil)
+            FirecrackerFrontEnd.main(Array(arguments.dropFirst()), program: "firecracker")
+        } else if arguments.count > 1 && arguments[1] == "firecracker" {
+            FirecrackerFrontEnd.main(Array(arguments.dropFirst(2)), program: "swiftlet firecracker")
+        }
+        let parsed: ParsableCommand
+        do { parsed = try parseAsRoot() } catch { exit(withError: error) }
+        guard let command = parsed as? AsyncParsableCommand else {
+            var command = parsed
+            do { try command.run() } catch { exit(withError: error) }
+            Glibc.exit(0)
+        }
+        runDetached {
+            var command = command
+            do { try await command.run() } catch { exit(withError: error) }
         }
     }
 
-    private static func run<Root: ParsableCommand>(_ root: Root.Type, _ arguments: [String]?) -> Never {
-        let parsed: ParsableCommand
-        do { parsed = try root.parseAsRoot(arguments) } catch { root.exit(withError: error) }
-        guard let command = parsed as? AsyncParsableCommand else {
-            var command = parsed
-            do { try command.run() } catch { root.exit(withError: error) }
-            Glibc.exit(0)
-        }
-        // The main thread then waits, for good, in a read of a pipe nobody writes: signals' handlers may run on it,
-        // and `read` (unlike `pause`) is a call every seccomp filter of the process allows, also when restarted.
+    /// Runs `body` in a detached task and ends the process (with `exit`, so stdio is flushed) when it returns.
+    /// The main thread meanwhile waits, for good, in a read of a pipe nobody writes: signals' handlers may run on it,
+    /// and `read` (unlike `pause`) is a call every seccomp filter of the process allows, also when restarted.
+    static func runDetached(_ body: sending @escaping () async -> Void) -> Never {
         var idle: [Int32] = [-1, -1]
         guard pipe(&idle) == 0 else {
             Run.report("error: cannot create the main thread's idle pipe: \(String(cString: strerror(errno)))")
@@ -47,8 +54,7 @@ struct SwiftletCommand: ParsableCommand {
         }
         for fd in idle { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         Task.detached {
-            var command = command
-            do { try await command.run() } catch { root.exit(withError: error) }
+            await body()
             Glibc.exit(0)
         }
         // This process holds the write end until it exits, so the read never ends; an interrupted one is waited again.

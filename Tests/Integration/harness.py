@@ -644,16 +644,17 @@ BENCHES = {
     "distro": {"distro_boot_to_multiuser": ("ms", "lower"), "distro_guest_kernel": ("ms", "lower"),
                "distro_guest_userspace": ("ms", "lower")},
     # The control socket: Swiftlet's Firecracker API against QEMU's QMP. On the host (Tests/Integration/host/
-    # bench_api.py): process start to the socket accepting, in wall and CPU time, and the round trip of GET
+    # bench_api.py): process start to the socket accepting, in wall and CPU time, and to its first answer; the round trip of GET
     # /machine-config (QMP: query-status) on one connection, median and p99. In the lab (bench/api.sh): from the
     # start request (InstanceStart; QMP cont on a QEMU started with -S) to the guest's init.
     "api": {"api_socket_ready_ms": ("ms", "lower"), "api_socket_ready_cpu_ms": ("ms", "lower"),
+            "api_first_response_ms": ("ms", "lower"),
             "api_request_us": ("us", "lower"), "api_request_p99_us": ("us", "lower"),
             "api_instance_start_to_init_ms": ("ms", "lower")},
 }
 # Metrics measured on this host whatever runs the guest side.
 HOST_METRICS = {"start_to_first_run", "start_to_first_run_bare", "start_to_first_run_jailed", "api_socket_ready_ms",
-                "api_socket_ready_cpu_ms", "api_request_us", "api_request_p99_us"}
+                "api_socket_ready_cpu_ms", "api_first_response_ms", "api_request_us", "api_request_p99_us"}
 # Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab; a net round is
 # five boots with up to 2 x 10 s of iperf3 each (about 4 minutes).
 DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3, "distro": 5, "api": 10}
