@@ -8,6 +8,13 @@
     a socket that accepts before its server runs cannot look faster than it serves;
   - api_request_us: the median of REQUESTS round trips on one connection (Swiftlet: GET /machine-config; QEMU:
     query-status), and api_request_p99_us their 99th percentile.
+With HOSTILE set (the hostile guest's ELF, which boots on this host's KVM), what the API adds to a running VMM (Swiftlet
+only, each round): the same halted guest (1 vCPU, 128 MiB, a console on stdio) under `swiftlet run` and under
+`swiftlet firecracker --config-file` with the API up, read from /proc/PID 6 s after the guest halted (libdispatch ends an idle worker thread after 5 s: before that, the
+start-up's transient workers would be counted):
+  - api_cost_threads: threads more (the issue's budget: one);
+  - api_cost_anon_kib, api_cost_private_dirty_kib, api_cost_private_kib: more anonymous, private dirty and private
+    (clean and dirty) memory outside the guest's RAM mapping, from /proc/PID/smaps (the budget: 1 MiB private).
 Usage: bench_api.py SWIFTLET QEMU RUNS [REQUESTS]. Prints BENCH-SAMPLE lines (harness.py's format)."""
 import json
 import os
@@ -126,6 +133,58 @@ def one(vmm, work):
             os.unlink(path)
 
 
+HOSTILE = os.environ.get("HOSTILE")
+GUEST_MIB = 128
+
+
+def footprint(pid):
+    """Threads, and the anonymous, private dirty and private KiB of `pid` outside the guest's RAM mapping."""
+    with open(f"/proc/{pid}/status") as f:
+        threads = int([line.split()[1] for line in f if line.startswith("Threads:")][0])
+    totals = {"Anonymous:": 0, "Private_Dirty:": 0, "Private_Clean:": 0}
+    guest = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0] == "Size:":
+                guest = int(fields[1]) == GUEST_MIB * 1024
+            elif fields[0] in totals and not guest:
+                totals[fields[0]] += int(fields[1])
+    return threads, totals["Anonymous:"], totals["Private_Dirty:"], totals["Private_Dirty:"] + totals["Private_Clean:"]
+
+
+def halted_guest(how, work):
+    """Starts the hostile guest halted under `swiftlet run` or `swiftlet firecracker`; returns its footprint."""
+    cmdline = "console=ttyS0 hostile.only=none hostile.end=halt"
+    if how == "run":
+        argv = [SWIFTLET, "run", "--kernel", HOSTILE, "--cmdline", cmdline, "--cpus", "1", "--memory", str(GUEST_MIB)]
+    else:
+        config = os.path.join(work, "cost.json")
+        with open(config, "w") as f:
+            json.dump({"boot-source": {"kernel_image_path": HOSTILE, "boot_args": cmdline},
+                       "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MIB}}, f)
+        argv = [SWIFTLET, "firecracker", "--config-file", config, "--api-sock", os.path.join(work, "cost.sock")]
+    read_end, write_end = os.pipe()  # the same stdin for both: open, never written
+    proc = subprocess.Popen(argv, stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    os.close(read_end)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"HOSTILE halted" not in seen:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{how}: the guest did not halt within 10 s: {seen[-300:]!r}")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError(f"{how} exited before the guest halted: {seen[-300:]!r}")
+            seen += chunk
+        time.sleep(6)
+        return footprint(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        os.close(write_end)
+
+
 def main():
     work = tempfile.mkdtemp(prefix="swiftlet-bench-api.")
     status = 0
@@ -146,6 +205,17 @@ def main():
                                             ("api_request_us", statistics.median(times), "us"),
                                             ("api_request_p99_us", p99, "us")):
                     print(f"BENCH-SAMPLE metric={metric} vmm={vmm} value={value:.2f} unit={unit}", flush=True)
+            if HOSTILE:
+                try:
+                    run, api = halted_guest("run", work), halted_guest("firecracker", work)
+                except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                    print(f"api bench: cost round {round_ + 1} failed: {e}", flush=True)
+                    status = 1
+                    continue
+                print(f"api bench: cost round {round_ + 1}: run {run}, firecracker {api} (threads, anon, private dirty, private KiB)", flush=True)
+                for metric, index, unit in (("api_cost_threads", 0, "threads"), ("api_cost_anon_kib", 1, "KiB"),
+                                            ("api_cost_private_dirty_kib", 2, "KiB"), ("api_cost_private_kib", 3, "KiB")):
+                    print(f"BENCH-SAMPLE metric={metric} vmm=swiftlet value={api[index] - run[index]:.2f} unit={unit}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return status
