@@ -119,10 +119,12 @@ public final class EventLoop: Sendable {
     /// thread after each round, returns running totals of the bytes and requests its sources moved; `.adaptive` needs it and
     /// behaves as `.normal` without it. `onSchedulingError` is called on the loop thread when the policy cannot be
     /// set; the loop then stays under SCHED_OTHER. `prologue` runs first on the loop thread (its seccomp filter);
-    /// when it returns false, the thread ends without running the loop.
+    /// when it returns false, the thread ends without running the loop. `clock` (CLOCK_MONOTONIC nanoseconds) times
+    /// `.adaptive`'s streaming window and hold-off; tests give one they advance themselves.
     public func start(scheduling: ThreadScheduling = .normal, workProbe: (@Sendable () -> LoopWork)? = nil,
                       onSchedulingError: (@Sendable (Errno) -> Void)? = nil,
-                      prologue: (@Sendable () -> Bool)? = nil) throws(SwiftletError) {
+                      prologue: (@Sendable () -> Bool)? = nil,
+                      clock: @escaping @Sendable () -> UInt64 = { monotonicNanoseconds() }) throws(SwiftletError) {
         let table = handlers.withLock { $0 }
         let roundEnd = roundEndHandlers.withLock { $0 }
         let epoll = self.epoll
@@ -132,7 +134,7 @@ public final class EventLoop: Sendable {
             let started = try HostThread(name: name) {
                 if let prologue, !prologue() { return }
                 var policy = SchedulingState(scheduling, workProbe: workProbe, counters: counters, onError: onSchedulingError)
-                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table, roundEnd: roundEnd, policy: &policy)
+                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table, roundEnd: roundEnd, policy: &policy, clock: clock)
             }
             thread.withLock { $0 = started }
         } catch {
@@ -141,10 +143,10 @@ public final class EventLoop: Sendable {
     }
 
     private static func run(epoll: Int32, stopFd: Int32, handlers: [Handler], roundEnd: [@Sendable () -> Void],
-                            policy: inout SchedulingState) {
+                            policy: inout SchedulingState, clock: @Sendable () -> UInt64) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
-            let timeout = policy.timeoutMilliseconds(now: policy.adaptive ? monotonicNanoseconds() : 0)
+            let timeout = policy.timeoutMilliseconds(now: policy.adaptive ? clock() : 0)
             let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), timeout) }
             if count < 0 {
                 if errno == EINTR { continue }
@@ -160,7 +162,7 @@ public final class EventLoop: Sendable {
                 policy.counters.rounds.add(1, ordering: .relaxed)
                 if policy.batch { policy.counters.batchRounds.add(1, ordering: .relaxed) }
             }
-            if policy.adaptive { policy.update(now: monotonicNanoseconds(), round: count > 0) }
+            if policy.adaptive { policy.update(now: clock(), round: count > 0) }
         }
     }
 

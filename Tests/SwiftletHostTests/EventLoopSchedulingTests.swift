@@ -19,18 +19,46 @@ import Testing
         let errors = Mutex<[Int32]>([])
     }
 
+    /// The loop's clock: it moves only when a test advances it, and counts the loop's reads, by which a test knows
+    /// the loop has finished a round (it reads the clock twice after its handlers: the update, then epoll_wait's
+    /// timeout).
+    final class Clock: Sendable {
+        let now = Atomic<UInt64>(1_000_000_000_000)
+        let reads = Atomic<UInt64>(0)
+        /// `reads` when the handler of the latest round ran.
+        let readsAtHandler = Atomic<UInt64>(0)
+
+        func read() -> UInt64 {
+            reads.add(1, ordering: .sequentiallyConsistent)
+            return now.load(ordering: .sequentiallyConsistent)
+        }
+
+        /// Waits (at most 10 s) until the loop has read the clock `count` times more than `since`.
+        func waitForReads(_ count: UInt64, since: UInt64) {
+            for _ in 0..<100_000 where reads.load(ordering: .sequentiallyConsistent) < since + count { usleep(100) }
+            #expect(reads.load(ordering: .sequentiallyConsistent) >= since + count, "the loop did not finish its round")
+        }
+    }
+
     final class Harness: Sendable {
         let loop: EventLoop
         let source: EventFd
         let done: EventFd
         let record = Record()
+        /// The loop's clock, which moves only when a test says: a round that comes late on a busy machine must not
+        /// end the streaming window.
+        let clock = Clock()
+        let readsClock: Bool
 
         init(_ scheduling: ThreadScheduling, probe: Bool = true) throws {
             loop = try EventLoop(name: "sched-test")
             source = try EventFd(nonBlocking: true)
             done = try EventFd(nonBlocking: false)
+            readsClock = scheduling == .adaptive && probe
             let record = self.record
+            let clock = self.clock
             try loop.register(source.rawValue) { [source, done] _ in
+                clock.readsAtHandler.store(clock.reads.load(ordering: .sequentiallyConsistent), ordering: .sequentiallyConsistent)
                 _ = source.consume()
                 record.work.add(record.next.exchange(0, ordering: .relaxed), ordering: .relaxed)
                 record.requests.add(record.nextRequests.exchange(0, ordering: .relaxed), ordering: .relaxed)
@@ -43,19 +71,29 @@ import Testing
                     LoopWork(bytes: record.work.load(ordering: .relaxed), requests: record.requests.load(ordering: .relaxed))
                 }
             }
-            try loop.start(scheduling: scheduling, workProbe: workProbe) { error in
+            try loop.start(scheduling: scheduling, workProbe: workProbe, onSchedulingError: { error in
                 record.errors.withLock { $0.append(error.rawValue) }
-            }
+            }, clock: { clock.read() })
         }
 
         /// One round in which the sources moved `bytes`; the policy the handler saw (before the round's own update).
+        /// Returns once the loop has updated its policy after the round and waits again.
         func round(moving bytes: UInt64, in requests: UInt64 = 1) -> Bool {
             record.next.store(bytes, ordering: .relaxed)
             record.nextRequests.store(requests, ordering: .relaxed)
             source.signal()
             var value: UInt64 = 0
             _ = read(done.rawValue, &value, 8)
+            if readsClock { clock.waitForReads(2, since: clock.readsAtHandler.load(ordering: .sequentiallyConsistent)) }
             return record.observed.withLock { $0.last! }
+        }
+
+        /// Moves the loop's clock on by `nanoseconds`, and waits until the loop's epoll_wait has timed out once (it
+        /// waits at most the streaming window in real time) and the loop has updated its policy at the new time.
+        func pass(_ nanoseconds: UInt64) {
+            let since = clock.reads.load(ordering: .sequentiallyConsistent)
+            clock.now.add(nanoseconds, ordering: .sequentiallyConsistent)
+            clock.waitForReads(2, since: since)
         }
 
         /// Stops the loop (so that its last round's counts are in) and returns its statistics.
@@ -89,8 +127,9 @@ import Testing
         #expect(harness.round(moving: streaming) == false)     // this round streamed: the next one batches
         #expect(harness.round(moving: 100) == true)            // small rounds within the window stay batched
         #expect(harness.round(moving: streaming * 4) == true)
-        // Quiet for longer than the window: the loop's epoll_wait times out and it goes back to SCHED_OTHER.
-        usleep(UInt32(EventLoop.streamingWindowNanoseconds / 1000) * 5)
+        // Quiet for longer than the window: the loop's epoll_wait times out, sees the clock past the window and goes
+        // back to SCHED_OTHER.
+        harness.pass(EventLoop.streamingWindowNanoseconds * 5)
         #expect(harness.round(moving: 100) == false)
         #expect(harness.record.errors.withLock { $0 }.isEmpty)
         // Rounds 4 and 5 ran batched; the timeout that ended the window is not a round.
