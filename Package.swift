@@ -26,7 +26,9 @@ let package = Package(
         // Per-thread seccomp filters and the jail: what a thread may still do once set-up is done, and what it can see.
         .target(name: "SwiftletConfinement", dependencies: ["CSeccomp", "CJail", "CSwiftlet", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "SwiftletMemory", dependencies: ["SwiftletHost"]),
-        .target(name: "SwiftletKVM", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
+        // The snapshot state file: its format and the record codec every component saves its state with.
+        .target(name: "SwiftletSnapshot"),
+        .target(name: "SwiftletKVM", dependencies: ["SwiftletHost", "SwiftletMemory", "SwiftletSnapshot", "CSwiftlet"]),
         .target(name: "SwiftletBoot", dependencies: ["SwiftletMemory", "CLibFDT"]),
         .target(name: "SwiftletVirtio", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
         .target(name: "SwiftletDevices", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
@@ -44,7 +46,8 @@ let package = Package(
                 path: "Tests/SwiftletTestSupport"),
         .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices", "SwiftletTestSupport", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletTestSupport", "SwiftletMemory", "SwiftletHost"]),
-        .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "CSwiftlet", "SwiftletHost", "SwiftletMemory"]),
+        .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "SwiftletSnapshot", "CSwiftlet", "SwiftletHost", "SwiftletMemory"]),
+        .testTarget(name: "SwiftletSnapshotTests", dependencies: ["SwiftletSnapshot"]),
         .testTarget(name: "SwiftletTests", dependencies: ["Swiftlet", "SwiftletHost"]),
         .testTarget(name: "SwiftletFirecrackerTests", dependencies: ["SwiftletFirecracker", "Swiftlet"]),
         .testTarget(name: "SwiftletHostTests", dependencies: ["SwiftletHost"]),

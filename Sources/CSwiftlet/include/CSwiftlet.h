@@ -48,6 +48,24 @@ int CSwiftlet_thread_is_batch(void);
 long CSwiftlet_getrandom(void *buffer, size_t length, unsigned int flags);
 
 // TAP devices
+extern const unsigned long CSwiftlet_KVM_GET_XSAVE;
+extern const unsigned long CSwiftlet_KVM_SET_XSAVE;
+extern const unsigned long CSwiftlet_KVM_GET_XCRS;
+extern const unsigned long CSwiftlet_KVM_SET_XCRS;
+extern const unsigned long CSwiftlet_KVM_GET_DEBUGREGS;
+extern const unsigned long CSwiftlet_KVM_SET_DEBUGREGS;
+extern const unsigned long CSwiftlet_KVM_GET_MSRS;
+extern const unsigned long CSwiftlet_KVM_GET_CPUID2;
+extern const unsigned long CSwiftlet_KVM_GET_MP_STATE;
+extern const unsigned long CSwiftlet_KVM_SET_MP_STATE;
+extern const unsigned long CSwiftlet_KVM_GET_VCPU_EVENTS;
+extern const unsigned long CSwiftlet_KVM_SET_VCPU_EVENTS;
+extern const unsigned long CSwiftlet_KVM_GET_IRQCHIP;
+extern const unsigned long CSwiftlet_KVM_SET_IRQCHIP;
+extern const unsigned long CSwiftlet_KVM_GET_PIT2;
+extern const unsigned long CSwiftlet_KVM_SET_PIT2;
+extern const unsigned long CSwiftlet_KVM_GET_TSC_KHZ;
+extern const unsigned long CSwiftlet_KVM_SET_TSC_KHZ;
 extern const unsigned long CSwiftlet_TUNSETIFF;
 extern const unsigned long CSwiftlet_TUNSETOFFLOAD;
 extern const unsigned long CSwiftlet_TUNSETVNETHDRSZ;
