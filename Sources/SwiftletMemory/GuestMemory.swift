@@ -40,6 +40,25 @@ public final class GuestRegion: Sendable {
         self.host = pointer
     }
 
+    /// A region whose contents are `size` bytes of `file` at `offset`, mapped MAP_PRIVATE: pages load from the file
+    /// when first touched, the guest's writes stay in this process, and processes that map the same file share the
+    /// pages neither has written (a snapshot's clones).
+    init(start: GuestAddress, size: UInt64, file: Int32, offset: UInt64) throws(SwiftletError) {
+        guard size > 0, size % hostPageSize == 0, offset % hostPageSize == 0 else {
+            throw SwiftletError(.invalidConfiguration, "guest memory region size \(size) at file offset \(offset) is not a whole number of pages")
+        }
+        guard start.adding(size) != nil else {
+            throw SwiftletError(.invalidConfiguration, "guest memory region at \(start) of \(size) bytes wraps around")
+        }
+        let raw = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, file, off_t(offset))
+        guard let raw, raw != MAP_FAILED else {
+            throw SwiftletError(.outOfMemory, "cannot map \(size >> 20) MiB of the memory file", cause: .init(rawValue: errno))
+        }
+        self.start = start
+        self.size = size
+        self.host = raw
+    }
+
     deinit { munmap(host, Int(size)) }
 
     /// The first address after the region.
@@ -67,6 +86,90 @@ public final class GuestMemory: Sendable {
             regions.append(try GuestRegion(start: start, size: size))
         }
         self.regions = regions
+    }
+
+    /// Guest RAM laid out as `layout`, whose contents are the memory file `file` (written by `save(to:)`): region
+    /// after region from offset 0, each mapped MAP_PRIVATE (see `GuestRegion`), so nothing is read until the guest
+    /// touches it. A file shorter than the layout is refused: the guest would fault (SIGBUS) on the pages past its end.
+    /// `discard` on such memory drops the guest's private copies: those pages read as the file's again, not as zeroes
+    /// (the balloon, its one user, does not rely on either).
+    public init(layout: [(start: GuestAddress, size: UInt64)], restoringFrom file: Int32) throws(SwiftletError) {
+        var info = stat()
+        guard fstat(file, &info) == 0 else {
+            throw SwiftletError(.systemCall, "cannot stat the memory file", cause: .init(rawValue: errno))
+        }
+        let total = layout.reduce(UInt64(0)) { $0 &+ $1.size }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw SwiftletError(.invalidConfiguration, "the memory file is not a regular file")
+        }
+        guard UInt64(info.st_size) >= total else {
+            throw SwiftletError(.invalidConfiguration, "the memory file is \(info.st_size) bytes, smaller than the \(total) bytes of guest RAM it should hold: it is truncated, or belongs to another snapshot")
+        }
+        var regions: [GuestRegion] = []
+        var offset: UInt64 = 0
+        for (start, size) in layout {
+            if let last = regions.last, start < last.end {
+                throw SwiftletError(.invalidConfiguration, "guest memory regions overlap at \(start)")
+            }
+            regions.append(try GuestRegion(start: start, size: size, file: file, offset: offset))
+            offset += size
+        }
+        self.regions = regions
+    }
+
+    /// What `save(to:)` wrote.
+    public struct SaveStatistics: Equatable, Sendable {
+        /// Guest RAM, and the file's length.
+        public var totalBytes: UInt64
+        /// The bytes written: every page that is not all zeroes. The rest are holes in the file.
+        public var writtenBytes: UInt64
+    }
+
+    /// Writes guest RAM to `file` (empty, or truncated here), region after region from offset 0, as
+    /// `init(layout:restoringFrom:)` maps it. Pages that read as zeroes (never touched, or given back through the
+    /// balloon) are not written: they stay holes, so the file takes the space of the memory the guest used. The
+    /// guest must not run meanwhile (its vCPUs paused).
+    public func save(to file: Int32) throws(SwiftletError) -> SaveStatistics {
+        guard ftruncate(file, 0) == 0, ftruncate(file, off_t(totalSize)) == 0 else {
+            throw SwiftletError(.io, "cannot size the memory file to \(totalSize) bytes", cause: .init(rawValue: errno))
+        }
+        let page = Int(hostPageSize)
+        var written: UInt64 = 0
+        var fileOffset: UInt64 = 0
+        for region in regions {
+            // Runs of pages that are not all zeroes, each written with as few pwrite calls as the kernel needs.
+            var index = 0
+            let pages = Int(region.size) / page
+            while index < pages {
+                guard !Self.isZero(region.host + index * page, count: page) else {
+                    index += 1
+                    continue
+                }
+                var end = index + 1
+                while end < pages && !Self.isZero(region.host + end * page, count: page) { end += 1 }
+                var done = 0
+                let length = (end - index) * page
+                while done < length {
+                    let count = pwrite(file, region.host + index * page + done, length - done, off_t(fileOffset) + off_t(index * page + done))
+                    if count < 0 && errno == EINTR { continue }
+                    guard count > 0 else {
+                        throw SwiftletError(.io, "cannot write the memory file at offset \(fileOffset + UInt64(index * page + done))", cause: .init(rawValue: errno))
+                    }
+                    done += count
+                }
+                written += UInt64(length)
+                index = end
+            }
+            fileOffset += region.size
+        }
+        return SaveStatistics(totalBytes: totalSize, writtenBytes: written)
+    }
+
+    /// Whether `count` bytes (a multiple of 8) at `pointer` are all zero.
+    private static func isZero(_ pointer: UnsafeMutableRawPointer, count: Int) -> Bool {
+        var any: UInt64 = 0
+        for offset in stride(from: 0, to: count, by: 8) { any |= pointer.load(fromByteOffset: offset, as: UInt64.self) }
+        return any == 0
     }
 
     /// The total size of guest RAM in bytes.
