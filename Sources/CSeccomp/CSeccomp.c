@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/ucontext.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -28,15 +29,53 @@ static void append_number(char *buffer, size_t capacity, size_t *length, long va
     while (count > 0 && *length + 1 < capacity) buffer[(*length)++] = digits[--count];
 }
 
+static void append_hex(char *buffer, size_t capacity, size_t *length, unsigned long value) {
+    char digits[17];
+    int count = 0;
+    do { digits[count++] = "0123456789abcdef"[value & 15]; value >>= 4; } while (value && count < 16);
+    append(buffer, capacity, length, "0x");
+    while (count > 0 && *length + 1 < capacity) buffer[(*length)++] = digits[--count];
+}
+
+// The executable's code (a static, non-PIE executable: these are the addresses addr2line takes).
+extern char __executable_start[];
+extern char etext[];
+
+// Where the forbidden call came from, for `addr2line -f -e swiftlet ADDRESS...`: the instruction, and the words on
+// the stack just above the interrupted stack pointer that point into the executable's code (return addresses, and
+// perhaps a few stale ones). Reading 512 bytes above the stack pointer stays inside the thread's stack, which holds
+// at least the frames of the thread's start routine and its callers above it.
+static void append_origin(char *buffer, size_t capacity, size_t *length, void *context) {
+#if defined(__x86_64__)
+    ucontext_t *uc = context;
+    unsigned long rip = (unsigned long)uc->uc_mcontext.gregs[REG_RIP];
+    const unsigned long *rsp = (const unsigned long *)uc->uc_mcontext.gregs[REG_RSP];
+    append(buffer, capacity, length, "swiftlet: seccomp: at ");
+    append_hex(buffer, capacity, length, rip);
+    append(buffer, capacity, length, ", called from");
+    int found = 0;
+    for (int index = 0; index < 64 && found < 16; index++) {
+        unsigned long word = rsp[index];
+        if (word >= (unsigned long)__executable_start && word < (unsigned long)etext) {
+            append(buffer, capacity, length, " ");
+            append_hex(buffer, capacity, length, word);
+            found++;
+        }
+    }
+    append(buffer, capacity, length, "\n");
+#else
+    (void)buffer; (void)capacity; (void)length; (void)context;
+#endif
+}
+
 static void report(int signal, siginfo_t *info, void *context) {
     (void)signal;
-    (void)context;
     char thread[17] = {0};
     if (prctl(PR_GET_NAME, thread, 0, 0, 0) != 0) strcpy(thread, "?");
     int number = info->si_syscall;
     const char *name = number >= 0 && number < reporter_count && reporter_names[number] ? reporter_names[number]
                                                                                           : "unknown";
-    char message[192];
+    char message[640];
     size_t length = 0;
     append(message, sizeof message, &length, "swiftlet: seccomp: thread ");
     append(message, sizeof message, &length, thread);
@@ -45,6 +84,7 @@ static void report(int signal, siginfo_t *info, void *context) {
     append(message, sizeof message, &length, " (");
     append_number(message, sizeof message, &length, number);
     append(message, sizeof message, &length, ")\n");
+    append_origin(message, sizeof message, &length, context);
     ssize_t ignored = write(STDERR_FILENO, message, length);
     (void)ignored;
     syscall(SYS_exit_group, CSECCOMP_EXIT_STATUS);

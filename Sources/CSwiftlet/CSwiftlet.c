@@ -1,5 +1,6 @@
 #include "CSwiftlet.h"
 #include <fcntl.h>
+#include <malloc.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -15,6 +16,7 @@ int CSwiftlet_set_thread_batch(int batch) {
     return sched_setscheduler(0, batch ? SCHED_BATCH : SCHED_OTHER, &parameters) == 0 ? 0 : -errno;
 }
 int CSwiftlet_thread_is_batch(void) { return sched_getscheduler(0) == SCHED_BATCH; }
+int CSwiftlet_set_malloc_arena_max(int arenas) { return mallopt(M_ARENA_MAX, arenas); }
 
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }
 int CSwiftlet_ioctl_value(int fd, unsigned long request, unsigned long argument) { return ioctl(fd, request, argument); }

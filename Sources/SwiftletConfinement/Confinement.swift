@@ -1,3 +1,5 @@
+import CSwiftlet
+import Glibc
 import SwiftletHost
 
 /// The seccomp filters of one VM, compiled during set-up: one per thread class, and the process filter.
@@ -20,12 +22,23 @@ public final class Confinement: Sendable {
             processFilter = nil
             return
         }
+        Self.fixMallocArenaLimit()
         var filters: [ThreadClass: SeccompFilter] = [:]
         for threadClass in ThreadClass.allCases {
             filters[threadClass] = try SeccompFilter(name: threadClass.rawValue, rules: SeccompPolicy.rules(threadClass), mode: mode)
         }
         classFilters = filters
         processFilter = try SeccompFilter(name: "process", rules: SeccompPolicy.process, mode: mode)
+    }
+
+    /// Sets glibc malloc's arena limit now, to what glibc would compute (8 per online CPU). Left unset, glibc computes
+    /// it the first time a thread needs a new arena once there are more than 8, by reading
+    /// /sys/devices/system/cpu/online (`get_nprocs`): an `openat` that no thread's filter allows. Seen in the lab: the
+    /// device thread was killed with SIGSYS for it in the middle of a 16 MiB exec stream, once the process had made
+    /// enough arenas. With the limit set, glibc never reads the file.
+    private static func fixMallocArenaLimit() {
+        let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        _ = CSwiftlet_set_malloc_arena_max(Int32(clamping: 8 * cpus))
     }
 
     /// Loads the process filter on every thread of the process.

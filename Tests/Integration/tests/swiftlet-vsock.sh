@@ -75,6 +75,7 @@ heartbeat x_to "$WORK/big.sum" -- sh -c 'head -c 16777216 /dev/urandom >/tmp/big
 want=$(cut -d' ' -f1 "$WORK/big.sum")
 heartbeat x_to "$WORK/big" -- cat /tmp/big; rc=$?
 check output-16m "$rc $(wc -c <"$WORK/big" | tr -d ' ') $(sha256sum "$WORK/big" | cut -d' ' -f1)" "0 16777216 $want"
+kill -0 "$vm" 2>/dev/null || echo "step: the VMM is gone: $(tail -c 600 "$WORK/vm.err" | tr "\n" " ")"
 rm -f "$WORK/big"
 
 echo "step: stdin"
@@ -163,7 +164,7 @@ echo "step: the guest reboots under a running stream"
 "$SWIFTLET" exec --attach "$S" -- cat /dev/zero >/dev/null 2>"$WORK/stream.err" &
 stream=$!
 sleep 2
-kill -0 "$stream" 2>/dev/null && test_pass "$t.stream-running" || test_fail "$t.stream-running" "$(cat "$WORK/stream.err")"
+kill -0 "$stream" 2>/dev/null && test_pass "$t.stream-running" || test_fail "$t.stream-running" "$(cat "$WORK/stream.err"); vmm: $(tail -c 300 "$WORK/vm.err")"
 x -- reboot -f
 start=$(now_ms)
 while kill -0 "$stream" 2>/dev/null && [ $(($(now_ms) - start)) -lt 20000 ]; do sleep 0.2; done
@@ -174,7 +175,8 @@ else
     wait "$stream"; rc=$?
     check stream-ends "$rc" 125
 fi
-wait "$vm"; check vmm-exit $? 0
+wait "$vm"; rc=$?
+[ "$rc" = 0 ] && test_pass "$t.vmm-exit" || test_fail "$t.vmm-exit" "exit $rc; vmm: $(tail -c 400 "$WORK/vm.err")"
 [ -e "$S" ] && test_fail "$t.no-socket-left" "$S is still there" || test_pass "$t.no-socket-left"
 
 echo "step: one-shot VMs"
