@@ -16,7 +16,10 @@ int CSwiftlet_set_thread_batch(int batch) {
     return sched_setscheduler(0, batch ? SCHED_BATCH : SCHED_OTHER, &parameters) == 0 ? 0 : -errno;
 }
 int CSwiftlet_thread_is_batch(void) { return sched_getscheduler(0) == SCHED_BATCH; }
-int CSwiftlet_set_malloc_arena_max(int arenas) { return mallopt(M_ARENA_MAX, arenas); }
+int CSwiftlet_prepare_malloc_for_filters(int arenas) {
+    return mallopt(M_ARENA_MAX, arenas) == 1 && mallopt(M_MMAP_THRESHOLD, 128 << 10) == 1
+        && mallopt(M_TRIM_THRESHOLD, 64 << 20) == 1;
+}
 
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }
 int CSwiftlet_ioctl_value(int fd, unsigned long request, unsigned long argument) { return ioctl(fd, request, argument); }

@@ -22,7 +22,7 @@ public final class Confinement: Sendable {
             processFilter = nil
             return
         }
-        Self.fixMallocArenaLimit()
+        Self.prepareMalloc()
         var filters: [ThreadClass: SeccompFilter] = [:]
         for threadClass in ThreadClass.allCases {
             filters[threadClass] = try SeccompFilter(name: threadClass.rawValue, rules: SeccompPolicy.rules(threadClass), mode: mode)
@@ -31,14 +31,19 @@ public final class Confinement: Sendable {
         processFilter = try SeccompFilter(name: "process", rules: SeccompPolicy.process, mode: mode)
     }
 
-    /// Sets glibc malloc's arena limit now, to what glibc would compute (8 per online CPU). Left unset, glibc computes
-    /// it the first time a thread needs a new arena once there are more than 8, by reading
-    /// /sys/devices/system/cpu/online (`get_nprocs`): an `openat` that no thread's filter allows. Seen in the lab: the
-    /// device thread was killed with SIGSYS for it in the middle of a 16 MiB exec stream, once the process had made
-    /// enough arenas. With the limit set, glibc never reads the file.
-    private static func fixMallocArenaLimit() {
+    /// Settles, before any filter is loaded, the two things glibc malloc otherwise finds out from a file the first
+    /// time it needs them, with an `openat` that no thread's filter allows:
+    /// - the arena limit, read from /sys/devices/system/cpu/online once more than 8 arenas exist: set here to what
+    ///   glibc would compute (8 per online CPU);
+    /// - whether a thread arena's heap may be shrunk by remapping, read from /proc/sys/vm/overcommit_memory the first
+    ///   time such a heap shrinks. Seen in the lab: the device thread was killed with SIGSYS for it in the middle of
+    ///   a 16 MiB exec stream, when vsock's pending buffer had grown and was freed. Heaps never shrink once the trim
+    ///   threshold is 64 MiB, the most a thread arena's heap can be; with it fixed, the mmap threshold stays at its
+    ///   default, 128 KiB, so large buffers (vsock's pending bytes among them) are mappings of their own, given back
+    ///   to the host when freed.
+    private static func prepareMalloc() {
         let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        _ = CSwiftlet_set_malloc_arena_max(Int32(clamping: 8 * cpus))
+        _ = CSwiftlet_prepare_malloc_for_filters(Int32(clamping: 8 * cpus))
     }
 
     /// Loads the process filter on every thread of the process.

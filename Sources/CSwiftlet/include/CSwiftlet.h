@@ -42,8 +42,9 @@ int CSwiftlet_accept4(int fd, int flags);
 int CSwiftlet_set_thread_batch(int batch);
 // 1 when the calling thread runs under SCHED_BATCH. The corresponding C function is `sched_getscheduler(0)`.
 int CSwiftlet_thread_is_batch(void);
-/// mallopt(M_ARENA_MAX, arenas): 1 on success.
-int CSwiftlet_set_malloc_arena_max(int arenas);
+/// mallopt before seccomp filters: M_ARENA_MAX `arenas`, M_MMAP_THRESHOLD 128 KiB and M_TRIM_THRESHOLD 64 MiB
+/// (Confinement says why). 1 when all three were taken.
+int CSwiftlet_prepare_malloc_for_filters(int arenas);
 
 // getrandom(2), declared in <sys/random.h>, which Swift's Glibc module does not import. The corresponding C function
 // is `getrandom`.
