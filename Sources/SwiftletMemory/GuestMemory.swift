@@ -98,7 +98,13 @@ public final class GuestMemory: Sendable {
         guard fstat(file, &info) == 0 else {
             throw SwiftletError(.systemCall, "cannot stat the memory file", cause: .init(rawValue: errno))
         }
-        let total = layout.reduce(UInt64(0)) { $0 &+ $1.size }
+        // The layout comes from a snapshot's state file: a sum that wraps would pass the size check below.
+        var total: UInt64 = 0
+        for (_, size) in layout {
+            let (sum, overflow) = total.addingReportingOverflow(size)
+            guard !overflow else { throw SwiftletError(.invalidConfiguration, "the guest memory layout adds up to more than 2^64 bytes") }
+            total = sum
+        }
         guard info.st_mode & S_IFMT == S_IFREG else {
             throw SwiftletError(.invalidConfiguration, "the memory file is not a regular file")
         }

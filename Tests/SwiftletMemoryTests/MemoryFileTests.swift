@@ -60,6 +60,18 @@ import Testing
         #expect(fileBytes(fd, at: 0x5000, count: 1) == [0], "a page zero now is not left with its old contents")
     }
 
+    @Test func aLayoutThatWrapsIsRefused() throws {
+        let (path, fd) = try temporaryFile()
+        defer { close(fd); unlink(path) }
+        #expect(ftruncate(fd, 1 << 20) == 0)
+        do {
+            _ = try GuestMemory(layout: [(GuestAddress(0), 1 << 20), (GuestAddress(1 << 40), UInt64.max - (1 << 20) + 1)], restoringFrom: fd)
+            Issue.record("a layout whose sizes wrap to 0 was mapped")
+        } catch {
+            #expect(error.message == "the guest memory layout adds up to more than 2^64 bytes")
+        }
+    }
+
     @Test func aShortFileIsRefused() throws {
         let (path, fd) = try temporaryFile()
         defer { close(fd); unlink(path) }
