@@ -30,9 +30,9 @@ let package = Package(
         .target(name: "SwiftletSnapshot"),
         .target(name: "SwiftletKVM", dependencies: ["SwiftletHost", "SwiftletMemory", "SwiftletSnapshot", "CSwiftlet"]),
         .target(name: "SwiftletBoot", dependencies: ["SwiftletMemory", "CLibFDT"]),
-        .target(name: "SwiftletVirtio", dependencies: ["SwiftletHost", "SwiftletMemory", "CSwiftlet"]),
-        .target(name: "SwiftletDevices", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
-        .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletVirtio", "SwiftletKVM", "SwiftletMemory", "SwiftletConfinement", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "SwiftletVirtio", dependencies: ["SwiftletHost", "SwiftletMemory", "SwiftletSnapshot", "CSwiftlet"]),
+        .target(name: "SwiftletDevices", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletSnapshot", "SwiftletHost"]),
+        .target(name: "Swiftlet", dependencies: ["SwiftletBoot", "SwiftletDevices", "SwiftletVirtio", "SwiftletKVM", "SwiftletMemory", "SwiftletSnapshot", "SwiftletConfinement", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system")]),
         // Firecracker's REST API and JSON configuration on top of the library: the one module with JSON and NIO.
         .target(name: "SwiftletFirecracker", dependencies: ["Swiftlet", "SwiftletDevices", "SwiftletHost", .product(name: "SystemPackage", package: "swift-system"),
                                                            .product(name: "NIOCore", package: "swift-nio"),
@@ -44,8 +44,8 @@ let package = Package(
         // Fake guest memory with a driver-side view of a virtqueue, shared by the device and virtio tests.
         .target(name: "SwiftletTestSupport", dependencies: ["SwiftletVirtio", "SwiftletMemory", "SwiftletHost"],
                 path: "Tests/SwiftletTestSupport"),
-        .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices", "SwiftletTestSupport", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
-        .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletTestSupport", "SwiftletMemory", "SwiftletHost"]),
+        .testTarget(name: "SwiftletDevicesTests", dependencies: ["SwiftletDevices", "SwiftletSnapshot", "SwiftletTestSupport", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"]),
+        .testTarget(name: "SwiftletVirtioTests", dependencies: ["SwiftletVirtio", "SwiftletSnapshot", "SwiftletTestSupport", "SwiftletMemory", "SwiftletHost"]),
         .testTarget(name: "SwiftletKVMTests", dependencies: ["SwiftletKVM", "SwiftletSnapshot", "CSwiftlet", "SwiftletHost", "SwiftletMemory"]),
         .testTarget(name: "SwiftletSnapshotTests", dependencies: ["SwiftletSnapshot"]),
         .testTarget(name: "SwiftletTests", dependencies: ["Swiftlet", "SwiftletHost"]),

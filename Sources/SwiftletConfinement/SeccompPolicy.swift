@@ -11,7 +11,7 @@ public enum ThreadClass: String, Sendable, CaseIterable {
     case device
     /// `console-in`: the terminal or stdin, copied into the serial port.
     case console
-    /// `control`: the balloon's line socket.
+    /// `control`: the control socket (the balloon, pause, resume, snapshot).
     case control
 }
 
@@ -36,8 +36,16 @@ public enum SeccompPolicy {
     static let vcpuIoctls: [UInt64] = [CSwiftlet_KVM_RUN, CSwiftlet_KVM_GET_REGS, CSwiftlet_TUNSETOFFLOAD].map { UInt64($0) }
     /// TUNSETOFFLOAD when the guest's offloads change, FIONREAD for how much a socket holds.
     static let deviceIoctls: [UInt64] = [UInt64(CSwiftlet_TUNSETOFFLOAD), UInt64(FIONREAD)]
-    /// Pause and resume (`MicroVM.pause`, from the API's thread): the guest's kvmclock, saved and set back.
-    static let controlIoctls: [UInt64] = [CSwiftlet_KVM_GET_CLOCK, CSwiftlet_KVM_SET_CLOCK].map { UInt64($0) }
+    /// Pause and resume (`MicroVM.pause`, from the API's thread): the guest's kvmclock, saved and set back. A
+    /// snapshot (`MicroVM.snapshot`, from the same threads): the state of the paused vCPUs and of the VM's
+    /// interrupt controllers and PIT, read only (a restore sets state during set-up, before any filter).
+    static let controlIoctls: [UInt64] = [
+        CSwiftlet_KVM_GET_CLOCK, CSwiftlet_KVM_SET_CLOCK,
+        CSwiftlet_KVM_GET_MP_STATE, CSwiftlet_KVM_GET_REGS, CSwiftlet_KVM_GET_SREGS, CSwiftlet_KVM_GET_XSAVE,
+        CSwiftlet_KVM_GET_XCRS, CSwiftlet_KVM_GET_DEBUGREGS, CSwiftlet_KVM_GET_LAPIC, CSwiftlet_KVM_GET_TSC_KHZ,
+        CSwiftlet_KVM_GET_CPUID2, CSwiftlet_KVM_GET_MSRS, CSwiftlet_KVM_GET_VCPU_EVENTS,
+        CSwiftlet_KVM_GET_IRQCHIP, CSwiftlet_KVM_GET_PIT2,
+    ].map { UInt64($0) }
     /// The terminal, saved and restored around raw mode (`--console stdio`).
     static let terminalIoctls: [UInt64] = [TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ].map { UInt64($0) }
 
@@ -58,7 +66,11 @@ public enum SeccompPolicy {
         case .console:
             return runtime + ["poll", "ppoll", "epoll_wait", "epoll_pwait"].map(SystemCallRule.init)
         case .control:
-            return runtime + ["poll", "ppoll", "accept", "accept4", "fcntl", "shutdown", "sendto", "recvfrom"].map(SystemCallRule.init)
+            return runtime + [SystemCallRule("ioctl", argument: 1, in: controlIoctls)]
+                + ["poll", "ppoll", "accept", "accept4", "fcntl", "shutdown", "sendto", "recvfrom",
+                   // A snapshot's two files: created by path, sized, written, checked (the memory file against the
+                   // one a restored VM maps).
+                   "openat", "ftruncate", "pwrite64", "fstat", "newfstatat"].map(SystemCallRule.init)
         }
     }
 

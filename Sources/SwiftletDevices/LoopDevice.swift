@@ -1,4 +1,5 @@
 import SwiftletHost
+import SwiftletSnapshot
 import SwiftletVirtio
 
 /// A device that does its work on the device event loop: it registers its own event sources there (queue
@@ -11,10 +12,24 @@ public protocol LoopDevice: VirtioDevice {
     /// The machine is going away and its loop has stopped: remove what the device made on the host (socket files),
     /// close its connections.
     func shutDown()
+
+    // Snapshots. Each is called while nothing runs the device: its vCPUs and its loop are parked (save), or the
+    // machine has not started (restore).
+
+    /// Where the device stands in each of its queues, nil for a queue it does not serve. Chains it popped and holds
+    /// unused (receive buffers waiting for a frame) are given back in the position, so that a restored device pops
+    /// them again.
+    func queuePositions() -> [QueuePosition?]
+    /// The device's own state beyond its transport's (none by default).
+    func saveState(into encoder: inout SnapshotEncoder)
+    /// Sets `saveState`'s records back, before the transport activates the device again.
+    func restoreState(from decoder: SnapshotDecoder) throws(SnapshotError)
 }
 
 extension LoopDevice {
     public func shutDown() {}
+    public func saveState(into encoder: inout SnapshotEncoder) {}
+    public func restoreState(from decoder: SnapshotDecoder) throws(SnapshotError) {}
 }
 
 extension Block: LoopDevice {

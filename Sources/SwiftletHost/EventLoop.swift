@@ -11,6 +11,9 @@ public final class EventLoop: Sendable {
 
     private let epoll: OwnedFileDescriptor
     private let stopEvent: EventFd
+    /// `pause()`: the loop parks at the end of its round, at `pauseGate`, until `resume()`.
+    private let pauseEvent: EventFd
+    private let pauseGate = ParkingGate()
     private let handlers = Mutex<[Handler]>([])
     private let roundEndHandlers = Mutex<[@Sendable () -> Void]>([])
     private let thread = Mutex<HostThread?>(nil)
@@ -44,11 +47,15 @@ public final class EventLoop: Sendable {
         do {
             epoll = OwnedFileDescriptor(taking: try retryingSystemCall { epoll_create1(Int32(EPOLL_CLOEXEC)) })
             stopEvent = try EventFd(nonBlocking: true)
+            pauseEvent = try EventFd(nonBlocking: true)
         } catch {
             throw SwiftletError(.systemCall, "cannot create the \(name) event loop", cause: error)
         }
-        try add(stopEvent.rawValue, token: UInt64.max, events: UInt32(EPOLLIN.rawValue))
+        try add(stopEvent.rawValue, token: Self.stopToken, events: UInt32(EPOLLIN.rawValue))
+        try add(pauseEvent.rawValue, token: Self.pauseToken, events: UInt32(EPOLLIN.rawValue))
     }
+
+    private static let stopToken = UInt64.max, pauseToken = UInt64.max - 1
 
     private func add(_ fd: Int32, token: UInt64, events: UInt32) throws(SwiftletError) {
         var event = epoll_event()
@@ -129,12 +136,14 @@ public final class EventLoop: Sendable {
         let roundEnd = roundEndHandlers.withLock { $0 }
         let epoll = self.epoll
         let stopFd = stopEvent.rawValue
+        let pause = (event: pauseEvent, gate: pauseGate)
         let counters = self.counters
         do {
             let started = try HostThread(name: name) {
                 if let prologue, !prologue() { return }
                 var policy = SchedulingState(scheduling, workProbe: workProbe, counters: counters, onError: onSchedulingError)
-                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, handlers: table, roundEnd: roundEnd, policy: &policy, clock: clock)
+                EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, pause: pause, handlers: table, roundEnd: roundEnd,
+                              policy: &policy, clock: clock)
             }
             thread.withLock { $0 = started }
         } catch {
@@ -142,10 +151,16 @@ public final class EventLoop: Sendable {
         }
     }
 
-    private static func run(epoll: Int32, stopFd: Int32, handlers: [Handler], roundEnd: [@Sendable () -> Void],
-                            policy: inout SchedulingState, clock: @Sendable () -> UInt64) {
+    private static func run(epoll: Int32, stopFd: Int32, pause: (event: EventFd, gate: ParkingGate), handlers: [Handler],
+                            roundEnd: [@Sendable () -> Void], policy: inout SchedulingState, clock: @Sendable () -> UInt64) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
+        var pauseAsked = false
+        pause.gate.park() // paused before it started (a restored machine that stays paused)
         while true {
+            if pauseAsked {
+                pauseAsked = false
+                pause.gate.park()
+            }
             let timeout = policy.timeoutMilliseconds(now: policy.adaptive ? clock() : 0)
             let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), timeout) }
             if count < 0 {
@@ -154,7 +169,12 @@ public final class EventLoop: Sendable {
             }
             for index in 0..<Int(count) {
                 let token = events[index].data.u64
-                if token == UInt64.max { return }
+                if token == stopToken { return }
+                if token == pauseToken {
+                    _ = pause.event.consume()
+                    pauseAsked = true
+                    continue
+                }
                 handlers[Int(token)](events[index].events)
             }
             if count > 0 {
@@ -166,12 +186,27 @@ public final class EventLoop: Sendable {
         }
     }
 
+    /// Parks the loop thread at the end of its current round, once the handlers it is running have returned, and
+    /// returns when it has parked: no handler runs until `resume()`, and the sources wait (level-triggered ones are
+    /// reported again). Before `start()`, the loop will park before its first round. Called from any thread but the
+    /// loop's own.
+    public func pause() {
+        pauseGate.close()
+        guard thread.withLock({ $0 != nil }) else { return } // started later, the thread parks before its first round
+        pauseEvent.signal()
+        _ = pauseGate.waitForParked(1)
+    }
+
+    /// Lets a paused loop go on.
+    public func resume() { pauseGate.open() }
+
     /// Stops the loop and joins its thread; handlers have returned when this does.
     public func stop() {
         guard let running = thread.withLock({ (current: inout HostThread?) -> HostThread? in
             defer { current = nil }
             return current
         }) else { return }
+        pauseGate.cancel()
         stopEvent.signal()
         running.join()
     }

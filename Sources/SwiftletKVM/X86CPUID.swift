@@ -52,3 +52,58 @@ public enum X86CPUID {
         }
     }
 }
+
+extension X86CPUID {
+    enum Register: Sendable {
+        case eax, ebx, ecx, edx
+        func value(_ entry: kvm_cpuid_entry2) -> UInt32 {
+            switch self {
+            case .eax: entry.eax
+            case .ebx: entry.ebx
+            case .ecx: entry.ecx
+            case .edx: entry.edx
+            }
+        }
+    }
+    /// The CPUID feature words a restore checks: (leaf, subleaf, register, name).
+    static let featureWords: [(leaf: UInt32, index: UInt32, register: Register, name: String)] = [
+        (1, 0, .ecx, "1.ecx"), (1, 0, .edx, "1.edx"),
+        (7, 0, .ebx, "7.ebx"), (7, 0, .ecx, "7.ecx"), (7, 0, .edx, "7.edx"),
+        (0xd, 1, .eax, "0xd.1.eax"),
+        (0x8000_0001, 0, .ecx, "0x80000001.ecx"), (0x8000_0001, 0, .edx, "0x80000001.edx"),
+    ]
+    /// Bits KVM changes as the guest runs, or Swiftlet sets beyond KVM_GET_SUPPORTED_CPUID: OSXSAVE and the TSC
+    /// deadline timer (1.ecx 27 and 24), the APIC (1.edx 9, follows the APIC base MSR), OSPKE (7.ecx 4).
+    static let runtimeBits: [String: UInt32] = ["1.ecx": 1 << 27 | 1 << 24, "1.edx": 1 << 9, "7.ecx": 1 << 4]
+
+    /// What this host offers a vCPU: `supported` (KVM_GET_SUPPORTED_CPUID) with the bits of `readBack` (KVM_GET_CPUID2
+    /// of a vCPU given `supported`) added. A KVM that reports the CPU's own features back (this project's PVM host
+    /// does: its vCPUs see more than KVM_GET_SUPPORTED_CPUID lists) offers those too; on other hosts the read-back is
+    /// what was set.
+    public static func offered(supported: [kvm_cpuid_entry2], readBack: [kvm_cpuid_entry2]) -> [kvm_cpuid_entry2] {
+        var result = supported
+        for entry in readBack {
+            guard let index = result.firstIndex(where: { $0.function == entry.function && $0.index == entry.index }) else { continue }
+            result[index].eax |= entry.eax
+            result[index].ebx |= entry.ebx
+            result[index].ecx |= entry.ecx
+            result[index].edx |= entry.edx
+        }
+        return result
+    }
+
+    /// The features a snapshot's vCPU had (`saved`, its CPUID) that this host's KVM does not offer (`offered(...)`), as
+    /// "leaf.register bit N"; empty when the snapshot can run here. A guest that used a missing feature would
+    /// fault on its next use of it, so a restore refuses.
+    public static func missingFeatures(saved: [kvm_cpuid_entry2], supported: [kvm_cpuid_entry2]) -> [String] {
+        var missing: [String] = []
+        for word in featureWords {
+            guard let entry = saved.first(where: { $0.function == word.leaf && $0.index == word.index }) else { continue }
+            let host = supported.first(where: { $0.function == word.leaf && $0.index == word.index }).map(word.register.value) ?? 0
+            let runtime: UInt32 = runtimeBits[word.name] ?? 0
+            let lacking = word.register.value(entry) & ~host & ~runtime
+            for bit in 0..<32 where lacking & (1 << bit) != 0 { missing.append("\(word.name) bit \(bit)") }
+        }
+        return missing
+    }
+}

@@ -127,7 +127,7 @@ extension Vcpu {
     }
 
     /// The CPUID table set on this vCPU (KVM_GET_CPUID2).
-    private func savedCPUID() throws(SwiftletError) -> [kvm_cpuid_entry2] {
+    public func savedCPUID() throws(SwiftletError) -> [kvm_cpuid_entry2] {
         let table = CPUIDTable(capacity: X86VcpuState.maximumCPUIDEntries)
         do { _ = try checkedIoctl(descriptor.rawValue, CSwiftlet_KVM_GET_CPUID2, table.raw) } catch {
             throw SwiftletError(.systemCall, "KVM_GET_CPUID2 on vCPU \(id) failed", cause: error)

@@ -228,6 +228,82 @@ public final class MmioTransport: Sendable {
         }
     }
 
+    /// The transport's state for a snapshot. `positions` is where the device stands in each queue (nil for one it
+    /// does not serve), read from the device while nothing runs it (vCPUs and its loop parked).
+    public func saveState(positions: [QueuePosition?]) -> TransportState {
+        state.withLock { state in
+            var saved = TransportState()
+            saved.status = state.status
+            saved.deviceFeaturesSelect = state.deviceFeaturesSelect
+            saved.driverFeaturesSelect = state.driverFeaturesSelect
+            saved.driverFeatures = state.driverFeatures
+            saved.queueSelect = state.queueSelect
+            saved.configurationGeneration = state.configurationGeneration
+            saved.interruptStatus = interrupt.pending
+            saved.queues = state.queues
+            saved.positions = (0..<state.queues.count).map { $0 < positions.count ? positions[$0] : nil }
+            return saved
+        }
+    }
+
+    /// The status values the state machine reaches (`writeStatus`), before FAILED and DEVICE_NEEDS_RESET.
+    static let reachableStatus: Set<UInt32> = [0, Status.acknowledge, Status.acknowledge | Status.driver,
+                                               Status.acknowledge | Status.driver | Status.featuresOK,
+                                               Status.acknowledge | Status.driver | Status.featuresOK | Status.driverOK]
+
+    /// Sets a snapshot's transport state on this transport (new, its driver not yet heard from), and when the driver
+    /// had set DRIVER_OK, activates the device with its queues at the saved positions. A state this device could not
+    /// have reached is refused, saying why: another number of queues, features it does not offer (a host whose TAP
+    /// lacks an offload the snapshot's guest accepted), a status the state machine never takes, a queue that is not
+    /// valid in this guest memory, or a position with more chains out than the queue has entries.
+    public func restore(_ saved: TransportState) throws(SwiftletError) {
+        let sizes = device.queueMaximumSizes
+        func refuse(_ why: String) -> SwiftletError { SwiftletError(.invalidConfiguration, "cannot restore virtio device \(device.deviceType)'s transport: \(why)") }
+        guard saved.queues.count == sizes.count, saved.positions.count == sizes.count else {
+            throw refuse("the snapshot has \(saved.queues.count) queues, the device \(sizes.count)")
+        }
+        guard saved.driverFeatures & ~device.offeredFeatures == 0 else {
+            throw refuse("the driver accepted features 0x\(String(saved.driverFeatures & ~device.offeredFeatures, radix: 16)) that this device does not offer here")
+        }
+        let failedBits = Status.failed | Status.deviceNeedsReset
+        guard Self.reachableStatus.contains(saved.status & ~failedBits) else {
+            throw refuse("status 0x\(String(saved.status, radix: 16)) is not one the driver can reach")
+        }
+        for (index, queue) in saved.queues.enumerated() where queue.ready {
+            if let problem = queue.problem(maximumSize: sizes[index], memory: memory) { throw refuse("queue \(index): \(problem)") }
+        }
+        let running = saved.status & Status.driverOK != 0 && saved.status & failedBits == 0
+        var queues: [SplitQueue?] = []
+        if running {
+            for (index, queue) in saved.queues.enumerated() {
+                guard queue.ready else { queues.append(nil); continue }
+                do {
+                    queues.append(try SplitQueue(queue, maximumSize: sizes[index], memory: memory, features: saved.driverFeatures,
+                                                 position: saved.positions[index] ?? QueuePosition()))
+                } catch {
+                    throw refuse("queue \(index): \(error.message)")
+                }
+            }
+        }
+        state.withLock { state in
+            state.status = saved.status
+            state.deviceFeaturesSelect = saved.deviceFeaturesSelect
+            state.driverFeaturesSelect = saved.driverFeaturesSelect
+            state.driverFeatures = saved.driverFeatures
+            state.queueSelect = saved.queueSelect
+            state.configurationGeneration = saved.configurationGeneration
+            state.queues = saved.queues
+        }
+        if running {
+            do {
+                try device.activate(VirtioActivation(queues: queues, features: saved.driverFeatures, memory: memory))
+            } catch {
+                throw refuse("the device did not take its queues back: \(error.message)")
+            }
+        }
+        interrupt.restore(saved.interruptStatus)
+    }
+
     /// Tells the driver that the device changed its configuration space (a new balloon target, say): a new
     /// ConfigGeneration, so a driver reading across the change retries (§2.5.1), and a configuration change interrupt.
     public func notifyConfigurationChange() {

@@ -44,6 +44,17 @@ public struct QueueConfiguration: Sendable, Equatable {
     }
 }
 
+/// Where a device stands in a split ring (a snapshot keeps it): the next avail slot it consumes, and the next used
+/// slot it fills. Both are free-running 16-bit indices, as the ring's own are (§2.7.6, §2.7.8).
+public struct QueuePosition: Sendable, Equatable {
+    public var nextAvailable: UInt16
+    public var nextUsed: UInt16
+    public init(nextAvailable: UInt16 = 0, nextUsed: UInt16 = 0) {
+        self.nextAvailable = nextAvailable
+        self.nextUsed = nextUsed
+    }
+}
+
 /// One guest buffer of a descriptor chain, already translated to a host pointer and bounds-checked.
 public struct DescriptorBuffer: Sendable {
     public var address: GuestAddress
@@ -115,10 +126,20 @@ public final class SplitQueue: @unchecked Sendable {
     static let descriptorNext: UInt16 = 1, descriptorWrite: UInt16 = 2, descriptorIndirect: UInt16 = 4
     static let availableNoInterrupt: UInt16 = 1
 
-    public init(_ configuration: QueueConfiguration, maximumSize: UInt16, memory: GuestMemory, features: UInt64) throws(SwiftletError) {
+    /// The queue the driver configured; `position` is where a restored queue resumes (a snapshot's), the start
+    /// (0, 0) otherwise. A position whose available index is more than the queue size ahead of its used index is
+    /// refused: no device has more chains out than the ring holds.
+    public init(_ configuration: QueueConfiguration, maximumSize: UInt16, memory: GuestMemory, features: UInt64,
+                position: QueuePosition = QueuePosition()) throws(SwiftletError) {
         if let problem = configuration.problem(maximumSize: maximumSize, memory: memory) {
             throw SwiftletError(.guestFault, problem)
         }
+        guard position.nextAvailable &- position.nextUsed <= configuration.size else {
+            throw SwiftletError(.guestFault, "queue position \(position.nextAvailable)/\(position.nextUsed) has more chains out than the queue's \(configuration.size) entries")
+        }
+        lastAvailable = position.nextAvailable
+        nextUsed = position.nextUsed
+        signalledUsed = position.nextUsed
         size = configuration.size
         self.memory = memory
         eventIndex = features & VirtioFeature.eventIndex != 0
@@ -126,6 +147,17 @@ public final class SplitQueue: @unchecked Sendable {
         descriptors = try memory.hostPointer(configuration.descriptorTable, count: QueueConfiguration.descriptorTableSize(size))
         available = try memory.hostPointer(configuration.availableRing, count: QueueConfiguration.availableRingSize(size))
         used = try memory.hostPointer(configuration.usedRing, count: QueueConfiguration.usedRingSize(size))
+    }
+
+    /// Where the device stands in the ring: the next available slot it will consume and the next used slot it will
+    /// fill. A device that holds chains it has not used reports `position(holding:)` for a snapshot.
+    public var position: QueuePosition { QueuePosition(nextAvailable: lastAvailable, nextUsed: nextUsed) }
+
+    /// The position with the last `held` popped chains given back: where a restored device starts, so that it pops
+    /// those chains again (they are still the driver's, unused).
+    public func position(holding held: Int) -> QueuePosition {
+        precondition(held >= 0 && held <= Int(lastAvailable &- nextUsed), "holding more chains than were popped and not used")
+        return QueuePosition(nextAvailable: lastAvailable &- UInt16(held), nextUsed: nextUsed)
     }
 
     /// avail->idx, read with acquire ordering so the ring entries it covers are seen.

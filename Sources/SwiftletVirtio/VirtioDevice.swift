@@ -30,6 +30,13 @@ public final class VirtioInterrupt: Sendable {
     }
 
     func acknowledge(_ bits: UInt32) { status.bitwiseAnd(~bits, ordering: .acquiringAndReleasing) }
+
+    /// Sets InterruptStatus back to a snapshot's, and raises the line when something was pending: the interrupt
+    /// controller's own state says whether the guest had seen it, and a second look costs its handler one read.
+    func restore(_ bits: UInt32) {
+        status.store(bits & (Self.usedBuffer | Self.configChange), ordering: .releasing)
+        if bits & (Self.usedBuffer | Self.configChange) != 0 { line.trigger() }
+    }
     func clear() { status.store(0, ordering: .releasing) }
 }
 

@@ -10,7 +10,7 @@ struct SwiftletCommand: ParsableCommand {
         commandName: "swiftlet",
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest, `swiftlet exec --help` for running one command in a fresh VM.",
-        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self, FirecrackerCommand.self])
+        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self, SnapshotCommand.self, Restore.self, FirecrackerCommand.self])
 
     /// A synchronous entry point that runs the async subcommands on the concurrency runtime's threads.
     ///
@@ -88,6 +88,11 @@ struct Run: AsyncParsableCommand {
         valueName: "path"))
     var balloonSocket: String?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "A Unix socket for controlling the VM while it runs: pause, resume, snapshot (`swiftlet snapshot SOCKET`), and the balloon's commands; removed at exit.",
+        valueName: "path"))
+    var controlSocket: String?
+
     @Flag(name: .long, help: "Print, on stderr at exit, per-device counts of notifications, interrupts and requests.")
     var stats = false
 
@@ -105,16 +110,18 @@ struct Run: AsyncParsableCommand {
             configuration.commandLine += " swiftlet.agent=\(GuestAgent.defaultPort)"
         }
         if balloonSocket != nil && configuration.balloon == nil { fail("--balloon-socket needs --balloon") }
+        if balloonSocket != nil && controlSocket != nil { fail("--balloon-socket and --control-socket are the same socket: give one (--control-socket)") }
         if traceStartup {
             configuration.onFirstRun = { now in
                 Run.report("first-kvm-run monotonic_ns=\(now) after_main_ns=\(now - start)")
             }
         }
-        var balloonSocket = self.balloonSocket
+        var balloonSocket = self.balloonSocket ?? self.controlSocket
+        let controlOption = self.controlSocket != nil ? "--control-socket " : "--balloon-socket "
         if let jail = try jailOptions.configuration(for: configuration) {
             // Sockets live inside the jail: the VMM binds them at the path the jail gives them.
             var sockets: [(option: String, host: String, inside: String)] = []
-            for (option, path) in [("--vsock socket=", configuration.vsock?.socketPath), ("--balloon-socket ", balloonSocket)] {
+            for (option, path) in [("--vsock socket=", configuration.vsock?.socketPath), (controlOption, balloonSocket)] {
                 guard let path else { continue }
                 guard let inside = jail.pathInside(path) else {
                     fail("\(option)\(path) is outside the jail: with --jail \(jail.directory), sockets go in a directory under it that uid \(jail.uid) may write (such as \(jail.directory)/run)")
@@ -123,7 +130,7 @@ struct Run: AsyncParsableCommand {
             }
             guard Jail.isJailedChild else { superviseJail(jail, sockets: sockets) }
             if let inside = sockets.first(where: { $0.option.hasPrefix("--vsock") })?.inside { configuration.vsock?.socketPath = inside }
-            if balloonSocket != nil { balloonSocket = sockets.first(where: { $0.option.hasPrefix("--balloon") })?.inside }
+            if balloonSocket != nil { balloonSocket = sockets.first(where: { $0.option == controlOption })?.inside }
             configuration.kvmPath = JailConfiguration.kvmPath
             configuration.afterOpeningHostFiles = { () throws(SwiftletError) in try Jail.enter(jail) }
         }
@@ -137,7 +144,7 @@ struct Run: AsyncParsableCommand {
         }
         var control: UnixLineServer?
         if let balloonSocket {
-            do { control = try BalloonControl.serve(at: balloonSocket, vm: vm) } catch {
+            do { control = try VMControl.serve(at: balloonSocket, vm: vm) } catch {
                 await vm.stop()
                 fail(error.description)
             }
@@ -158,7 +165,7 @@ struct Run: AsyncParsableCommand {
                 Run.report("stats console written=\(console.written) dropped=\(console.dropped)")
             }
             if vm.balloonStatus() != nil {
-                Run.report("stats device=balloon0 " + BalloonControl.answer("get", vm: vm).dropFirst(3))
+                Run.report("stats device=balloon0 " + VMControl.answer("get", vm: vm).dropFirst(3))
             }
         }
         if printBootTime { Run.reportBootTime(vm, start: start) }

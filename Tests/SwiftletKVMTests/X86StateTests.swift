@@ -29,6 +29,27 @@ struct X86StateTests {
         return (try X86VcpuState(from: decoded.all("vcpu", maximum: 1)[0]), try X86VMState(from: decoded.nested("vm  ")))
     }
 
+    /// A vCPU's CPUID, read back from KVM, needs nothing this host lacks; one with a feature KVM does not offer is
+    /// refused by name.
+    @Test func theCPUIDCheckPassesOnTheSameHostAndNamesWhatIsMissing() throws {
+        let kvm = try KVM()
+        let (_, vcpu) = try machine(kvm)
+        let saved = try vcpu.saveX86State(msrIndices: []).cpuid
+        // A fresh vCPU of the same host, as a restore asks it.
+        let (_, fresh) = try machine(kvm)
+        let supported = X86CPUID.offered(supported: try kvm.supportedCPUID().entries, readBack: try fresh.savedCPUID())
+        #expect(X86CPUID.missingFeatures(saved: saved, supported: supported) == [])
+        var lacking = supported
+        let leaf7 = try #require(lacking.firstIndex { $0.function == 7 && $0.index == 0 })
+        let free = try #require((0..<32).first { lacking[leaf7].ebx & (1 << $0) == 0 })
+        var tampered = saved
+        let saved7 = try #require(tampered.firstIndex { $0.function == 7 && $0.index == 0 })
+        tampered[saved7].ebx |= 1 << UInt32(free)
+        #expect(X86CPUID.missingFeatures(saved: tampered, supported: lacking) == ["7.ebx bit \(free)"])
+        lacking[leaf7].ebx = 0
+        #expect(X86CPUID.missingFeatures(saved: saved, supported: lacking).count == saved[saved7].ebx.nonzeroBitCount)
+    }
+
     @Test func aVcpuAndItsVMComeBackOnAFreshVM() throws {
         let kvm = try KVM()
         let msrIndices = try kvm.msrIndexList()

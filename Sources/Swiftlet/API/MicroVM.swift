@@ -68,6 +68,40 @@ public final class MicroVM: Sendable {
     /// Whether `pause()` holds the guest.
     public var isPaused: Bool { machine.withLock { $0 }?.isPaused ?? false }
 
+    /// Saves the paused VM: the state file (vCPUs, interrupt controllers, PIT, kvmclock, every device's transport and
+    /// state, the configuration) and the memory file (guest RAM, sparse), both created or replaced. The VM stays
+    /// paused; `resume()` lets it go on, or `stop()` ends it. Refused when the VM is not paused.
+    @discardableResult
+    public func snapshot(to paths: SnapshotPaths) throws(SwiftletError) -> SnapshotStatistics {
+        guard let built = machine.withLock({ $0 }) else { throw SwiftletError(.invalidConfiguration, "this MicroVM is not started: there is nothing to snapshot") }
+        return try built.snapshot(to: paths)
+    }
+
+    /// A VM restored from `snapshot`, running (or paused, with `resume: false`) where the snapshot was taken. Its
+    /// memory is the memory file mapped copy-on-write: pages load as the guest touches them, its writes stay its own,
+    /// and every clone of one snapshot shares the pages none has written. `overrides` changes the saved
+    /// configuration's host side before the devices open it: disk images (a clone's own copy), TAPs, the vsock socket
+    /// path and CID, a NIC's MAC, the console, seccomp, the jail hook. What the guest's machine is made of (vCPUs,
+    /// memory, devices) stays the snapshot's; a change to it is refused. On any error nothing is left running.
+    public static func restore(from snapshot: MicroVMSnapshot, resume: Bool = true,
+                               overrides: (inout MachineConfiguration) -> Void = { _ in }) async throws(SwiftletError) -> MicroVM {
+        var configuration = snapshot.configuration
+        configuration.console = .none
+        overrides(&configuration)
+        if let why = SnapshotConfiguration.incompatibility(saved: snapshot.configuration, changed: configuration) {
+            throw SwiftletError(.invalidConfiguration, "cannot restore \(snapshot.paths.state) with these overrides: \(why)")
+        }
+        let vm = MicroVM(configuration)
+        let built = try Machine(configuration, restoring: snapshot)
+        vm.machine.withLock { $0 = built }
+        do { try built.start(paused: !resume) } catch {
+            built.finish(.failed(error.description))
+            built.tearDown()
+            throw error
+        }
+        return vm
+    }
+
     /// Loads `threadClass`'s seccomp filter (`MachineConfiguration.seccomp`) on the calling thread: for threads the
     /// embedding code runs for this VM (the CLI's control socket). Needs a started VM; does nothing with `.off`.
     public func confineCurrentThread(_ threadClass: ThreadClass) throws(SwiftletError) {

@@ -7,6 +7,7 @@ import SwiftletDevices
 import SwiftletHost
 import SwiftletKVM
 import SwiftletMemory
+import SwiftletSnapshot
 import SwiftletVirtio
 import SystemPackage
 
@@ -27,7 +28,13 @@ final class Machine: Sendable {
     let keyboardInterrupt: EventFd
     let bootTimer: BootTimer
     let console: ConsoleSink
-    let kernel: LoadedKernel
+    /// The kernel loaded at boot; nil for a machine restored from a snapshot.
+    let kernel: LoadedKernel?
+    /// The MSRs KVM saves for a snapshot (KVM_GET_MSR_INDEX_LIST, read at set-up: the /dev/kvm ioctl is not one a
+    /// confined thread may make).
+    let msrIndices: [UInt32]
+    /// The memory file a restored machine's guest RAM is mapped from (a snapshot must not overwrite it).
+    let memoryFile: (device: UInt64, inode: UInt64)?
     let virtioDevices: [VirtioSlot]
     let balloon: Balloon?
     let eventLoop: EventLoop?
@@ -51,11 +58,11 @@ final class Machine: Sendable {
     private let finished = Atomic<Bool>(false)
     /// Where vCPUs park while paused, and the guest's kvmclock saved by `pause()` (nil while running).
     private let pauseGate = ParkingGate()
-    private let pauseLock = Mutex<UInt64?>(nil)
+    let pauseLock = Mutex<UInt64?>(nil)
     private let teardown = Mutex(false)
 
 
-    init(_ configuration: MachineConfiguration) throws(SwiftletError) {
+    init(_ configuration: MachineConfiguration, restoring snapshot: MicroVMSnapshot? = nil) throws(SwiftletError) {
         if let host = GuestArchitecture.host, host != .x86_64 {
             throw SwiftletError(.kvmUnsupported, "this host is \(host.rawValue): Swiftlet's \(host.rawValue) board (device tree, VGIC, Image loader, vCPU start-up) is built but not yet wired into a running machine; `swiftlet describe --arch \(host.rawValue)` shows what it would boot")
         }
@@ -66,8 +73,16 @@ final class Machine: Sendable {
         let description = try configuration.machineDescription(for: .x86_64)
         // What the machine opens by name on the host comes first: the kernel, initrd, console file, disk images and
         // TAPs. Then `afterOpeningHostFiles` (where a jail drops privileges), and only then /dev/kvm and the sockets.
-        let kernelSource = try FileBootSource(path: configuration.kernelPath, what: "kernel")
-        let initrdSource = try configuration.initrdPath.map { path throws(SwiftletError) in try FileBootSource(path: path, what: "initrd") }
+        let kernelSource = snapshot == nil ? try FileBootSource(path: configuration.kernelPath, what: "kernel") : nil
+        let initrdSource = snapshot == nil ? try configuration.initrdPath.map { path throws(SwiftletError) in try FileBootSource(path: path, what: "initrd") } : nil
+        let restoredMemory: OwnedFileDescriptor?
+        if let snapshot {
+            do { restoredMemory = try OwnedFileDescriptor(opening: snapshot.paths.memory, flags: O_RDONLY) } catch {
+                throw SwiftletError(.invalidConfiguration, "cannot open the snapshot's memory file \(snapshot.paths.memory)", cause: error)
+            }
+        } else {
+            restoredMemory = nil
+        }
         console = try ConsoleSink(configuration: configuration.console, fileLimit: configuration.consoleFileMaximumSize)
         var devices: [(name: String, device: any LoopDevice)] = []
         for (index, disk) in configuration.disks.enumerated() {
@@ -79,13 +94,30 @@ final class Machine: Sendable {
         try configuration.afterOpeningHostFiles?()
         // Guest RAM next, so that loading the kernel and initrd into it (file reads, page faults) overlaps with
         // KVM's own set-up of the VM, irqchip, PIT and vCPUs on this thread.
-        memory = try GuestMemory(layout: description.memory.map { ($0.start, $0.size) })
+        let layout = description.memory.map { ($0.start, $0.size) }
+        if let restoredMemory {
+            // MAP_PRIVATE from the file: pages load when the guest touches them, its writes stay in this process.
+            do { memory = try GuestMemory(layout: layout, restoringFrom: restoredMemory.rawValue) } catch {
+                throw SwiftletError(error.code, "the snapshot's memory file \(snapshot!.paths.memory): \(error.message)")
+            }
+            var info = stat()
+            fstat(restoredMemory.rawValue, &info)
+            memoryFile = (UInt64(info.st_dev), UInt64(info.st_ino))
+        } else {
+            memory = try GuestMemory(layout: layout)
+            memoryFile = nil
+        }
         let memory = self.memory
-        let loading = try BackgroundWork(name: "boot-loader") { () throws(SwiftletError) in
-            try Machine.loadGuest(configuration, kernel: kernelSource, initrd: initrdSource, description: description, into: memory)
+        let loading: BackgroundWork<(kernel: LoadedKernel, boot: X86BootState)>?
+        if let kernelSource {
+            loading = try BackgroundWork(name: "boot-loader") { () throws(SwiftletError) in
+                try Machine.loadGuest(configuration, kernel: kernelSource, initrd: initrdSource, description: description, into: memory)
+            }
+        } else {
+            loading = nil
         }
         // Whatever fails below, the loader thread is joined before the error leaves.
-        func collectLoader() -> (kernel: LoadedKernel, boot: X86BootState)? { try? loading.result() }
+        func collectLoader() -> (kernel: LoadedKernel, boot: X86BootState)? { try? loading?.result() }
         do throws(SwiftletError) {
             kvm = try KVM(path: configuration.kvmPath)
             try kvm.requireCapabilities()
@@ -105,16 +137,22 @@ final class Machine: Sendable {
         var vcpus: [Vcpu] = []
         do throws(SwiftletError) {
             cpuid = try kvm.supportedCPUID()
+            msrIndices = try kvm.msrIndexList()
             for id in 0..<configuration.cpus { vcpus.append(try vm.createVcpu(id: id)) }
         } catch {
             _ = collectLoader()
             throw error
         }
-        let (kernel, boot) = try loading.result()
-        self.kernel = kernel
-        let tscDeadlineTimer = kvm.check(KVM_CAP_TSC_DEADLINE_TIMER) != 0
-        for vcpu in vcpus {
-            try X86Vcpu.configure(vcpu, cpus: configuration.cpus, cpuid: cpuid, tscDeadlineTimer: tscDeadlineTimer, boot: boot)
+        if let loading {
+            let (kernel, boot) = try loading.result()
+            self.kernel = kernel
+            let tscDeadlineTimer = kvm.check(KVM_CAP_TSC_DEADLINE_TIMER) != 0
+            for vcpu in vcpus {
+                try X86Vcpu.configure(vcpu, cpus: configuration.cpus, cpuid: cpuid, tscDeadlineTimer: tscDeadlineTimer, boot: boot)
+            }
+        } else {
+            kernel = nil
+            try MachineState.restoreProcessor(snapshot!, vm: vm, vcpus: vcpus, supported: cpuid)
         }
         self.vcpus = vcpus
 
@@ -191,6 +229,7 @@ final class Machine: Sendable {
         }
         self.portBus = portBus
         resetTarget.set(self)
+        if let snapshot { try MachineState.restoreDevices(snapshot, serial: serial, slots: slots) }
     }
 
     /// Loads the kernel and initrd and writes the zero page, ACPI tables, MP table, reset vector, page tables and GDT:
@@ -233,8 +272,16 @@ final class Machine: Sendable {
     }
 
     /// Starts one thread per vCPU, and the console input thread when the console is stdio.
-    func start() throws(SwiftletError) {
+    /// `paused` (a restored machine that stays paused) parks the vCPUs and the device loop before either runs, with
+    /// the guest clock as the restore set it; `resume()` lets them go.
+    func start(paused: Bool = false) throws(SwiftletError) {
         KickSignal.install()
+        if paused {
+            let clock = try vm.clock()
+            pauseLock.withLock { $0 = clock }
+            pauseGate.close()
+            eventLoop?.pause()
+        }
         try state.withLock { (state) throws(SwiftletError) in
             guard !state.started else { throw SwiftletError(.invalidConfiguration, "the VM was already started") }
             state.started = true
@@ -367,7 +414,8 @@ final class Machine: Sendable {
     }
 
     /// Stops every vCPU: each leaves KVM_RUN and parks until `resume()`. The guest's kvmclock is saved, so that its
-    /// time stops too. Devices go on serving what was queued. Returns when every vCPU has parked.
+    /// time stops too. Then the device loop parks once the round it is in has finished: requests in flight are done
+    /// (the engines are synchronous), and nothing new is taken until `resume()`. Returns when all have parked.
     func pause() throws(SwiftletError) {
         try pauseLock.withLock { (paused) throws(SwiftletError) in
             guard state.withLock({ $0.started && $0.exit == nil }) else {
@@ -382,6 +430,7 @@ final class Machine: Sendable {
                 throw SwiftletError(.invalidConfiguration, "the VM ended while it was being paused")
             }
             paused = try vm.clock()
+            eventLoop?.pause()
         }
     }
 
@@ -391,6 +440,7 @@ final class Machine: Sendable {
             guard let clock = paused else { return }
             try vm.setClock(clock)
             paused = nil
+            eventLoop?.resume()
             pauseGate.open()
         }
     }

@@ -1,6 +1,7 @@
 import Synchronization
 import SwiftletHost
 import SwiftletMemory
+import SwiftletSnapshot
 import SwiftletVirtio
 
 /// How the memory balloon is set up.
@@ -117,6 +118,8 @@ public final class Balloon: VirtioDevice, ConfigurationChanging {
         var statisticsHead: UInt16?
     }
     private let active = Mutex<Active?>(nil)
+    /// The balloon's pages from a snapshot, taken by the activation that follows the restore.
+    private let restoredPages = Mutex<[UInt64]?>(nil)
 
     /// `guestMemorySize` bounds the target: the balloon cannot be bigger than guest RAM.
     public init(_ configuration: BalloonConfiguration, guestMemorySize: UInt64) throws(SwiftletError) {
@@ -230,8 +233,15 @@ public final class Balloon: VirtioDevice, ConfigurationChanging {
         while roles.count < queueEvents.count { roles.append(nil) }
         // A queue the driver left unused stays nil: its notifications are ignored.
         let end = activation.memory.regions.map { $0.end.rawValue }.max() ?? 0
+        var pages = PageSet(frames: end / Self.pageSize)
+        if let bitmap = restoredPages.withLock({ current -> [UInt64]? in defer { current = nil }; return current }) {
+            guard let restored = PageSet(frames: end / Self.pageSize, bitmap: bitmap) else {
+                throw SwiftletError(.invalidConfiguration, "the snapshot's balloon page map is not this guest memory's size")
+            }
+            pages = restored
+        }
         var state = Active(memory: activation.memory, queues: Array(activation.queues.prefix(queueEvents.count)), roles: roles,
-                           pages: PageSet(frames: end / Self.pageSize))
+                           pages: pages)
         state.frames.reserveCapacity(Self.batchFrames)
         active.withLock { $0 = state }
         // Buffers the driver queued before DRIVER_OK (Linux hands over its first statistics buffer then).
@@ -241,6 +251,57 @@ public final class Balloon: VirtioDevice, ConfigurationChanging {
     public func reset() {
         active.withLock { $0 = nil }
         sizes.withLock { $0.actual = 0 }
+    }
+
+    // MARK: Snapshots
+
+    /// A held statistics buffer is given back in the position: the restored device pops it again and holds it.
+    public func queuePositions() -> [QueuePosition?] {
+        active.withLock { state in
+            guard let state else { return Array(repeating: nil, count: queueEvents.count) }
+            return state.queues.indices.map { index in
+                guard let queue = state.queues[index] else { return nil }
+                let holding = state.roles[index] == .statistics && state.statisticsHead != nil ? 1 : 0
+                return queue.position(holding: holding)
+            }
+        }
+    }
+
+    /// The target and actual sizes, the statistics interval, the guest's latest statistics (their entries), and the
+    /// pages in the balloon (a bitmap of guest frames), so that deflating after a restore counts as it would have.
+    public func saveState(into encoder: inout SnapshotEncoder) {
+        let current = sizes.withLock { $0 }
+        encoder.record("targ", integer: UInt64(current.target))
+        encoder.record("actl", integer: UInt64(current.actual))
+        encoder.record("sint", integer: UInt64(statisticsSeconds.load(ordering: .relaxed)))
+        if let statistics = latestStatistics.withLock({ $0 }) { encoder.record("stat", bytes: statistics.entries) }
+        if let bitmap = active.withLock({ $0?.pages.bitmap }) { encoder.record("page", array: bitmap) }
+    }
+
+    public func restoreState(from decoder: SnapshotDecoder) throws(SnapshotError) {
+        let frames = guestMemorySize / Self.pageSize
+        let target = try decoder.integer("targ"), actual = try decoder.integer("actl"), interval = try decoder.integer("sint")
+        guard target <= frames, actual <= UInt64(UInt32.max), interval <= 86_400 else {
+            throw .malformed("the balloon's target (\(target) pages), actual size (\(actual)) or statistics interval (\(interval) s) is out of range for this guest")
+        }
+        guard (interval == 0) == (statisticsTimer == nil) else {
+            throw .malformed("the snapshot's balloon \(interval == 0 ? "has no" : "has a") statistics queue and this one \(statisticsTimer == nil ? "has none" : "has one"): restore with the saved balloon configuration")
+        }
+        sizes.withLock { $0 = Sizes(target: UInt32(target), actual: UInt32(actual)) }
+        statisticsSeconds.store(UInt32(interval), ordering: .relaxed)
+        if decoder.contains("stat") {
+            let entries = Array(try decoder.bytes("stat"))
+            guard entries.count <= 64 * BalloonStatistics.entrySize, var statistics = BalloonStatistics(parsing: entries) else {
+                throw .malformed("the balloon's saved statistics are not whole entries")
+            }
+            statistics.receivedAt = monotonicNanoseconds()
+            latestStatistics.withLock { $0 = statistics }
+        }
+        if decoder.contains("page") {
+            // Guest memory may have holes below its end (the x86 MMIO gap): the map covers frames to the end.
+            let words = try decoder.array("page", of: UInt64.self, maximum: Int((1 << 52) / Self.pageSize / 64))
+            restoredPages.withLock { $0 = words }
+        }
     }
 
     // MARK: Event loop

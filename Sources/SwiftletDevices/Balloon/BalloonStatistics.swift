@@ -38,6 +38,22 @@ public struct BalloonStatistics: Sendable, Equatable {
         }
     }
 
+    /// The entries present, in the driver's wire format (`init(parsing:)` reads them back): what a snapshot keeps.
+    public var entries: [UInt8] {
+        let all: [(UInt16, UInt64?)] = [
+            (Tag.swapIn, swapIn), (Tag.swapOut, swapOut), (Tag.majorFaults, majorFaults), (Tag.minorFaults, minorFaults),
+            (Tag.freeMemory, freeMemory), (Tag.totalMemory, totalMemory), (Tag.availableMemory, availableMemory),
+            (Tag.diskCaches, diskCaches), (Tag.hugetlbAllocations, hugetlbAllocations), (Tag.hugetlbFailures, hugetlbFailures),
+        ]
+        var bytes: [UInt8] = []
+        for (tag, value) in all {
+            guard let value else { continue }
+            bytes += [UInt8(truncatingIfNeeded: tag), UInt8(truncatingIfNeeded: tag >> 8)]
+            for index in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(index)))) }
+        }
+        return bytes
+    }
+
     private mutating func set(_ tag: UInt16, _ value: UInt64) {
         switch tag {
         case Tag.swapIn: swapIn = value

@@ -50,6 +50,20 @@ public struct PageSet: Sendable {
         words = [UInt64](repeating: 0, count: Int((frames + 63) / 64))
     }
 
+    /// The set as a bitmap, 64 frames a word, frame 0 in word 0's lowest bit (what a snapshot keeps).
+    public var bitmap: [UInt64] { words }
+
+    /// A set for frames 0 ..< `frames` holding `bitmap`'s frames; nil when the bitmap is not that set's size.
+    public init?(frames: UInt64, bitmap: [UInt64]) {
+        guard bitmap.count == Int((frames + 63) / 64) else { return nil }
+        words = bitmap
+        let spare = frames % 64
+        if spare != 0, let last = words.last, last >> spare != 0 { return nil } // frames past the end
+    }
+
+    /// How many frames the set holds.
+    public var count: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
+
     /// Adds the frames of `range`; calls `added` with each run of frames that were not in the set yet (in order).
     /// Frames past the set's end are left out.
     public mutating func insert(_ range: PageRange, added: (PageRange) -> Void) {

@@ -192,6 +192,9 @@ public final class Block: VirtioDevice, ConfigurationChanging {
         active.withLock { $0 = nil }
     }
 
+    /// Every request is done when its drain returns (the synchronous engine): no chain is ever held.
+    public func queuePositions() -> [QueuePosition?] { [active.withLock { $0?.queue.position }] }
+
     /// The event-loop handler of the request queue's ioeventfd.
     public func handleQueueEvent() {
         guard let count = queueEvents[0].consume() else { return }

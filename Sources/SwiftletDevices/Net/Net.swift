@@ -3,6 +3,7 @@ import Glibc
 import Synchronization
 import SwiftletHost
 import SwiftletMemory
+import SwiftletSnapshot
 import SwiftletVirtio
 import SystemPackage
 
@@ -159,6 +160,14 @@ public final class Net: LoopDevice {
             setReceiveParked(true)
         }
         _ = try? endpoint.setOffloads(0)
+    }
+
+    /// The receive chains held for frames not yet read are given back: a restored device pops them again.
+    public func queuePositions() -> [QueuePosition?] {
+        active.withLock { state in
+            guard let state else { return [nil, nil] }
+            return [state.receive?.position(holding: state.held.count), state.transmit?.position]
+        }
     }
 
     private func setReceiveParked(_ parked: Bool) {

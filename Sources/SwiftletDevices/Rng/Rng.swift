@@ -86,6 +86,9 @@ public final class Rng: VirtioDevice {
 
     public func reset() { active.withLock { $0 = nil } }
 
+    /// A chain waiting for the rate limit's bucket stays in the ring, unpopped: none is held.
+    public func queuePositions() -> [QueuePosition?] { [active.withLock { $0?.queue.position }] }
+
     public func register(on loop: EventLoop) throws(SwiftletError) {
         try loop.register(queueEvents[0].rawValue) { [self] _ in handleQueueEvent(notified: true) }
         if let refill {

@@ -1,5 +1,6 @@
 import Synchronization
 import SwiftletHost
+import SwiftletSnapshot
 
 /// Where a UART's transmitted bytes go.
 public protocol SerialOutput: Sendable {
@@ -153,6 +154,41 @@ public final class Serial: BusDevice {
             }
         }
         if let transmit { output.write(transmit) }
+        if raise { interrupt.trigger() }
+    }
+
+    // MARK: Snapshots
+
+    /// The registers, a pending THR-empty interrupt, and input the guest had not read yet.
+    public func saveState(into encoder: inout SnapshotEncoder) {
+        let saved = state.withLock { $0 }
+        encoder.record("regs", bytes: [saved.interruptEnable, saved.lineControl, saved.modemControl, saved.scratch,
+                                       saved.divisorLow, saved.divisorHigh, saved.transmitterEmptyPending ? 1 : 0])
+        encoder.record("rbuf", bytes: saved.received[saved.receivedHead...])
+    }
+
+    /// Sets `saveState`'s registers back, and raises the interrupt the guest was owed (a pending THR-empty or
+    /// unread input it had enabled): the interrupt controller's state says whether it had seen it.
+    public func restoreState(from decoder: SnapshotDecoder) throws(SnapshotError) {
+        let registers = Array(try decoder.bytes("regs"))
+        guard registers.count == 7 else { throw .wrongSize(tag: "regs", size: registers.count, expected: 7) }
+        let received = Array(try decoder.bytes("rbuf"))
+        guard received.count <= Self.receiveCapacity else {
+            throw .tooMany(tag: "rbuf", count: received.count, maximum: Self.receiveCapacity)
+        }
+        let raise = state.withLock { state -> Bool in
+            state = State()
+            state.interruptEnable = registers[0] & Self.ierValidBits
+            state.lineControl = registers[1]
+            state.modemControl = registers[2] & 0x1f
+            state.scratch = registers[3]
+            state.divisorLow = registers[4]
+            state.divisorHigh = registers[5]
+            state.transmitterEmptyPending = registers[6] != 0
+            state.received = received
+            return (state.transmitterEmptyPending && state.interruptEnable & Self.ierTransmitterEmpty != 0)
+                || (state.receivedCount > 0 && state.interruptEnable & Self.ierReceivedData != 0)
+        }
         if raise { interrupt.trigger() }
     }
 }

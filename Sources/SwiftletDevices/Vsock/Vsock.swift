@@ -3,6 +3,7 @@ import Glibc
 import Synchronization
 import SwiftletHost
 import SwiftletMemory
+import SwiftletSnapshot
 import SwiftletVirtio
 import SystemPackage
 
@@ -96,8 +97,8 @@ public final class Vsock: LoopDevice {
     public func register(on loop: EventLoop) throws(SwiftletError) {
         try loop.register(queueEvents[Self.receiveQueue].rawValue) { [self] _ in receiveQueueNotified() }
         try loop.register(queueEvents[Self.transmitQueue].rawValue) { [self] _ in transmitQueueNotified() }
-        // The event queue only ever receives TRANSPORT_RESET, which a device that is never migrated does not send.
-        try loop.register(queueEvents[Self.eventQueue].rawValue) { [self] _ in _ = queueEvents[Self.eventQueue].consume() }
+        // The event queue only ever receives TRANSPORT_RESET, sent once after a restore (`restoreState`).
+        try loop.register(queueEvents[Self.eventQueue].rawValue) { [self] _ in eventQueueNotified() }
         try loop.register(poller.rawValue) { [self] _ in pollerReady() }
     }
 
@@ -115,8 +116,10 @@ public final class Vsock: LoopDevice {
             state.closeAll(poller: poller)
             state.receive = receive
             state.transmit = transmit
+            state.events = activation.queues[2]
         }
         queueEvents[Self.transmitQueue].signal()
+        if state.withLock({ $0.transportResetPending }) { queueEvents[Self.eventQueue].signal() }
     }
 
     public func reset() {
@@ -124,6 +127,56 @@ public final class Vsock: LoopDevice {
             state.closeAll(poller: poller)
             state.receive = nil
             state.transmit = nil
+            state.events = nil
+            state.transportResetPending = false
+        }
+    }
+
+    // MARK: - Snapshots
+
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (§5.10.6.7): the only event, struct virtio_vsock_event { le32 id; }.
+    static let transportResetEvent: UInt32 = 0
+
+    /// No chain is held across rounds: each is used or given back in the round that popped it.
+    public func queuePositions() -> [QueuePosition?] {
+        state.withLock { [$0.receive?.position, $0.transmit?.position, $0.events?.position] }
+    }
+
+    /// Connections do not survive a snapshot (their host sockets belong to the process that saved it): the restored
+    /// device tells the driver with TRANSPORT_RESET, which resets every connected socket in the guest (Linux's
+    /// virtio_vsock_event_handle; listening sockets stay) and makes it read the guest CID again, as the virtio spec
+    /// and Firecracker do after a migration. The device's own state is therefore only that event, pending.
+    public func restoreState(from decoder: SnapshotDecoder) throws(SnapshotError) {
+        state.withLock { $0.transportResetPending = true }
+    }
+
+    /// The event queue: writes a pending TRANSPORT_RESET into the driver's first event buffer (or waits for one).
+    func eventQueueNotified() {
+        if let count = queueEvents[Self.eventQueue].consume() {
+            counters.countNotifications(queue: Self.eventQueue, count)
+        }
+        run { state in
+            var outcome = Outcome()
+            guard state.transportResetPending, let queue = state.events else { return outcome }
+            var completed = false
+            do {
+                // At most a ring's worth of buffers per notification, however many the guest keeps posting.
+                for _ in 0..<Int(queue.size) {
+                    guard try queue.popValid(into: &state.chain, completed: &completed,
+                                             onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) else { break }
+                    var writer = ChainWriter(state.chain)
+                    let written = withUnsafeBytes(of: Self.transportResetEvent.littleEndian) { writer.write($0) }
+                    queue.addUsed(head: state.chain.head, length: UInt32(written))
+                    completed = true
+                    guard written == 4 else { counters.errorCount.add(1, ordering: .relaxed); continue } // too small: the next one
+                    state.transportResetPending = false
+                    break
+                }
+            } catch {
+                outcome.fatal = true
+            }
+            outcome.interrupt = completed && queue.needsInterrupt()
+            return outcome
         }
     }
 
@@ -186,6 +239,7 @@ public final class Vsock: LoopDevice {
                 state.closeAll(poller: poller)
                 state.receive = nil
                 state.transmit = nil
+                state.events = nil
             }
             link.reportFatalError()
         }
@@ -205,6 +259,9 @@ public final class Vsock: LoopDevice {
 
         var receive: SplitQueue?
         var transmit: SplitQueue?
+        var events: SplitQueue?
+        /// A restored device owes the driver a TRANSPORT_RESET event.
+        var transportResetPending = false
         var chain = DescriptorChain(capacity: Int(Vsock.queueSize))
         var vectors: [iovec] = []
         var headerBytes = [UInt8](repeating: 0, count: VsockHeader.size)

@@ -8,7 +8,7 @@ out=${1:?usage: build.sh OUTDIR}
 mkdir -p "$out"
 target=$out/hostile.elf
 sources="$here/entry.S $here/boot.c $here/lib.c $here/virtio.c $here/main.c $here/suite.c $here/cases.c \
-    $here/blk.c $here/net.c $here/vsock.c $here/balloon.c $here/rng.c"
+    $here/blk.c $here/net.c $here/vsock.c $here/balloon.c $here/rng.c $here/count.c"
 if [ -f "$target" ]; then
     stale=0
     for f in $sources "$here"/*.h "$here/hostile.ld" "$0"; do [ "$f" -nt "$target" ] && stale=1; done

@@ -70,6 +70,8 @@ void net_cases(struct vdev *d);
 void vsock_cases(struct vdev *d);
 void balloon_cases(struct vdev *d);
 void rng_cases(struct vdev *d);
+/* hostile.end=count: the snapshot tests' guest (count.c); never returns. */
+void count_forever(void);
 /* The end: every device serves a well-formed request. */
 void blk_final(struct vdev *d);
 void net_final(struct vdev *d);

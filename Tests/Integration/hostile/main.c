@@ -18,6 +18,8 @@
  *   hostile.vsock_flood=N  REQUESTs of the vsock RST flood (default 5000; the device keeps 4096)
  *   hostile.end=halt   halt (interrupts off) after the last case instead of resetting: a guest that stays running,
  *                      for tests of the VMM's control plane (with hostile.only=none it runs no case at all)
+ *   hostile.end=count  count and checksum its memory and disk for good after the last case (count.c): the snapshot
+ *                      tests' guest
  */
 #include "boot.h"
 #include "hostile.h"
@@ -131,5 +133,6 @@ void hostile_main(int kind, u64 boot)
         printk("HOSTILE halted\r\n");
         for (;;) __asm__ volatile("cli; hlt");
     }
+    if (cmdline_string("hostile.end", end, sizeof end) && strncmp(end, "count", sizeof end) == 0) count_forever();
     machine_reset();
 }

@@ -31,18 +31,41 @@ struct BalloonOption: ExpressibleByArgument {
     }
 }
 
-/// The balloon control protocol, on the Unix socket `--balloon-socket` names: one command per line, one answer
-/// line each, starting with `ok` or `error`.
+/// The control protocol, on the Unix socket `--control-socket` (or `--balloon-socket`) names: one command per line,
+/// one answer line each, starting with `ok` or `error`.
 ///
 ///     set MIB   ask the guest for a balloon of MIB MiB           -> ok target_mib=MIB
 ///     get       sizes and counters                               -> ok target_mib=T actual_mib=A ...
 ///     stats     the guest's latest memory statistics (bytes)     -> ok age_ms=N total_memory=... free_memory=...
-enum BalloonControl {
-    static let usage = "commands: set MIB, get, stats"
+///     pause     park the vCPUs and the device thread             -> ok paused
+///     resume    let them go on                                   -> ok running
+///     snapshot STATE MEMORY   save the paused VM to two files     -> ok state_bytes=N memory_bytes=M written_bytes=W ms=T
+///
+/// Paths are taken as they are (no spaces); a relative one is relative to the VM's working directory.
+enum VMControl {
+    static let usage = "commands: set MIB, get, stats, pause, resume, snapshot STATE MEMORY"
 
     static func answer(_ line: String, vm: MicroVM) -> String {
         let words = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
         switch words.first {
+        case "pause":
+            guard words.count == 1 else { return "error usage: pause" }
+            do { try vm.pause() } catch { return "error \(error.message)" }
+            return "ok paused"
+        case "resume":
+            guard words.count == 1 else { return "error usage: resume" }
+            do { try vm.resume() } catch { return "error \(error.message)" }
+            return "ok running"
+        case "snapshot":
+            guard words.count == 3 else { return "error usage: snapshot STATE MEMORY (two file paths without spaces)" }
+            let started = monotonicNanoseconds()
+            do {
+                let written = try vm.snapshot(to: SnapshotPaths(state: words[1], memory: words[2]))
+                let ms = Double(monotonicNanoseconds() - started) / 1e6
+                return "ok state_bytes=\(written.stateBytes) memory_bytes=\(written.memoryBytes) written_bytes=\(written.memoryWrittenBytes) ms=\((ms * 1000).rounded() / 1000)"
+            } catch {
+                return "error \(error.message)"
+            }
         case "set":
             guard words.count == 2, let mib = UInt64(words[1]), mib < 1 << 40 else { return "error usage: set MIB (a whole number of MiB)" }
             do { try vm.setBalloonTarget(bytes: mib << 20) } catch { return "error \(error.message)" }
@@ -81,23 +104,25 @@ enum BalloonControl {
     }
 }
 
-/// `swiftlet balloon SOCKET COMMAND...`: one command to a running VM's balloon control socket.
+/// `swiftlet balloon SOCKET COMMAND...`: one command to a running VM's control socket.
 struct BalloonCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "balloon",
-        abstract: "Change or read a running VM's memory balloon through its control socket.",
+        abstract: "Send one command to a running VM's control socket: its balloon, pause, resume (also `swiftlet control`).",
         discussion: """
             SOCKET is what the VM was started with (swiftlet run --balloon ... --balloon-socket SOCKET). Commands: \
             `set MIB` asks the guest for a balloon of MIB MiB (memory given back to the host; 0 gives it all back \
             to the guest); `get` prints the target and actual sizes and what the device released; `stats` prints \
-            the guest's latest memory statistics (with --balloon stats=SECONDS). Prints the answer line; exits 1 \
-            when it starts with "error".
-            """)
+            the guest's latest memory statistics (with --balloon stats=SECONDS); `pause` and `resume` stop and \
+            start the guest; `snapshot STATE MEMORY` saves a paused one (`swiftlet snapshot` does all three). \
+            Prints the answer line; exits 1 when it starts with "error".
+            """,
+        aliases: ["control"])
 
     @Argument(help: ArgumentHelp("The VM's control socket.", valueName: "socket"))
     var socket: String
 
-    @Argument(help: ArgumentHelp("set MIB | get | stats", valueName: "command"))
+    @Argument(help: ArgumentHelp("set MIB | get | stats | pause | resume | snapshot STATE MEMORY", valueName: "command"))
     var command: [String]
 
     func run() throws {
