@@ -238,6 +238,29 @@ public struct FirecrackerSetup: Sendable, Equatable {
     /// Where drive `id` is in `MachineConfiguration.disks`.
     func diskIndex(of id: String) -> Int? { orderedDrives.firstIndex { $0.drive_id == id } }
 
+    /// What a snapshot load brought: the restored machine's configuration, as the PUTs that made it would have set it,
+    /// so that `GET /vm/config`, `PATCH /drives` and `PATCH /balloon` see it. Drives are named by their serial (the
+    /// drive_id they were made with); NICs by the iface_id the snapshot kept.
+    mutating func adopt(_ configuration: MachineConfiguration, overriddenTaps: [Int: String], vsockPath: String?) {
+        machineConfig.vcpu_count = configuration.cpus
+        machineConfig.mem_size_mib = Int(configuration.memorySize >> 20)
+        drives = configuration.disks.enumerated().map { index, disk in
+            Drive(drive_id: disk.serial ?? "drive\(index)", is_root_device: false, is_read_only: disk.readOnly, path_on_host: disk.path)
+        }
+        networkInterfaces = configuration.networks.enumerated().map { index, network in
+            NetworkInterface(iface_id: network.id ?? "eth\(index)", host_dev_name: overriddenTaps[index] ?? network.tap,
+                             guest_mac: network.mac.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }
+                                 .joined(separator: ":"),
+                             mtu: network.mtu.map(Int.init))
+        }
+        vsock = configuration.vsock.map { Vsock(guest_cid: Int($0.guestCID), uds_path: vsockPath ?? $0.socketPath) }
+        balloon = configuration.balloon.map {
+            Balloon(amount_mib: Int($0.targetSize >> 20), deflate_on_oom: $0.deflateOnOOM,
+                    stats_polling_interval_s: Int($0.statisticsInterval), free_page_reporting: $0.freePageReporting)
+        }
+        entropy = configuration.entropy.map { _ in EntropyDevice() }
+    }
+
     /// Records a running drive's new backing file (after the machine attached it).
     mutating func setDrivePath(id: String, _ path: String) {
         if let index = drives.firstIndex(where: { $0.drive_id == id }) { drives[index].path_on_host = path }
@@ -262,7 +285,7 @@ public struct FirecrackerSetup: Sendable, Equatable {
         configuration.networks = networkInterfaces.enumerated().map { index, interface in
             NetworkConfiguration(tap: interface.host_dev_name,
                                  mac: interface.guest_mac.flatMap(Self.parseMAC) ?? [0x52, 0x54, 0, 0, 0, UInt8(truncatingIfNeeded: index + 1)],
-                                 mtu: interface.mtu.map { UInt16($0) })
+                                 mtu: interface.mtu.map { UInt16($0) }, id: interface.iface_id)
         }
         configuration.vsock = vsock.map { SocketConfiguration(guestCID: UInt64($0.guest_cid), socketPath: $0.uds_path) }
         if let entropy { configuration.entropy = EntropyConfiguration(bytesPerSecond: try Self.entropyRate(entropy)) }

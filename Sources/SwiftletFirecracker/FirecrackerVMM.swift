@@ -13,12 +13,19 @@ public protocol RunningMachine: AnyObject, Sendable {
     func statistics() -> [DeviceStatistics]
     func pause() throws(SwiftletError)
     func resume() throws(SwiftletError)
+    @discardableResult
+    func snapshot(to paths: SnapshotPaths) throws(SwiftletError) -> SnapshotStatistics
 }
 
 extension MicroVM: RunningMachine {}
 
 /// Starts the machine `InstanceStart` describes; the default boots a `MicroVM`, tests pass a fake.
 public typealias MachineStarter = @Sendable (MachineConfiguration) async throws(SwiftletError) -> any RunningMachine
+
+/// Restores the machine `PUT /snapshot/load` names: the snapshot, whether it resumes, and the overrides to apply to
+/// its saved configuration (`MicroVM.restore(from:resume:overrides:)`).
+public typealias MachineRestorer = @Sendable (MicroVMSnapshot, Bool, @escaping @Sendable (inout MachineConfiguration) -> Void)
+    async throws(SwiftletError) -> any RunningMachine
 
 /// An API answer: an HTTP status and, unless 204, a JSON body.
 public struct APIResponse: Equatable, Sendable {
@@ -60,6 +67,7 @@ public actor FirecrackerVMM {
     public private(set) var setup: FirecrackerSetup
     private var machine: (any RunningMachine)?
     private let starter: MachineStarter
+    private let restorer: MachineRestorer?
     /// The metrics writer, once `PUT /metrics` (or the configuration file) named a path.
     private var metrics: MetricsWriter?
     /// The log, once `PUT /logger` (or `--log-path`, or the configuration file) named a path.
@@ -69,10 +77,12 @@ public actor FirecrackerVMM {
     /// The API level answered: Firecracker's specification this implements.
     public static let apiVersion = "1.16.1"
 
-    public init(id: String = "anonymous-instance", setup: FirecrackerSetup = FirecrackerSetup(), starter: @escaping MachineStarter) {
+    public init(id: String = "anonymous-instance", setup: FirecrackerSetup = FirecrackerSetup(), starter: @escaping MachineStarter,
+                restorer: MachineRestorer? = nil) {
         self.id = id
         self.setup = setup
         self.starter = starter
+        self.restorer = restorer
     }
 
     /// Handles one request: METHOD, the path (with any query string) and the body.
@@ -175,9 +185,13 @@ public actor FirecrackerVMM {
                 return .noContent
             case ("GET", "vm", 2) where parts[1] == "config":
                 return .ok(setup.fullConfiguration)
+            case ("PUT", "snapshot", 2) where parts[1] == "create":
+                return try createSnapshot(decodeBody(SnapshotCreateParams.self, body))
+            case ("PUT", "snapshot", 2) where parts[1] == "load":
+                return try await loadSnapshot(decodeBody(SnapshotLoadParams.self, body))
             default:
                 let known = ["", "version", "machine-config", "boot-source", "drives", "network-interfaces", "vsock", "balloon",
-                             "entropy", "logger", "metrics", "actions", "vm"]
+                             "entropy", "logger", "metrics", "actions", "vm", "snapshot"]
                 if let first = parts.first, !known.contains(first) {
                     return .fault("unknown resource \(path): this API (Firecracker \(Self.apiVersion)) has no such endpoint")
                 }
@@ -268,6 +282,81 @@ public actor FirecrackerVMM {
         default:
             throw APIFault("action_type `\(request.action_type)` is not one of `InstanceStart`, `SendCtrlAltDel`, `FlushMetrics`")
         }
+    }
+
+    /// `PUT /snapshot/create`: a full snapshot of the paused microVM (Firecracker requires the pause too).
+    private func createSnapshot(_ request: SnapshotCreateParams) throws(APIFault) -> APIResponse {
+        switch request.snapshot_type {
+        case nil, "Full": break
+        case "Diff": throw APIFault("snapshot_type Diff: Swiftlet takes full snapshots only (their memory files are sparse: untouched pages take no space); use Full")
+        case let other?: throw APIFault("snapshot_type `\(other)` is not one of `Full`, `Diff`")
+        }
+        guard let machine, state != .notStarted else { throw APIFault("the microVM is not started: there is nothing to snapshot") }
+        guard state == .paused else { throw APIFault("the microVM is running: pause it first (PATCH /vm {\"state\": \"Paused\"})") }
+        let started = monotonicNanoseconds()
+        do {
+            let written = try machine.snapshot(to: SnapshotPaths(state: request.snapshot_path, memory: request.mem_file_path))
+            log?.log(.info, "snapshot created: \(request.snapshot_path) (\(written.stateBytes) bytes), \(request.mem_file_path) "
+                + "(\(written.memoryWrittenBytes >> 10) KiB of \(written.memoryBytes >> 20) MiB written) in \((monotonicNanoseconds() - started) / 1_000_000) ms")
+        } catch {
+            throw APIFault("PUT /snapshot/create: \(error.description)")
+        }
+        return .noContent
+    }
+
+    /// `PUT /snapshot/load`: a microVM restored from a snapshot, in place of one configured and started here.
+    private func loadSnapshot(_ request: SnapshotLoadParams) async throws(APIFault) -> APIResponse {
+        guard state == .notStarted else { throw APIFault("PUT /snapshot/load: the microVM is already \(state.rawValue.lowercased()); load a snapshot into a new process") }
+        guard setup.bootSource == nil && setup.drives.isEmpty && setup.networkInterfaces.isEmpty && setup.vsock == nil
+                && setup.balloon == nil && setup.entropy == nil else {
+            throw APIFault("PUT /snapshot/load is not allowed after configuring boot-specific resources: the snapshot brings its own machine")
+        }
+        guard let restorer else { throw APIFault("PUT /snapshot/load is not available in this front end") }
+        if request.track_dirty_pages == true || request.enable_diff_snapshots == true {
+            throw APIFault("track_dirty_pages: Swiftlet has no diff snapshots, so it does not track dirty pages; leave it false")
+        }
+        let memoryPath: String
+        switch (request.mem_file_path, request.mem_backend) {
+        case (let path?, nil): memoryPath = path
+        case (nil, let backend?):
+            guard backend.backend_type == "File" else {
+                throw APIFault("mem_backend `\(backend.backend_type)`: Swiftlet loads guest memory from a file (`File`); it has no userfaultfd backend")
+            }
+            memoryPath = backend.backend_path
+        case (nil, nil): throw APIFault("PUT /snapshot/load needs the guest memory: `mem_backend` (or the older `mem_file_path`)")
+        case (.some, .some): throw APIFault("PUT /snapshot/load takes `mem_backend` or `mem_file_path`, not both")
+        }
+        let snapshot: MicroVMSnapshot
+        do { snapshot = try MicroVMSnapshot(SnapshotPaths(state: request.snapshot_path, memory: memoryPath)) } catch {
+            throw APIFault("PUT /snapshot/load: \(error.description)")
+        }
+        var taps: [Int: String] = [:]
+        for override in request.network_overrides ?? [] {
+            guard let index = snapshot.configuration.networks.firstIndex(where: { $0.id == override.iface_id }) else {
+                let known = snapshot.configuration.networks.compactMap(\.id)
+                throw APIFault("network_overrides: the snapshot has no network interface `\(override.iface_id)` (it has \(known.isEmpty ? "none" : known.map { "`\($0)`" }.joined(separator: ", ")))")
+            }
+            taps[index] = override.host_dev_name
+        }
+        if request.vsock_override != nil && snapshot.configuration.vsock == nil {
+            throw APIFault("vsock_override: the snapshot has no vsock device")
+        }
+        let vsockPath = request.vsock_override?.uds_path
+        let resume = request.resume_vm ?? false
+        let overriddenTaps = taps
+        do {
+            machine = try await restorer(snapshot, resume) { configuration in
+                for (index, tap) in overriddenTaps { configuration.networks[index].tap = tap }
+                if let vsockPath { configuration.vsock?.socketPath = vsockPath }
+            }
+        } catch {
+            log?.log(.error, "snapshot load failed: \(error.description)")
+            throw APIFault("PUT /snapshot/load: \(error.description)")
+        }
+        setup.adopt(snapshot.configuration, overriddenTaps: taps, vsockPath: vsockPath)
+        state = resume ? .running : .paused
+        log?.log(.info, "snapshot loaded from \(request.snapshot_path): the microVM is \(state.rawValue.lowercased())")
+        return .noContent
     }
 
     private func patchDrive(id: String, _ update: PartialDrive) async throws(APIFault) -> APIResponse {

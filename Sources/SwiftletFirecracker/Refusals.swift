@@ -5,8 +5,8 @@ enum Refusals {
         guard let first = parts.first else { return nil }
         let path = "/" + parts.joined(separator: "/")
         switch first {
-        case "snapshot":
-            return "\(path) is not supported yet: Swiftlet has no snapshots (they come with the snapshot work, issue 18)"
+        case "snapshot" where parts.count != 2 || !["create", "load"].contains(parts[1]):
+            return "\(path) is not an endpoint: the snapshot endpoints are /snapshot/create and /snapshot/load"
         case "mmds":
             return "\(path) is not supported: Swiftlet has no microVM metadata service (MMDS); pass data to the guest over vsock or the kernel command line"
         case "cpu-config":

@@ -83,6 +83,16 @@ final class FirecrackerFrontEnd: Sendable {
             try await vm.start()
             self.started(vm)
             return vm
+        } restorer: { snapshot, resume, configure async throws(SwiftletError) -> any RunningMachine in
+            // PUT /snapshot/load: the console is this process's standard output, as for a booted microVM.
+            let vm = try await MicroVM.restore(from: snapshot, resume: resume) { configuration in
+                configure(&configuration)
+                configuration.console = .stdio
+                configuration.seccomp = seccomp
+                configuration.confineProcess = true
+            }
+            self.started(vm)
+            return vm
         }
         do throws(APIFault) { try await vmm.configure(logLevel: options.level, logPath: options.logPath, metricsPath: options.metricsPath) } catch {
             fail(error.message)

@@ -19,6 +19,11 @@ final class FakeMachine: RunningMachine {
     func setBalloonStatisticsInterval(seconds: UInt32) throws(SwiftletError) { intervals.withLock { $0.append(seconds) } }
     let ctrlAltDels = Mutex(0)
     func sendCtrlAltDel() throws(SwiftletError) { ctrlAltDels.withLock { $0 += 1 } }
+    let snapshots = Mutex<[SnapshotPaths]>([])
+    func snapshot(to paths: SnapshotPaths) throws(SwiftletError) -> SnapshotStatistics {
+        snapshots.withLock { $0.append(paths) }
+        return SnapshotStatistics(stateBytes: 100, memoryBytes: 1 << 20, memoryWrittenBytes: 4096)
+    }
     let images = Mutex<[String]>([])
     func replaceDiskImage(index: Int, path: String) throws(SwiftletError) {
         guard !path.hasPrefix("/missing") else { throw SwiftletError(.invalidConfiguration, "cannot open disk image \(path)") }
@@ -109,7 +114,7 @@ private let start = #"{"action_type": "InstanceStart"}"#
                                             cpus: 2, memorySize: 512 << 20, console: .stdio)
         expected.disks = [DiskConfiguration(path: "/d/root.img", readOnly: false, serial: "rootfs"),
                           DiskConfiguration(path: "/d/scratch.img", readOnly: true, serial: "scratch")]
-        expected.networks = [NetworkConfiguration(tap: "tap7", mac: [0x06, 0, 0xac, 0x10, 0, 2])]
+        expected.networks = [NetworkConfiguration(tap: "tap7", mac: [0x06, 0, 0xac, 0x10, 0, 2], id: "eth0")]
         expected.vsock = SocketConfiguration(guestCID: 9, socketPath: "/run/v.sock")
         expected.balloon = MemoryBalloonConfiguration(targetSize: 64 << 20, deflateOnOOM: true, statisticsInterval: 5)
         #expect(built.kernelPath == expected.kernelPath && built.initrdPath == expected.initrdPath)
@@ -292,9 +297,52 @@ private let start = #"{"action_type": "InstanceStart"}"#
         #expect(lines[3].contains("[logged:api:INFO] InstanceStart: the microVM runs (1 vCPUs, 128 MiB, 0 drives, 0 network interfaces)"))
     }
 
+    @Test func snapshotCreateNeedsAPausedMicroVMAndAFullSnapshot() async throws {
+        let recorder = Recorder()
+        let vmm = FirecrackerVMM(starter: recorder.starter)
+        let create = #"{"snapshot_path": "/s/vm.snap", "mem_file_path": "/s/vm.mem"}"#
+        #expect(await send(vmm, "PUT", "/snapshot/create", create).faultMessage == "the microVM is not started: there is nothing to snapshot")
+        #expect(await send(vmm, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/boot-source", #"{"kernel_image_path": "/k"}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/snapshot/create", create).faultMessage?.hasPrefix("the microVM is running: pause it first") == true)
+        #expect(await send(vmm, "PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/snapshot/create", #"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}"#)
+            .faultMessage?.hasPrefix("snapshot_type Diff: Swiftlet takes full snapshots only") == true)
+        #expect(await send(vmm, "PUT", "/snapshot/create", #"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Half"}"#)
+            .faultMessage == "snapshot_type `Half` is not one of `Full`, `Diff`")
+        #expect(await send(vmm, "PUT", "/snapshot/create", #"{"snapshot_path": "/s", "mem_file_path": "/m", "compress": true}"#)
+            .faultMessage?.contains("unknown field `compress`") == true)
+        #expect(await send(vmm, "PUT", "/snapshot/create", create).status == 204)
+        #expect(recorder.machine.snapshots.withLock { $0 } == [SnapshotPaths(state: "/s/vm.snap", memory: "/s/vm.mem")])
+        #expect(await send(vmm, "PUT", "/snapshot/nothing", "{}").faultMessage?.contains("the snapshot endpoints are /snapshot/create and /snapshot/load") == true)
+    }
+
+    @Test func snapshotLoadRefusesWhatItCannotDoBeforeReadingAnything() async {
+        let vmm = FirecrackerVMM(starter: Recorder().starter)
+        #expect(await send(vmm, "PUT", "/snapshot/load", #"{"snapshot_path": "/s"}"#).faultMessage == "PUT /snapshot/load is not available in this front end")
+        let restoring = FirecrackerVMM(starter: Recorder().starter) { _, _, _ async throws(SwiftletError) -> any RunningMachine in
+            throw SwiftletError(.invalidConfiguration, "not in this test")
+        }
+        #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/s"}"#).faultMessage?.hasPrefix("PUT /snapshot/load needs the guest memory") == true)
+        #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#)
+            .faultMessage == "PUT /snapshot/load takes `mem_backend` or `mem_file_path`, not both")
+        #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#)
+            .faultMessage?.contains("it has no userfaultfd backend") == true)
+        #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m", "x": 1}}"#)
+            .faultMessage?.contains("unknown field `x`") == true)
+        #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": true}"#)
+            .faultMessage?.hasPrefix("track_dirty_pages") == true)
+        #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/nonexistent.snap", "mem_file_path": "/m"}"#)
+            .faultMessage?.hasPrefix("PUT /snapshot/load: cannot open the snapshot's state file /nonexistent.snap") == true)
+        #expect(await send(restoring, "PUT", "/boot-source", #"{"kernel_image_path": "/k"}"#).status == 204)
+        #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
+            .faultMessage == "PUT /snapshot/load is not allowed after configuring boot-specific resources: the snapshot brings its own machine")
+    }
+
     @Test func unimplementedEndpointsAnswer400NamingThem() async {
         let vmm = FirecrackerVMM(starter: Recorder().starter)
-        for (method, path) in [("PUT", "/snapshot/create"), ("PUT", "/snapshot/load"), ("GET", "/mmds"), ("PUT", "/mmds/config"),
+        for (method, path) in [("GET", "/mmds"), ("PUT", "/mmds/config"),
                                ("PUT", "/cpu-config"), ("PUT", "/hotplug/memory"), ("PUT", "/pmem/p0"), ("PUT", "/serial"),
                                ("PATCH", "/balloon/hinting/start"), ("GET", "/balloon/hinting/status")] {
             let response = await send(vmm, method, path, "{}")

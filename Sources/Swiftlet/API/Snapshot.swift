@@ -77,4 +77,10 @@ public struct SnapshotStatistics: Sendable, Equatable {
     public var memoryBytes: UInt64
     /// The memory file's bytes that were written (pages that are not all zeroes); the rest are holes.
     public var memoryWrittenBytes: UInt64
+
+    public init(stateBytes: Int, memoryBytes: UInt64, memoryWrittenBytes: UInt64) {
+        self.stateBytes = stateBytes
+        self.memoryBytes = memoryBytes
+        self.memoryWrittenBytes = memoryWrittenBytes
+    }
 }

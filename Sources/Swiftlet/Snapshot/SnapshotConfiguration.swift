@@ -26,6 +26,7 @@ enum SnapshotConfiguration {
                 record.record("tap ", string: network.tap)
                 record.record("mac ", bytes: network.mac)
                 if let mtu = network.mtu { record.record("mtu ", integer: UInt64(mtu)) }
+                if let id = network.id { record.record("id  ", string: id) }
             }
         }
         if let vsock = configuration.vsock {
@@ -76,7 +77,8 @@ enum SnapshotConfiguration {
                 guard let narrow = UInt16(exactly: value) else { throw .malformed("the snapshot's MTU \(value) is out of range") }
                 mtu = narrow
             }
-            configuration.networks.append(NetworkConfiguration(tap: try record.string("tap ", maximumBytes: 16), mac: mac, mtu: mtu))
+            configuration.networks.append(NetworkConfiguration(tap: try record.string("tap ", maximumBytes: 16), mac: mac, mtu: mtu,
+                                                               id: record.contains("id  ") ? try record.string("id  ", maximumBytes: 256) : nil))
         }
         if decoder.contains("vsck") {
             let record = try decoder.nested("vsck")

@@ -23,10 +23,14 @@ public struct NetConfiguration: Sendable, Equatable {
     public var tap: String
     public var mac: [UInt8]
     public var mtu: UInt16?
-    public init(tap: String, mac: [UInt8], mtu: UInt16? = nil) {
+    /// What the NIC is called by whoever configured it (Firecracker's `iface_id`): a snapshot keeps it, so that a
+    /// restore's overrides can name the NIC.
+    public var id: String?
+    public init(tap: String, mac: [UInt8], mtu: UInt16? = nil, id: String? = nil) {
         self.tap = tap
         self.mac = mac
         self.mtu = mtu
+        self.id = id
     }
 }
 

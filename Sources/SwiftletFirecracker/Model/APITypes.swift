@@ -245,3 +245,45 @@ public struct FullVmConfiguration: StrictObject, Encodable, Equatable, Sendable 
 struct ErrorBody: Encodable {
     var fault_message: String
 }
+
+/// `PUT /snapshot/create`.
+public struct SnapshotCreateParams: StrictObject, Equatable, Sendable {
+    public var mem_file_path: String
+    public var snapshot_path: String
+    public var snapshot_type: String?
+    public static let fields: Set<String> = ["mem_file_path", "snapshot_path", "snapshot_type"]
+}
+
+/// `PUT /snapshot/load`'s `mem_backend`.
+public struct MemoryBackend: StrictObject, Encodable, Equatable, Sendable {
+    public var backend_type: String
+    public var backend_path: String
+    public static let fields: Set<String> = ["backend_type", "backend_path"]
+}
+
+/// `PUT /snapshot/load`'s `network_overrides` entries.
+public struct NetworkOverride: StrictObject, Equatable, Sendable {
+    public var iface_id: String
+    public var host_dev_name: String
+    public static let fields: Set<String> = ["iface_id", "host_dev_name"]
+}
+
+/// `PUT /snapshot/load`'s `vsock_override`.
+public struct VsockOverride: StrictObject, Encodable, Equatable, Sendable {
+    public var uds_path: String
+    public static let fields: Set<String> = ["uds_path"]
+}
+
+/// `PUT /snapshot/load`.
+public struct SnapshotLoadParams: StrictObject, Equatable, Sendable {
+    public var snapshot_path: String
+    public var mem_file_path: String?
+    @StrictOptional public var mem_backend: MemoryBackend?
+    public var enable_diff_snapshots: Bool?
+    public var track_dirty_pages: Bool?
+    public var resume_vm: Bool?
+    public var network_overrides: [NetworkOverride]?
+    @StrictOptional public var vsock_override: VsockOverride?
+    public static let fields: Set<String> = ["snapshot_path", "mem_file_path", "mem_backend", "enable_diff_snapshots",
+                                             "track_dirty_pages", "resume_vm", "network_overrides", "vsock_override"]
+}

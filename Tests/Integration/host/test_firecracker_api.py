@@ -123,7 +123,9 @@ def main():
             ("unknown-field", "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128, "cpus": 1}, "unknown field `cpus`"),
             ("wrong-type", "PUT", "/boot-source", {"kernel_image_path": 7}, "kernel_image_path: invalid type"),
             ("missing-field", "PUT", "/vsock", {"uds_path": "/x"}, "missing field `guest_cid`"),
-            ("unimplemented", "PUT", "/snapshot/create", {"mem_file_path": "/m", "snapshot_path": "/s"}, "/snapshot/create is not supported"),
+            ("unimplemented", "PUT", "/cpu-config", {}, "/cpu-config is not supported"),
+            ("snapshot-before-boot", "PUT", "/snapshot/create", {"mem_file_path": "/m", "snapshot_path": "/s"}, "not started: there is nothing to snapshot"),
+            ("snapshot-load-missing", "PUT", "/snapshot/load", {"snapshot_path": "/nonexistent.snap", "mem_file_path": "/m"}, "cannot open the snapshot's state file /nonexistent.snap"),
             ("unknown-path", "GET", "/nope", None, "unknown resource /nope"),
             ("wrong-method", "DELETE", "/machine-config", None, "invalid request method and/or path"),
         ]
