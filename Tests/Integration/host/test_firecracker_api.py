@@ -125,7 +125,7 @@ def main():
             ("missing-field", "PUT", "/vsock", {"uds_path": "/x"}, "missing field `guest_cid`"),
             ("unimplemented", "PUT", "/cpu-config", {}, "/cpu-config is not supported"),
             ("snapshot-before-boot", "PUT", "/snapshot/create", {"mem_file_path": "/m", "snapshot_path": "/s"}, "not started: there is nothing to snapshot"),
-            ("snapshot-load-missing", "PUT", "/snapshot/load", {"snapshot_path": "/nonexistent.snap", "mem_file_path": "/m"}, "cannot open the snapshot's state file /nonexistent.snap"),
+            ("snapshot-load-after-config", "PUT", "/snapshot/load", {"snapshot_path": "/nonexistent.snap", "mem_file_path": "/m"}, "not allowed after configuring boot-specific resources"),
             ("unknown-path", "GET", "/nope", None, "unknown resource /nope"),
             ("wrong-method", "DELETE", "/machine-config", None, "invalid request method and/or path"),
         ]

@@ -1,0 +1,78 @@
+@testable import Swiftlet
+import SwiftletSnapshot
+import Testing
+
+/// The configuration a snapshot keeps: every guest-visible setting and host path comes back, and a restore may
+/// change the host side only.
+@Suite struct SnapshotConfigurationTests {
+    static var machine: MachineConfiguration {
+        var configuration = MachineConfiguration(kernelPath: "/k", commandLine: "console=ttyS0 quiet", cpus: 2, memorySize: 512 << 20)
+        configuration.disks = [DiskConfiguration(path: "/d/root.img", readOnly: false, serial: "rootfs", eventIndex: true),
+                               DiskConfiguration(path: "/d/ro.img", readOnly: true, serial: nil, eventIndex: false)]
+        configuration.networks = [NetworkConfiguration(tap: "tap0", mac: [2, 0, 0, 0, 0, 1], mtu: 9000, id: "eth0")]
+        configuration.vsock = SocketConfiguration(guestCID: 7, socketPath: "/run/v.sock")
+        configuration.balloon = MemoryBalloonConfiguration(targetSize: 64 << 20, deflateOnOOM: true, freePageReporting: true, statisticsInterval: 3)
+        configuration.entropy = EntropyConfiguration(bytesPerSecond: 4096)
+        configuration.discovery = .acpi
+        return configuration
+    }
+
+    func throughAFile(_ configuration: MachineConfiguration) throws -> MachineConfiguration {
+        var body = SnapshotEncoder()
+        body.record("conf") { SnapshotConfiguration.save(configuration, into: &$0) }
+        return try SnapshotConfiguration.load(from: SnapshotFile.body(of: SnapshotFile.bytes(body: body)).nested("conf"))
+    }
+
+    @Test func everySavedSettingComesBack() throws {
+        let saved = Self.machine
+        let loaded = try throughAFile(saved)
+        #expect(loaded.kernelPath == "") // a restored guest runs the kernel it booted
+        #expect(loaded.cpus == 2 && loaded.memorySize == 512 << 20 && loaded.commandLine == saved.commandLine)
+        #expect(loaded.disks == saved.disks && loaded.networks == saved.networks && loaded.vsock == saved.vsock)
+        #expect(loaded.balloon == saved.balloon && loaded.entropy == saved.entropy && loaded.discovery == .acpi)
+        #expect(SnapshotConfiguration.incompatibility(saved: saved, changed: loaded) == nil)
+        var minimal = MachineConfiguration(kernelPath: "/k")
+        minimal.discovery = .legacy
+        let back = try throughAFile(minimal)
+        #expect(back.disks.isEmpty && back.networks.isEmpty && back.vsock == nil && back.balloon == nil && back.entropy == nil)
+    }
+
+    @Test func aRestoreMayChangeTheHostSideOnly() {
+        let saved = Self.machine
+        var clone = saved
+        clone.disks[0].path = "/d/clone.img"
+        clone.networks[0].tap = "tap9"
+        clone.networks[0].mac = [2, 0, 0, 0, 0, 9]
+        clone.vsock = SocketConfiguration(guestCID: 8, socketPath: "/run/clone.sock")
+        #expect(SnapshotConfiguration.incompatibility(saved: saved, changed: clone) == nil)
+        func why(_ change: (inout MachineConfiguration) -> Void) -> String {
+            var changed = saved
+            change(&changed)
+            return SnapshotConfiguration.incompatibility(saved: saved, changed: changed) ?? ""
+        }
+        #expect(why { $0.cpus = 1 } == "the snapshot has 2 vCPUs, not 1")
+        #expect(why { $0.memorySize = 256 << 20 } == "the snapshot has 512 MiB of memory, not 256")
+        #expect(why { $0.disks.removeLast() } == "the snapshot has 2 disks, not 1")
+        #expect(why { $0.disks[1].readOnly = false }.hasPrefix("disk 1 may change its image"))
+        #expect(why { $0.networks[0].mtu = 1500 } == "NIC 0 may change its TAP and MAC, not its MTU")
+        #expect(why { $0.vsock = nil } == "the snapshot has a vsock device")
+        let balloonChanged = why { configuration in configuration.balloon?.targetSize = 0 }
+        #expect(balloonChanged.hasPrefix("the balloon's configuration is the snapshot's"))
+        #expect(why { $0.entropy = nil } == "the entropy device's configuration is the snapshot's")
+        #expect(why { $0.discovery = .both } == "device discovery is the snapshot's (acpi)")
+    }
+
+    @Test func aConfigurationNoMachineCanHaveIsRefused() throws {
+        var body = SnapshotEncoder()
+        body.record("conf") { record in
+            record.record("cpus", integer: 0)
+            record.record("mem ", integer: 1 << 30)
+            record.record("cmdl", string: "")
+            record.record("disc", string: "both")
+        }
+        let decoder = try SnapshotFile.body(of: SnapshotFile.bytes(body: body)).nested("conf")
+        #expect(throws: SnapshotError.malformed("the snapshot's machine has 0 vCPUs (1 to \(MachineConfiguration.maximumCPUs) are possible)")) {
+            try SnapshotConfiguration.load(from: decoder)
+        }
+    }
+}
