@@ -72,9 +72,10 @@ extension X86CPUID {
         (0xd, 1, .eax, "0xd.1.eax"),
         (0x8000_0001, 0, .ecx, "0x80000001.ecx"), (0x8000_0001, 0, .edx, "0x80000001.edx"),
     ]
-    /// Bits KVM changes as the guest runs, or Swiftlet sets beyond KVM_GET_SUPPORTED_CPUID: OSXSAVE and the TSC
-    /// deadline timer (1.ecx 27 and 24), the APIC (1.edx 9, follows the APIC base MSR), OSPKE (7.ecx 4).
-    static let runtimeBits: [String: UInt32] = ["1.ecx": 1 << 27 | 1 << 24, "1.edx": 1 << 9, "7.ecx": 1 << 4]
+    /// Bits KVM changes as the guest runs: OSXSAVE (1.ecx 27, follows CR4), the APIC (1.edx 9, follows the APIC base
+    /// MSR), OSPKE (7.ecx 4). (What Swiftlet sets beyond KVM_GET_SUPPORTED_CPUID, the hypervisor bit and the TSC
+    /// deadline timer, is in what a restore compares against: `adjusted` of the host's.)
+    static let runtimeBits: [String: UInt32] = ["1.ecx": 1 << 27, "1.edx": 1 << 9, "7.ecx": 1 << 4]
 
     /// What this host offers a vCPU: `supported` (KVM_GET_SUPPORTED_CPUID) with the bits of `readBack` (KVM_GET_CPUID2
     /// of a vCPU given `supported`) added. A KVM that reports the CPU's own features back (this project's PVM host

@@ -104,6 +104,9 @@ struct Restore: AsyncParsableCommand {
     @Flag(name: .long, help: "Print, on stderr, the CLOCK_MONOTONIC time of the first KVM_RUN (for start-up benchmarks).")
     var traceStartup = false
 
+    @Flag(name: .long, help: "Print, on stderr at exit, per-device counts of notifications, interrupts and requests.")
+    var stats = false
+
     /// `INDEX=VALUE` options, by index.
     static func indexed(_ values: [String], option: String) throws -> [Int: String] {
         var result: [Int: String] = [:]
@@ -169,6 +172,7 @@ struct Restore: AsyncParsableCommand {
         }
         let exit = await vm.wait()
         control?.stop()
+        if stats { Run.reportStatistics(vm, scheduling: vm.configuration.deviceScheduling) }
         Run.end(exit)
     }
 

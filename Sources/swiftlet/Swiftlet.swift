@@ -152,13 +152,20 @@ struct Run: AsyncParsableCommand {
         let exit = await vm.wait()
         control?.stop()
         if let error = vm.deviceSchedulingError { Run.report("warning: \(error.description)") }
-        if stats {
+        if stats { Run.reportStatistics(vm, scheduling: machine.deviceScheduling) }
+        if printBootTime { Run.reportBootTime(vm, start: start) }
+        Run.end(exit)
+    }
+
+    /// `--stats`: per-device counters, the device thread's rounds, the console's bytes, the balloon's sizes.
+    static func reportStatistics(_ vm: MicroVM, scheduling: DeviceThreadScheduling) {
+        do {
             for device in vm.statistics() {
                 Run.report("stats device=\(device.name) notifications=\(device.notifications) interrupts=\(device.interrupts) "
                     + "requests=\(device.requests) guest_errors=\(device.guestErrors)")
             }
             if let loop = vm.deviceThreadStatistics {
-                Run.report("stats device-thread scheduling=\(vm.deviceSchedulingError == nil ? machine.deviceScheduling.rawValue : "normal") "
+                Run.report("stats device-thread scheduling=\(vm.deviceSchedulingError == nil ? scheduling.rawValue : "normal") "
                     + "rounds=\(loop.rounds) batch_rounds=\(loop.batchRounds) batch_switches=\(loop.batchSwitches)")
             }
             if let console = vm.consoleStatistics {
@@ -168,8 +175,6 @@ struct Run: AsyncParsableCommand {
                 Run.report("stats device=balloon0 " + VMControl.answer("get", vm: vm).dropFirst(3))
             }
         }
-        if printBootTime { Run.reportBootTime(vm, start: start) }
-        Run.end(exit)
     }
 
     /// `--print-boot-time` (and `firecracker --boot-timer`): from `start` to the guest's boot-timer write.

@@ -143,16 +143,16 @@ final class Machine: Sendable {
             _ = collectLoader()
             throw error
         }
+        let tscDeadlineTimer = kvm.check(KVM_CAP_TSC_DEADLINE_TIMER) != 0
         if let loading {
             let (kernel, boot) = try loading.result()
             self.kernel = kernel
-            let tscDeadlineTimer = kvm.check(KVM_CAP_TSC_DEADLINE_TIMER) != 0
             for vcpu in vcpus {
                 try X86Vcpu.configure(vcpu, cpus: configuration.cpus, cpuid: cpuid, tscDeadlineTimer: tscDeadlineTimer, boot: boot)
             }
         } else {
             kernel = nil
-            try MachineState.restoreProcessor(snapshot!, vm: vm, vcpus: vcpus, supported: cpuid)
+            try MachineState.restoreProcessor(snapshot!, vm: vm, vcpus: vcpus, supported: cpuid, tscDeadlineTimer: tscDeadlineTimer)
         }
         self.vcpus = vcpus
 

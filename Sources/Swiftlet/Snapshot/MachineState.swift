@@ -18,7 +18,7 @@ import SystemPackage
 ///     dev   one per virtio device, in slot order: name, type, its transport (TransportState), its own state
 enum MachineState {
     static func restoreProcessor(_ snapshot: MicroVMSnapshot, vm: SwiftletKVM.VirtualMachine, vcpus: [Vcpu],
-                                 supported: CPUIDTable) throws(SwiftletError) {
+                                 supported: CPUIDTable, tscDeadlineTimer: Bool) throws(SwiftletError) {
         let body = snapshot.body
         func invalid(_ error: SnapshotError) -> SwiftletError {
             SwiftletError(.invalidConfiguration, "cannot restore from \(snapshot.paths.state): \(error.description)")
@@ -37,9 +37,12 @@ enum MachineState {
         } catch {
             throw invalid(error)
         }
-        // What this host offers: its supported CPUID, and what KVM reports back once vCPU 0 has it (replaced below).
-        try vcpus[0].setCPUID(supported)
-        let offered = X86CPUID.offered(supported: supported.entries, readBack: try vcpus[0].savedCPUID())
+        // What this host offers: the CPUID a boot here would give vCPU 0 (KVM's supported one, as Swiftlet adjusts it:
+        // the hypervisor bit, the TSC deadline timer where KVM emulates it), and what KVM reports back once vCPU 0
+        // has it (replaced below by the snapshot's).
+        let booted = X86CPUID.adjusted(supported.entries, vcpu: 0, cpus: vcpus.count, tscDeadlineTimer: tscDeadlineTimer)
+        try vcpus[0].setCPUID(CPUIDTable.with(booted))
+        let offered = X86CPUID.offered(supported: booted, readBack: try vcpus[0].savedCPUID())
         let missing = X86CPUID.missingFeatures(saved: states[0].cpuid, supported: offered)
         guard missing.isEmpty else {
             throw SwiftletError(.kvmUnsupported, "the snapshot's vCPUs use CPU features this host's KVM does not offer (CPUID \(missing.joined(separator: ", "))): restore it on a host with the same CPU, or take the snapshot on the older one")
