@@ -126,6 +126,24 @@ extension Vcpu {
         try set("KVM_SET_VCPU_EVENTS", CSwiftlet_KVM_SET_VCPU_EVENTS, state.events)
     }
 
+    /// IA32_TSC, the guest's time-stamp counter.
+    public static let tscMSR: UInt32 = 0x10
+
+    /// The guest's TSC now (KVM_GET_MSRS of IA32_TSC).
+    public func timeStampCounter() throws(SwiftletError) -> UInt64 {
+        guard let entry = try readMSRs([Self.tscMSR]).first else {
+            throw SwiftletError(.kvmUnsupported, "KVM would not read IA32_TSC of vCPU \(id)")
+        }
+        return entry.data
+    }
+
+    /// The guest TSC's frequency (KVM_GET_TSC_KHZ).
+    public func timeStampCounterKilohertz() throws(SwiftletError) -> UInt32 {
+        do { return UInt32(try checkedIoctl(descriptor.rawValue, CSwiftlet_KVM_GET_TSC_KHZ, value: 0)) } catch {
+            throw SwiftletError(.systemCall, "KVM_GET_TSC_KHZ on vCPU \(id) failed", cause: error)
+        }
+    }
+
     /// The CPUID table set on this vCPU (KVM_GET_CPUID2).
     public func savedCPUID() throws(SwiftletError) -> [kvm_cpuid_entry2] {
         let table = CPUIDTable(capacity: X86VcpuState.maximumCPUIDEntries)

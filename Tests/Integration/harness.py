@@ -664,6 +664,12 @@ BENCHES = {
     # bench_api.py): process start to the socket accepting, in wall and CPU time, and to its first answer; the round trip of GET
     # /machine-config (QMP: query-status) on one connection, median and p99. In the lab (bench/api.sh): from the
     # start request (InstanceStart; QMP cont on a QEMU started with -S) to the guest's init.
+    # A snapshot of the tiny guest with its agent, restored (bench/snapshot.sh); qemu: HMP migrate to a file and
+    # -incoming from it. snapshot_restore_over_cold is each VMM's restore against its own cold sandbox, in permille.
+    "snapshot": {"snapshot_restore_to_exec_ms": ("ms", "lower"), "sandbox_cold_ms": ("ms", "lower"),
+                 "snapshot_restore_over_cold": ("permille", "lower"), "snapshot_create_ms": ("ms", "lower"),
+                 "snapshot_file_mib": ("MiB", "lower"), "restore_to_first_run_ms": ("ms", "lower"),
+                 "clone_private_mib": ("MiB", "lower")},
     "api": {"api_socket_ready_ms": ("ms", "lower"), "api_socket_ready_cpu_ms": ("ms", "lower"),
             "api_first_response_ms": ("ms", "lower"),
             "api_cost_threads": ("threads", "lower"), "api_cost_anon_kib": ("KiB", "lower"),
@@ -677,7 +683,7 @@ HOST_METRICS = {"start_to_first_run", "start_to_first_run_bare", "start_to_first
                 "api_cost_private_dirty_kib", "api_cost_private_kib", "api_request_us", "api_request_p99_us"}
 # Rounds when --runs is not given: a blk round is two boots with about 25 s of fio each in the lab; a net round is
 # five boots with up to 2 x 10 s of iperf3 each (about 4 minutes).
-DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3, "distro": 5, "api": 10}
+DEFAULT_RUNS = {"boot": 10, "blk": 3, "net": 3, "vsock": 3, "balloon": 3, "distro": 5, "api": 10, "snapshot": 5}
 # The bench scripts' own settings (their headers explain them), passed on from this process's environment, so that
 # `NET_ORDER=swiftlet,qemu make bench BENCH=net` reaches the lab too.
 BENCH_KNOBS = ("NET_ORDER", "NET_TIME", "NET_RR", "BLK_RUNTIME", "BLK_RAMP", "BLK_JOBS", "VSOCK_MIB",

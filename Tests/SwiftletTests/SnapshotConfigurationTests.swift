@@ -76,3 +76,28 @@ import Testing
         }
     }
 }
+
+/// The guest's time through a state file: the clock and each vCPU's TSC pairing come back; a record for another
+/// number of vCPUs, or a TSC frequency no CPU has, is refused.
+@Suite struct GuestTimeRecordTests {
+    func throughAFile(_ save: (inout SnapshotEncoder) -> Void) throws -> SnapshotDecoder {
+        var body = SnapshotEncoder()
+        body.record("time", save)
+        return try SnapshotFile.body(of: SnapshotFile.bytes(body: body)).nested("time")
+    }
+
+    @Test func theClockAndEveryTSCComeBack() throws {
+        let time = GuestTime(clock: 7_000_000_000, counters: [
+            GuestTime.Counter(clock: 7_000_001_000, value: 0x1234_5678_9abc, kilohertz: 2_300_000),
+            GuestTime.Counter(clock: 7_000_002_000, value: 0x1234_5678_ffff, kilohertz: 2_300_000),
+        ])
+        #expect(try GuestTime(from: throughAFile { time.save(into: &$0) }, vcpus: 2) == time)
+        #expect(throws: SnapshotError.malformed("the guest's time has 2 TSCs, and the machine 3 vCPUs")) {
+            try GuestTime(from: throughAFile { time.save(into: &$0) }, vcpus: 3)
+        }
+        let impossible = GuestTime(clock: 1, counters: [GuestTime.Counter(clock: 1, value: 1, kilohertz: UInt32.max)])
+        #expect(throws: SnapshotError.malformed("vCPU 0's TSC runs at \(UInt32.max) kHz")) {
+            try GuestTime(from: throughAFile { impossible.save(into: &$0) }, vcpus: 1)
+        }
+    }
+}

@@ -51,9 +51,10 @@ public final class MicroVM: Sendable {
         return await wait()
     }
 
-    /// Pauses the guest: every vCPU leaves KVM_RUN and parks, and the guest's clock stops (its kvmclock is saved and
-    /// set back on `resume()`, so the guest does not see the pause as time passing). Devices finish what was already
-    /// queued. Returns once every vCPU has parked. Pausing a paused VM does nothing.
+    /// Pauses the guest: every vCPU leaves KVM_RUN and parks, and the guest's time stops (its kvmclock and TSCs are
+    /// saved and set back on `resume()`, so the guest does not see the pause as time passing). Then the device thread
+    /// parks once the requests in flight are done, and takes nothing new until `resume()`. Returns once all have
+    /// parked. Pausing a paused VM does nothing.
     public func pause() throws(SwiftletError) {
         guard let built = machine.withLock({ $0 }) else { throw SwiftletError(.invalidConfiguration, "this MicroVM is not started") }
         try built.pause()

@@ -56,9 +56,9 @@ final class Machine: Sendable {
     }
     private let state = Mutex(RunState())
     private let finished = Atomic<Bool>(false)
-    /// Where vCPUs park while paused, and the guest's kvmclock saved by `pause()` (nil while running).
+    /// Where vCPUs park while paused, and the guest's time saved by `pause()` (nil while running).
     private let pauseGate = ParkingGate()
-    let pauseLock = Mutex<UInt64?>(nil)
+    let pauseLock = Mutex<GuestTime?>(nil)
     private let teardown = Mutex(false)
 
 
@@ -277,8 +277,8 @@ final class Machine: Sendable {
     func start(paused: Bool = false) throws(SwiftletError) {
         KickSignal.install()
         if paused {
-            let clock = try vm.clock()
-            pauseLock.withLock { $0 = clock }
+            let time = try GuestTime.read(vm: vm, vcpus: vcpus)
+            pauseLock.withLock { $0 = time }
             pauseGate.close()
             eventLoop?.pause()
         }
@@ -429,7 +429,7 @@ final class Machine: Sendable {
             guard pauseGate.waitForParked(vcpus.count) else {
                 throw SwiftletError(.invalidConfiguration, "the VM ended while it was being paused")
             }
-            paused = try vm.clock()
+            paused = try GuestTime.read(vm: vm, vcpus: vcpus)
             eventLoop?.pause()
         }
     }
@@ -437,8 +437,8 @@ final class Machine: Sendable {
     /// Lets the vCPUs run again, with the guest's clock going on from where `pause()` stopped it.
     func resume() throws(SwiftletError) {
         try pauseLock.withLock { (paused) throws(SwiftletError) in
-            guard let clock = paused else { return }
-            try vm.setClock(clock)
+            guard let time = paused else { return }
+            try time.set(vm: vm, vcpus: vcpus)
             paused = nil
             eventLoop?.resume()
             pauseGate.open()

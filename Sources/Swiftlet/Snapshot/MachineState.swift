@@ -25,6 +25,7 @@ enum MachineState {
         }
         let states: [X86VcpuState]
         let vmState: X86VMState
+        let time: GuestTime
         do throws(SnapshotError) {
             let records = try body.all("vcpu", maximum: MachineConfiguration.maximumCPUs)
             guard records.count == vcpus.count else {
@@ -34,6 +35,7 @@ enum MachineState {
             for record in records { decoded.append(try X86VcpuState(from: record)) }
             states = decoded
             vmState = try X86VMState(from: body.nested("vm  ", context: "the VM's state"))
+            time = try GuestTime(from: body.nested("time", context: "the guest's time"), vcpus: vcpus.count)
         } catch {
             throw invalid(error)
         }
@@ -53,6 +55,9 @@ enum MachineState {
                 throw SwiftletError(error.code, "cannot restore vCPU \(vcpu.id): \(error.message)", cause: error.cause)
             }
         }
+        // The clock and TSCs again, each TSC from the clock just read (GuestTime): setting every vCPU's state took
+        // long enough since the clock was set to show the guest's clocksource watchdog a skew.
+        try time.set(vm: vm, vcpus: vcpus)
     }
 
     static func restoreDevices(_ snapshot: MicroVMSnapshot, serial: Serial, slots: [VirtioSlot]) throws(SwiftletError) {
@@ -91,22 +96,27 @@ extension Machine {
     /// created or replaced). Refused unless `pause()` holds the machine: a running guest would change under the copy.
     func snapshot(to paths: SnapshotPaths) throws(SwiftletError) -> SnapshotStatistics {
         try pauseLock.withLock { (paused) throws(SwiftletError) -> SnapshotStatistics in
-            guard let clock = paused else {
+            guard let time = paused else {
                 throw SwiftletError(.invalidConfiguration, "the VM is not paused: pause it first (MicroVM.pause(), PATCH /vm {\"state\": \"Paused\"}), so that nothing changes while it is saved")
             }
             var body = SnapshotEncoder()
             body.record("arch", string: "x86_64")
             body.record("conf") { SnapshotConfiguration.save(configuration, into: &$0) }
             var vmState = try vm.saveX86State()
-            vmState.clock.clock = clock // the guest's time when it was paused
+            vmState.clock.clock = time.clock // the guest's time when it was paused
             body.record("vm  ") { vmState.save(into: &$0) }
             for vcpu in vcpus {
-                let state: X86VcpuState
+                var state: X86VcpuState
                 do throws(SwiftletError) { state = try vcpu.saveX86State(msrIndices: msrIndices) } catch {
                     throw SwiftletError(error.code, "cannot save vCPU \(vcpu.id): \(error.message)", cause: error.cause)
                 }
+                // Its TSC as the pause left it, with the clock above: the guest's time stood still since.
+                for index in state.msrs.indices where state.msrs[index].index == Vcpu.tscMSR {
+                    state.msrs[index].data = time.counters[vcpu.id].value
+                }
                 body.record("vcpu") { state.save(into: &$0) }
             }
+            body.record("time") { time.save(into: &$0) }
             body.record("serl") { serial.saveState(into: &$0) }
             for slot in virtioDevices {
                 let positions = slot.device.queuePositions()
