@@ -269,6 +269,9 @@ public final class MmioTransport: Sendable {
         guard Self.reachableStatus.contains(saved.status & ~failedBits) else {
             throw refuse("status 0x\(String(saved.status, radix: 16)) is not one the driver can reach")
         }
+        guard saved.status & Status.featuresOK == 0 || saved.driverFeatures & VirtioFeature.version1 != 0 else {
+            throw refuse("FEATURES_OK without VERSION_1, which this transport never accepts")
+        }
         for (index, queue) in saved.queues.enumerated() where queue.ready {
             if let problem = queue.problem(maximumSize: sizes[index], memory: memory) { throw refuse("queue \(index): \(problem)") }
         }

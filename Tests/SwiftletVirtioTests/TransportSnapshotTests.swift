@@ -137,6 +137,7 @@ import Testing
         #expect(try refusal { $0.queues.removeLast(); $0.positions.removeLast() }.contains("the snapshot has 1 queues, the device 2"))
         #expect(try refusal { $0.driverFeatures |= 1 << 40 }.contains("features 0x10000000000 that this device does not offer"))
         #expect(try refusal { $0.status = S.driverOK }.contains("status 0x4 is not one the driver can reach"))
+        #expect(try refusal { $0.driverFeatures = VirtioFeature.eventIndex }.contains("FEATURES_OK without VERSION_1"))
         #expect(try refusal { $0.queues[0].size = 12 }.contains("queue 0: queue size 12 is not a power of two"))
         #expect(try refusal { $0.queues[0].usedRing = GuestAddress(FakeDriver.memorySize) }.contains("outside guest memory"))
         #expect(try refusal { $0.positions[0] = QueuePosition(nextAvailable: 9, nextUsed: 0) }.contains("more chains out than the queue's 8 entries"))
