@@ -108,7 +108,7 @@ enum VMControl {
 struct BalloonCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "balloon",
-        abstract: "Send one command to a running VM's control socket: its balloon, pause, resume (also `swiftlet control`).",
+        abstract: "Send one command to a running VM's control socket: its balloon, pause, resume, snapshot.",
         discussion: """
             SOCKET is what the VM was started with (swiftlet run --balloon ... --balloon-socket SOCKET). Commands: \
             `set MIB` asks the guest for a balloon of MIB MiB (memory given back to the host; 0 gives it all back \

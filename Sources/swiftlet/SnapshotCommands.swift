@@ -12,7 +12,7 @@ struct SnapshotCommand: ParsableCommand {
         abstract: "Save a running VM to a state file and a memory file, through its control socket.",
         discussion: """
             SOCKET is the VM's control socket (swiftlet run --control-socket SOCKET). The VM is paused (its vCPUs and \
-            device thread park), saved, and then stays paused unless --resume is given; `swiftlet balloon SOCKET \
+            device thread park), saved, and then stays paused unless --resume is given; `swiftlet control SOCKET \
             resume` lets it go on later. `swiftlet restore --state FILE --memory FILE` starts it again, or a clone of \
             it. Paths are the VM's: relative ones are relative to its working directory. Prints the control \
             socket's answer (the sizes written and the time taken); exits 1 on an error.
@@ -92,7 +92,7 @@ struct Restore: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The vsock device's guest CID, instead of the saved one (the guest reads it again after the restore's TRANSPORT_RESET).", valueName: "cid"))
     var vsockCid: UInt64?
 
-    @Flag(name: .long, help: "Stay paused after the restore: `swiftlet balloon SOCKET resume` on the control socket lets the guest go on.")
+    @Flag(name: .long, help: "Stay paused after the restore: `swiftlet control SOCKET resume` on the control socket lets the guest go on.")
     var paused = false
 
     @Option(name: .long, help: ArgumentHelp("A Unix socket for controlling the VM (pause, resume, snapshot, the balloon); removed at exit.", valueName: "path"))
