@@ -83,7 +83,7 @@ struct Restore: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("NIC INDEX uses the TAP NAME (created, and removed at exit, when it does not exist); repeat for more.", valueName: "index=name"))
     var tap: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("NIC INDEX gets this MAC address (the guest sees it on its next read of the device's configuration).", valueName: "index=xx:xx:xx:xx:xx:xx"))
+    @Option(name: .long, help: ArgumentHelp("NIC INDEX's device reports this MAC address. Linux's virtio-net driver reads it only when it probes the device, so a running guest keeps the MAC it had: set it there too (ip link set eth0 address MAC).", valueName: "index=xx:xx:xx:xx:xx:xx"))
     var mac: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("The vsock device's host socket (a clone's own), instead of the saved one.", valueName: "path"))
