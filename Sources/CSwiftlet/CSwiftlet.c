@@ -41,6 +41,7 @@ const unsigned long CSwiftlet_KVM_IRQFD = KVM_IRQFD;
 const unsigned long CSwiftlet_KVM_IOEVENTFD = KVM_IOEVENTFD;
 const unsigned long CSwiftlet_KVM_GET_CLOCK = KVM_GET_CLOCK;
 const unsigned long CSwiftlet_KVM_SET_CLOCK = KVM_SET_CLOCK;
+const unsigned long CSwiftlet_KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 const unsigned long CSwiftlet_KVM_RUN = KVM_RUN;
 const unsigned long CSwiftlet_KVM_GET_REGS = KVM_GET_REGS;
 const unsigned long CSwiftlet_KVM_SET_REGS = KVM_SET_REGS;

@@ -38,13 +38,15 @@ public enum SeccompPolicy {
     static let deviceIoctls: [UInt64] = [UInt64(CSwiftlet_TUNSETOFFLOAD), UInt64(FIONREAD)]
     /// Pause and resume (`MicroVM.pause`, from the API's thread): the guest's kvmclock and each vCPU's TSC, saved and set back. A
     /// snapshot (`MicroVM.snapshot`, from the same threads): the state of the paused vCPUs and of the VM's
-    /// interrupt controllers and PIT, read only (a restore sets state during set-up, before any filter).
+    /// interrupt controllers and PIT, read only (a restore sets state during set-up, before any filter), and KVM's
+    /// dirty log.
     static let controlIoctls: [UInt64] = [
         CSwiftlet_KVM_GET_CLOCK, CSwiftlet_KVM_SET_CLOCK, CSwiftlet_KVM_SET_MSRS, // the clock and the TSCs a pause stops
         CSwiftlet_KVM_GET_MP_STATE, CSwiftlet_KVM_GET_REGS, CSwiftlet_KVM_GET_SREGS, CSwiftlet_KVM_GET_XSAVE,
         CSwiftlet_KVM_GET_XCRS, CSwiftlet_KVM_GET_DEBUGREGS, CSwiftlet_KVM_GET_LAPIC, CSwiftlet_KVM_GET_TSC_KHZ,
         CSwiftlet_KVM_GET_CPUID2, CSwiftlet_KVM_GET_MSRS, CSwiftlet_KVM_GET_VCPU_EVENTS,
         CSwiftlet_KVM_GET_IRQCHIP, CSwiftlet_KVM_GET_PIT2,
+        CSwiftlet_KVM_GET_DIRTY_LOG, // a diff snapshot's pages (and the reset after any snapshot, with dirty-page tracking)
     ].map { UInt64($0) }
     /// The terminal, saved and restored around raw mode (`--console stdio`).
     static let terminalIoctls: [UInt64] = [TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ].map { UInt64($0) }

@@ -61,9 +61,6 @@ public struct FirecrackerSetup: Sendable, Equatable {
         if config.smt == true {
             throw APIFault("smt: Swiftlet does not describe SMT siblings to the guest; leave smt false")
         }
-        if config.track_dirty_pages == true {
-            throw APIFault("track_dirty_pages: Swiftlet has no diff snapshots yet, so it does not track dirty pages; leave it false")
-        }
         switch config.huge_pages {
         case nil, "None": break
         case "2M": throw APIFault("huge_pages 2M: Swiftlet backs guest memory with normal pages only; use None")
@@ -244,6 +241,7 @@ public struct FirecrackerSetup: Sendable, Equatable {
     mutating func adopt(_ configuration: MachineConfiguration, overriddenTaps: [Int: String], vsockPath: String?) {
         machineConfig.vcpu_count = configuration.cpus
         machineConfig.mem_size_mib = Int(configuration.memorySize >> 20)
+        machineConfig.track_dirty_pages = configuration.trackDirtyPages
         drives = configuration.disks.enumerated().map { index, disk in
             Drive(drive_id: disk.serial ?? "drive\(index)", is_root_device: false, is_read_only: disk.readOnly, path_on_host: disk.path)
         }
@@ -278,6 +276,7 @@ public struct FirecrackerSetup: Sendable, Equatable {
         var configuration = MachineConfiguration(kernelPath: bootSource.kernel_image_path, initrdPath: bootSource.initrd_path,
                                                  commandLine: commandLine, cpus: machineConfig.vcpu_count,
                                                  memorySize: memoryBytes, console: .stdio)
+        configuration.trackDirtyPages = machineConfig.track_dirty_pages ?? false
         configuration.disks = ordered.map { drive in
             DiskConfiguration(path: drive.path_on_host ?? "", readOnly: drive.is_read_only ?? false,
                               serial: String(decoding: drive.drive_id.utf8.prefix(Self.serialBytes), as: UTF8.self))

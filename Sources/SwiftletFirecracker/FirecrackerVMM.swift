@@ -14,7 +14,7 @@ public protocol RunningMachine: AnyObject, Sendable {
     func pause() throws(SwiftletError)
     func resume() throws(SwiftletError)
     @discardableResult
-    func snapshot(to paths: SnapshotPaths) throws(SwiftletError) -> SnapshotStatistics
+    func snapshot(to paths: SnapshotPaths, kind: SnapshotKind) throws(SwiftletError) -> SnapshotStatistics
 }
 
 extension MicroVM: RunningMachine {}
@@ -284,18 +284,20 @@ public actor FirecrackerVMM {
         }
     }
 
-    /// `PUT /snapshot/create`: a full snapshot of the paused microVM (Firecracker requires the pause too).
+    /// `PUT /snapshot/create`: a full or diff snapshot of the paused microVM (Firecracker requires the pause too).
+    /// A diff needs `track_dirty_pages` (machine-config, or the load's), as Firecracker's does.
     private func createSnapshot(_ request: SnapshotCreateParams) throws(APIFault) -> APIResponse {
+        let kind: SnapshotKind
         switch request.snapshot_type {
-        case nil, "Full": break
-        case "Diff": throw APIFault("snapshot_type Diff: Swiftlet takes full snapshots only (their memory files are sparse: untouched pages take no space); use Full")
+        case nil, "Full": kind = .full
+        case "Diff": kind = .diff
         case let other?: throw APIFault("snapshot_type `\(other)` is not one of `Full`, `Diff`")
         }
         guard let machine, state != .notStarted else { throw APIFault("the microVM is not started: there is nothing to snapshot") }
         guard state == .paused else { throw APIFault("the microVM is running: pause it first (PATCH /vm {\"state\": \"Paused\"})") }
         let started = monotonicNanoseconds()
         do {
-            let written = try machine.snapshot(to: SnapshotPaths(state: request.snapshot_path, memory: request.mem_file_path))
+            let written = try machine.snapshot(to: SnapshotPaths(state: request.snapshot_path, memory: request.mem_file_path), kind: kind)
             log?.log(.info, "snapshot created: \(request.snapshot_path) (\(written.stateBytes) bytes), \(request.mem_file_path) "
                 + "(\(written.memoryWrittenBytes >> 10) KiB of \(written.memoryBytes >> 20) MiB written) in \((monotonicNanoseconds() - started) / 1_000_000) ms")
         } catch {
@@ -312,9 +314,7 @@ public actor FirecrackerVMM {
             throw APIFault("PUT /snapshot/load is not allowed after configuring boot-specific resources: the snapshot brings its own machine")
         }
         guard let restorer else { throw APIFault("PUT /snapshot/load is not available in this front end") }
-        if request.track_dirty_pages == true || request.enable_diff_snapshots == true {
-            throw APIFault("track_dirty_pages: Swiftlet has no diff snapshots, so it does not track dirty pages; leave it false")
-        }
+        let trackDirtyPages = request.track_dirty_pages == true || request.enable_diff_snapshots == true
         let memoryPath: String
         switch (request.mem_file_path, request.mem_backend) {
         case (let path?, nil): memoryPath = path
@@ -346,6 +346,7 @@ public actor FirecrackerVMM {
         let overriddenTaps = taps
         do {
             machine = try await restorer(snapshot, resume) { configuration in
+                configuration.trackDirtyPages = trackDirtyPages
                 for (index, tap) in overriddenTaps { configuration.networks[index].tap = tap }
                 if let vsockPath { configuration.vsock?.socketPath = vsockPath }
             }
@@ -353,7 +354,9 @@ public actor FirecrackerVMM {
             log?.log(.error, "snapshot load failed: \(error.description)")
             throw APIFault("PUT /snapshot/load: \(error.description)")
         }
-        setup.adopt(snapshot.configuration, overriddenTaps: taps, vsockPath: vsockPath)
+        var adopted = snapshot.configuration
+        adopted.trackDirtyPages = trackDirtyPages
+        setup.adopt(adopted, overriddenTaps: taps, vsockPath: vsockPath)
         state = resume ? .running : .paused
         log?.log(.info, "snapshot loaded from \(request.snapshot_path): the microVM is \(state.rawValue.lowercased())")
         return .noContent

@@ -26,15 +26,43 @@ public final class VirtualMachine: Sendable {
         }
     }
 
-    /// Gives every region of `memory` to the guest, one slot each. The regions must outlive the VM.
-    public func map(_ memory: GuestMemory) throws(SwiftletError) {
+    /// Gives every region of `memory` to the guest, one slot each. The regions must outlive the VM. With
+    /// `logDirtyPages` (KVM_MEM_LOG_DIRTY_PAGES), KVM records the pages the guest writes (`takeDirtyLog`); it also
+    /// maps the guest with 4 KiB pages, which costs a little speed.
+    public func map(_ memory: GuestMemory, logDirtyPages: Bool = false) throws(SwiftletError) {
         for (slot, region) in memory.regions.enumerated() {
             var description = kvm_userspace_memory_region(
-                slot: UInt32(slot), flags: 0, guest_phys_addr: region.start.rawValue, memory_size: region.size,
+                slot: UInt32(slot), flags: logDirtyPages ? 1 : 0, // KVM_MEM_LOG_DIRTY_PAGES
+                guest_phys_addr: region.start.rawValue, memory_size: region.size,
                 userspace_addr: UInt64(UInt(bitPattern: region.host)))
             try call("KVM_SET_USER_MEMORY_REGION (slot \(slot), \(region.size >> 20) MiB at \(region.start))",
                      CSwiftlet_KVM_SET_USER_MEMORY_REGION, &description)
         }
+    }
+
+    /// The pages the guest wrote in each region of `memory` (mapped with `logDirtyPages`) since the last call, as
+    /// 64-page words (KVM_GET_DIRTY_LOG, which clears the log as it reads it).
+    public func takeDirtyLog(_ memory: GuestMemory) throws(SwiftletError) -> [[UInt64]] {
+        var logs: [[UInt64]] = []
+        for (slot, region) in memory.regions.enumerated() {
+            let pages = Int(region.size / hostPageSize)
+            var words = [UInt64](repeating: 0, count: (pages + 63) / 64)
+            var failure: Errno?
+            words.withUnsafeMutableBytes { buffer in
+                var log = kvm_dirty_log()
+                log.slot = UInt32(slot)
+                log.dirty_bitmap = buffer.baseAddress
+                // kvm_dirty_log holds a pointer in a union, which Swift does not see as BitwiseCopyable.
+                withUnsafeMutableBytes(of: &log) { argument in
+                    do throws(Errno) { _ = try checkedIoctl(descriptor.rawValue, CSwiftlet_KVM_GET_DIRTY_LOG, argument.baseAddress) } catch {
+                        failure = error
+                    }
+                }
+            }
+            if let failure { throw SwiftletError(.systemCall, "KVM_GET_DIRTY_LOG (slot \(slot)) failed", cause: failure) }
+            logs.append(words.map { UInt64(littleEndian: $0) })
+        }
+        return logs
     }
 
     /// x86: where KVM keeps its three-page TSS and its identity-map page (guest-physical space that is not RAM).

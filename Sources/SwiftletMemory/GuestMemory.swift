@@ -8,9 +8,11 @@ public final class GuestRegion: Sendable {
     /// Where the region starts in this process. Shared with KVM and device threads: the mapping lives as long as the
     /// region, and guest RAM is by nature written concurrently by the guest, so no Swift exclusivity applies to it.
     public nonisolated(unsafe) let host: UnsafeMutableRawPointer
+    /// The pages of this region the host wrote, when the memory tracks dirty pages (`GuestMemory.tracksDirtyPages`).
+    public let hostWrites: DirtyPages?
     static let hugePageSize = 2 << 20
 
-    init(start: GuestAddress, size: UInt64) throws(SwiftletError) {
+    init(start: GuestAddress, size: UInt64, tracked: Bool = false) throws(SwiftletError) {
         guard size > 0, size % UInt64(Glibc.sysconf(Int32(_SC_PAGESIZE))) == 0 else {
             throw SwiftletError(.invalidConfiguration, "guest memory region size \(size) is not a whole number of pages")
         }
@@ -38,12 +40,13 @@ public final class GuestRegion: Sendable {
         self.start = start
         self.size = size
         self.host = pointer
+        hostWrites = tracked ? DirtyPages(pageCount: Int(size / hostPageSize)) : nil
     }
 
     /// A region whose contents are `size` bytes of `file` at `offset`, mapped MAP_PRIVATE: pages load from the file
     /// when first touched, the guest's writes stay in this process, and processes that map the same file share the
     /// pages neither has written (a snapshot's clones).
-    init(start: GuestAddress, size: UInt64, file: Int32, offset: UInt64) throws(SwiftletError) {
+    init(start: GuestAddress, size: UInt64, file: Int32, offset: UInt64, tracked: Bool = false) throws(SwiftletError) {
         guard size > 0, size % hostPageSize == 0, offset % hostPageSize == 0 else {
             throw SwiftletError(.invalidConfiguration, "guest memory region size \(size) at file offset \(offset) is not a whole number of pages")
         }
@@ -57,6 +60,7 @@ public final class GuestRegion: Sendable {
         self.start = start
         self.size = size
         self.host = raw
+        hostWrites = tracked ? DirtyPages(pageCount: Int(size / hostPageSize)) : nil
     }
 
     deinit { munmap(host, Int(size)) }
@@ -75,17 +79,22 @@ public final class GuestRegion: Sendable {
 /// wholly inside one region throws instead of touching host memory.
 public final class GuestMemory: Sendable {
     public let regions: [GuestRegion]
+    /// Whether the host's writes to guest RAM are recorded (`markDirty`, `takeHostWrites`), for diff snapshots.
+    /// Every write this type makes marks itself; code that writes through a host pointer it got from here (a
+    /// virtqueue's device-writable buffers and used ring) marks what it writes.
+    public let tracksDirtyPages: Bool
 
     /// Maps `layout` (start, size) pairs. They must be sorted and must not overlap.
-    public init(layout: [(start: GuestAddress, size: UInt64)]) throws(SwiftletError) {
+    public init(layout: [(start: GuestAddress, size: UInt64)], tracksDirtyPages: Bool = false) throws(SwiftletError) {
         var regions: [GuestRegion] = []
         for (start, size) in layout {
             if let last = regions.last, start < last.end {
                 throw SwiftletError(.invalidConfiguration, "guest memory regions overlap at \(start)")
             }
-            regions.append(try GuestRegion(start: start, size: size))
+            regions.append(try GuestRegion(start: start, size: size, tracked: tracksDirtyPages))
         }
         self.regions = regions
+        self.tracksDirtyPages = tracksDirtyPages
     }
 
     /// Guest RAM laid out as `layout`, whose contents are the memory file `file` (written by `save(to:)`): region
@@ -93,7 +102,7 @@ public final class GuestMemory: Sendable {
     /// touches it. A file shorter than the layout is refused: the guest would fault (SIGBUS) on the pages past its end.
     /// `discard` on such memory drops the guest's private copies: those pages read as the file's again, not as zeroes
     /// (the balloon, its one user, does not rely on either).
-    public init(layout: [(start: GuestAddress, size: UInt64)], restoringFrom file: Int32) throws(SwiftletError) {
+    public init(layout: [(start: GuestAddress, size: UInt64)], restoringFrom file: Int32, tracksDirtyPages: Bool = false) throws(SwiftletError) {
         var info = stat()
         guard fstat(file, &info) == 0 else {
             throw SwiftletError(.systemCall, "cannot stat the memory file", cause: .init(rawValue: errno))
@@ -117,10 +126,81 @@ public final class GuestMemory: Sendable {
             if let last = regions.last, start < last.end {
                 throw SwiftletError(.invalidConfiguration, "guest memory regions overlap at \(start)")
             }
-            regions.append(try GuestRegion(start: start, size: size, file: file, offset: offset))
+            regions.append(try GuestRegion(start: start, size: size, file: file, offset: offset, tracked: tracksDirtyPages))
             offset += size
         }
         self.regions = regions
+        self.tracksDirtyPages = tracksDirtyPages
+    }
+
+    /// Records that the host wrote `count` bytes at `address` (nothing unless `tracksDirtyPages`). The range may
+    /// span touching regions; what lies outside guest RAM is ignored (the caller checked its access).
+    @inline(__always)
+    public func markDirty(_ address: GuestAddress, count: UInt64) {
+        guard tracksDirtyPages, count > 0 else { return }
+        markDirtySlow(address, count: count)
+    }
+
+    private func markDirtySlow(_ address: GuestAddress, count: UInt64) {
+        let end = address.rawValue &+ count < address.rawValue ? UInt64.max : address.rawValue + count
+        for region in regions where region.start.rawValue < end && address.rawValue < region.end.rawValue {
+            let first = max(address.rawValue, region.start.rawValue) - region.start.rawValue
+            let last = min(end, region.end.rawValue) - region.start.rawValue
+            let firstPage = first / hostPageSize
+            let endPage = (last + hostPageSize - 1) / hostPageSize
+            region.hostWrites?.mark(first: Int(firstPage), count: Int(endPage - firstPage))
+        }
+    }
+
+    /// Each region's host-written pages since the last call (64-page words), cleared; empty unless tracking.
+    public func takeHostWrites() -> [[UInt64]] {
+        regions.map { $0.hostWrites?.take() ?? [] }
+    }
+
+    /// Writes the pages `dirty` marks (one bitmap of 64-page words per region, as `takeHostWrites` and KVM's dirty
+    /// log give them) to `file` at their offsets in a memory file (region after region), zero pages included: a
+    /// diff snapshot's memory. The file is sized to all of guest RAM; what is not written stays a hole. Returns the
+    /// statistics, whose `writtenBytes` are the dirty pages'.
+    public func saveDirty(to file: Int32, dirty: [[UInt64]]) throws(SwiftletError) -> SaveStatistics {
+        precondition(dirty.count == regions.count, "one dirty bitmap per region")
+        guard ftruncate(file, 0) == 0, ftruncate(file, off_t(totalSize)) == 0 else {
+            throw SwiftletError(.io, "cannot size the memory file to \(totalSize) bytes", cause: .init(rawValue: errno))
+        }
+        let page = Int(hostPageSize)
+        var written: UInt64 = 0
+        var fileOffset: UInt64 = 0
+        for (region, bitmap) in zip(regions, dirty) {
+            let pages = Int(region.size) / page
+            func marked(_ index: Int) -> Bool {
+                index / 64 < bitmap.count && bitmap[index / 64] & (UInt64(1) << UInt64(index % 64)) != 0
+            }
+            var index = 0
+            while index < pages {
+                guard marked(index) else {
+                    index += 1
+                    continue
+                }
+                var end = index + 1
+                while end < pages && marked(end) { end += 1 }
+                try Self.writeAll(file, region.host + index * page, count: (end - index) * page, at: fileOffset + UInt64(index * page))
+                written += UInt64((end - index) * page)
+                index = end
+            }
+            fileOffset += region.size
+        }
+        return SaveStatistics(totalBytes: totalSize, writtenBytes: written)
+    }
+
+    private static func writeAll(_ file: Int32, _ pointer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws(SwiftletError) {
+        var done = 0
+        while done < count {
+            let result = pwrite(file, pointer + done, count - done, off_t(offset) + off_t(done))
+            if result < 0 && errno == EINTR { continue }
+            guard result > 0 else {
+                throw SwiftletError(.io, "cannot write the memory file at offset \(offset + UInt64(done))", cause: .init(rawValue: errno))
+            }
+            done += result
+        }
     }
 
     /// What `save(to:)` wrote.
@@ -153,16 +233,8 @@ public final class GuestMemory: Sendable {
                 }
                 var end = index + 1
                 while end < pages && !Self.isZero(region.host + end * page, count: page) { end += 1 }
-                var done = 0
                 let length = (end - index) * page
-                while done < length {
-                    let count = pwrite(file, region.host + index * page + done, length - done, off_t(fileOffset) + off_t(index * page + done))
-                    if count < 0 && errno == EINTR { continue }
-                    guard count > 0 else {
-                        throw SwiftletError(.io, "cannot write the memory file at offset \(fileOffset + UInt64(index * page + done))", cause: .init(rawValue: errno))
-                    }
-                    done += count
-                }
+                try Self.writeAll(file, region.host + index * page, count: length, at: fileOffset + UInt64(index * page))
                 written += UInt64(length)
                 index = end
             }
@@ -213,6 +285,7 @@ public final class GuestMemory: Sendable {
     public func write<T: FixedWidthInteger>(_ value: T, at address: GuestAddress) throws(SwiftletError) {
         let pointer = try hostPointer(address, count: UInt64(MemoryLayout<T>.size))
         pointer.storeBytes(of: value.littleEndian, as: T.self)
+        markDirty(address, count: UInt64(MemoryLayout<T>.size))
     }
 
     /// Copies `bytes` into guest memory at `address`.
@@ -220,12 +293,14 @@ public final class GuestMemory: Sendable {
         guard bytes.count > 0 else { return }
         let pointer = try hostPointer(address, count: UInt64(bytes.count))
         pointer.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        markDirty(address, count: UInt64(bytes.count))
     }
 
     public func write(_ bytes: [UInt8], at address: GuestAddress) throws(SwiftletError) {
         guard bytes.count > 0 else { return }
         let pointer = try hostPointer(address, count: UInt64(bytes.count))
         bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        markDirty(address, count: UInt64(bytes.count))
     }
 
     /// Copies `count` bytes out of guest memory.
@@ -261,6 +336,8 @@ public final class GuestMemory: Sendable {
             pieces.append((region.host + Int(next.rawValue - region.start.rawValue), Int(pieceEnd - next.rawValue)))
             next = GuestAddress(pieceEnd)
         }
+        // What a discarded page reads as next changes (zeroes, or a restored machine's memory file): it is dirty.
+        markDirty(address, count: count)
         for (pointer, length) in pieces {
             do { try discardAnonymousPages(pointer, count: length) } catch {
                 throw SwiftletError(.systemCall, "cannot discard \(length) bytes of guest memory", cause: error)
@@ -273,5 +350,6 @@ public final class GuestMemory: Sendable {
         guard count > 0 else { return }
         let pointer = try hostPointer(address, count: count)
         memset(pointer, 0, Int(count))
+        markDirty(address, count: count)
     }
 }

@@ -117,6 +117,10 @@ public final class SplitQueue: @unchecked Sendable {
     private let descriptors: UnsafeMutableRawPointer
     private let available: UnsafeMutableRawPointer
     private let used: UnsafeMutableRawPointer
+    private let usedAddress: GuestAddress
+    /// With dirty-page tracking (`GuestMemory.tracksDirtyPages`): the chain `addUsed` walks again to mark the
+    /// device-writable buffers it returns, whatever the device wrote into them since it popped it.
+    private var usedChain = DescriptorChain()
     /// The next avail ring slot the device will consume, and the next used slot it will fill.
     public private(set) var lastAvailable: UInt16 = 0
     public private(set) var nextUsed: UInt16 = 0
@@ -147,6 +151,7 @@ public final class SplitQueue: @unchecked Sendable {
         descriptors = try memory.hostPointer(configuration.descriptorTable, count: QueueConfiguration.descriptorTableSize(size))
         available = try memory.hostPointer(configuration.availableRing, count: QueueConfiguration.availableRingSize(size))
         used = try memory.hostPointer(configuration.usedRing, count: QueueConfiguration.usedRingSize(size))
+        usedAddress = configuration.usedRing
     }
 
     /// Where the device stands in the ring: the next available slot it will consume and the next used slot it will
@@ -264,11 +269,23 @@ public final class SplitQueue: @unchecked Sendable {
     /// Returns chain `head` to the driver with `length` bytes written into its device-writable buffers.
     /// The element is written before used->idx is published (release ordering), as §2.7.8.2 requires.
     public func addUsed(head: UInt16, length: UInt32) {
+        if memory.tracksDirtyPages { markUsed(head: head) }
         let element = used + 4 + 8 * Int(nextUsed % size)
         element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
         (element + 4).storeBytes(of: length.littleEndian, as: UInt32.self)
         nextUsed &+= 1
         CSwiftlet_store_release_u16(used + 2, nextUsed.littleEndian)
+    }
+
+    /// Marks what returning `head` writes in guest RAM: the used ring, and the chain's device-writable buffers (all
+    /// of them, not only the `length` the device reports: a diff snapshot may take a page too many, never one too
+    /// few). Marking here, not at `pop`, covers writes into chains a device holds across a snapshot (virtio-net's
+    /// receive buffers). The walk is the same bounded one `pop` makes; a chain that no longer walks (the guest
+    /// rewrote its descriptors while the device held it, against §2.7.13) marks nothing of its own.
+    private func markUsed(head: UInt16) {
+        memory.markDirty(usedAddress, count: QueueConfiguration.usedRingSize(size))
+        guard head < size, (try? walk(from: head, into: &usedChain)) != nil else { return }
+        for buffer in usedChain.writable { memory.markDirty(buffer.address, count: UInt64(buffer.length)) }
     }
 
     /// Whether the driver wants an interrupt for the buffers used since the last call (§2.7.7.2): with EVENT_IDX,
@@ -297,6 +314,7 @@ public final class SplitQueue: @unchecked Sendable {
     public func enableNotification() -> Bool {
         if eventIndex {
             (used + 4 + 8 * Int(size)).storeBytes(of: lastAvailable.littleEndian, as: UInt16.self)
+            memory.markDirty(GuestAddress(usedAddress.rawValue + 4 + 8 * UInt64(size)), count: 2)
             CSwiftlet_fence_seq_cst() // avail_event is visible before avail->idx is read again
         }
         return hasAvailable

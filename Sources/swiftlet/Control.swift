@@ -39,11 +39,12 @@ struct BalloonOption: ExpressibleByArgument {
 ///     stats     the guest's latest memory statistics (bytes)     -> ok age_ms=N total_memory=... free_memory=...
 ///     pause     park the vCPUs and the device thread             -> ok paused
 ///     resume    let them go on                                   -> ok running
-///     snapshot STATE MEMORY   save the paused VM to two files     -> ok state_bytes=N memory_bytes=M written_bytes=W ms=T
+///     snapshot STATE MEMORY [diff]   save the paused VM to two files (diff: only the pages written since
+///               the last snapshot)                             -> ok state_bytes=N memory_bytes=M written_bytes=W ms=T
 ///
 /// Paths are taken as they are (no spaces); a relative one is relative to the VM's working directory.
 enum VMControl {
-    static let usage = "commands: set MIB, get, stats, pause, resume, snapshot STATE MEMORY"
+    static let usage = "commands: set MIB, get, stats, pause, resume, snapshot STATE MEMORY [diff]"
 
     static func answer(_ line: String, vm: MicroVM) -> String {
         let words = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
@@ -57,10 +58,13 @@ enum VMControl {
             do { try vm.resume() } catch { return "error \(error.message)" }
             return "ok running"
         case "snapshot":
-            guard words.count == 3 else { return "error usage: snapshot STATE MEMORY (two file paths without spaces)" }
+            guard words.count == 3 || (words.count == 4 && ["diff", "full"].contains(words[3])) else {
+                return "error usage: snapshot STATE MEMORY [diff] (two file paths without spaces)"
+            }
+            let kind: SnapshotKind = words.count == 4 && words[3] == "diff" ? .diff : .full
             let started = monotonicNanoseconds()
             do {
-                let written = try vm.snapshot(to: SnapshotPaths(state: words[1], memory: words[2]))
+                let written = try vm.snapshot(to: SnapshotPaths(state: words[1], memory: words[2]), kind: kind)
                 let ms = Double(monotonicNanoseconds() - started) / 1e6
                 return "ok state_bytes=\(written.stateBytes) memory_bytes=\(written.memoryBytes) written_bytes=\(written.memoryWrittenBytes) ms=\((ms * 1000).rounded() / 1000)"
             } catch {
@@ -114,7 +118,7 @@ struct BalloonCommand: ParsableCommand {
             `set MIB` asks the guest for a balloon of MIB MiB (memory given back to the host; 0 gives it all back \
             to the guest); `get` prints the target and actual sizes and what the device released; `stats` prints \
             the guest's latest memory statistics (with --balloon stats=SECONDS); `pause` and `resume` stop and \
-            start the guest; `snapshot STATE MEMORY` saves a paused one (`swiftlet snapshot` does all three). \
+            start the guest; `snapshot STATE MEMORY [diff]` saves a paused one (`swiftlet snapshot` does all three). \
             Prints the answer line; exits 1 when it starts with "error".
             """,
         aliases: ["control"])
@@ -122,7 +126,7 @@ struct BalloonCommand: ParsableCommand {
     @Argument(help: ArgumentHelp("The VM's control socket.", valueName: "socket"))
     var socket: String
 
-    @Argument(help: ArgumentHelp("set MIB | get | stats | pause | resume | snapshot STATE MEMORY", valueName: "command"))
+    @Argument(help: ArgumentHelp("set MIB | get | stats | pause | resume | snapshot STATE MEMORY [diff]", valueName: "command"))
     var command: [String]
 
     func run() throws {

@@ -65,6 +65,10 @@ struct MachineOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The KVM device.", valueName: "path"))
     var kvm: String = "/dev/kvm"
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Track the pages the guest and its devices write (KVM's dirty log), so that `swiftlet snapshot --diff` saves only the pages written since the last snapshot. Costs the guest some speed: KVM maps its memory with 4 KiB pages and takes a fault on the first write to each page after every snapshot."))
+    var trackDirtyPages = false
+
     @Option(name: .long, help: ArgumentHelp(
         "Seccomp filters, once set-up is done: every thread may make only the system calls its kind needs (docs/SECURITY.md). on: any other call ends the VMM with a message naming the thread and the call (exit status 159). log: other calls go through and the kernel logs each (dmesg, `audit: type=1326`), to find out what a set-up needs. off: no filters. The default is $SWIFTLET_SECCOMP when set, else on.",
         valueName: "on|log|off"))
@@ -91,6 +95,7 @@ struct MachineOptions: ParsableArguments {
         configuration.balloon = balloon?.configuration
         configuration.entropy = rng?.configuration
         configuration.deviceScheduling = deviceScheduling
+        configuration.trackDirtyPages = trackDirtyPages
         if let acpi { configuration.discovery = acpi.discovery }
         if let seccomp { configuration.seccomp = seccomp } else if let value = getenv("SWIFTLET_SECCOMP").map({ String(cString: $0) }) {
             guard let mode = SeccompMode(rawValue: value) else {

@@ -15,11 +15,16 @@ struct SnapshotCommand: ParsableCommand {
             device thread park), saved, and then stays paused unless --resume is given; `swiftlet control SOCKET \
             resume` lets it go on later. `swiftlet restore --state FILE --memory FILE` starts it again, or a clone of \
             it. Paths are the VM's: relative ones are relative to its working directory. Prints the control \
-            socket's answer (the sizes written and the time taken); exits 1 on an error.
+            socket's answer (the sizes written and the time taken); exits 1 on an error. With --diff (a VM run \
+            with --track-dirty-pages), the memory file holds only the pages written since the VM's last snapshot \
+            or its restore: `swiftlet snapshot-merge` puts them onto that snapshot's memory file before a restore.
             """)
 
     @Argument(help: ArgumentHelp("The VM's control socket.", valueName: "socket"))
     var socket: String
+
+    @Flag(name: .long, help: "A diff snapshot: only the pages written since the last snapshot (needs run --track-dirty-pages).")
+    var diff = false
 
     @Option(name: .long, help: ArgumentHelp("The state file to write (vCPUs, devices, configuration; kilobytes).", valueName: "path"))
     var state: String
@@ -49,7 +54,7 @@ struct SnapshotCommand: ParsableCommand {
             return answer
         }
         _ = try ask("pause")
-        print(try ask("snapshot \(state) \(memory)"))
+        print(try ask("snapshot \(state) \(memory)" + (diff ? " diff" : "")))
         if resume { _ = try ask("resume") }
     }
 }
@@ -94,6 +99,9 @@ struct Restore: AsyncParsableCommand {
 
     @Flag(name: .long, help: "Stay paused after the restore: `swiftlet control SOCKET resume` on the control socket lets the guest go on.")
     var paused = false
+
+    @Flag(name: .long, help: "Track the pages the guest writes, so that `swiftlet snapshot --diff` can save only those (as for run).")
+    var trackDirtyPages = false
 
     @Option(name: .long, help: ArgumentHelp("A Unix socket for controlling the VM (pause, resume, snapshot, the balloon); removed at exit.", valueName: "path"))
     var controlSocket: String?
@@ -142,6 +150,7 @@ struct Restore: AsyncParsableCommand {
         if (vsockSocket != nil || vsockCid != nil) && saved.vsock == nil { fail("--vsock-socket and --vsock-cid need a snapshot with a vsock device; this one has none") }
         let seccompMode = seccomp
         let trace = traceStartup
+        let track = trackDirtyPages
         let vm: MicroVM
         do {
             vm = try await MicroVM.restore(from: snapshot, resume: !paused) { configuration in
@@ -153,6 +162,7 @@ struct Restore: AsyncParsableCommand {
                 if let vsockSocket { configuration.vsock?.socketPath = vsockSocket }
                 if let vsockCid { configuration.vsock?.guestCID = vsockCid }
                 if let seccompMode { configuration.seccomp = seccompMode }
+                configuration.trackDirtyPages = track
                 configuration.confineProcess = true
                 if trace {
                     configuration.onFirstRun = { now in Run.report("first-kvm-run monotonic_ns=\(now) after_main_ns=\(now - start)") }
@@ -179,5 +189,44 @@ struct Restore: AsyncParsableCommand {
     private func fail(_ message: String) -> Never {
         Run.report("error: " + message)
         Glibc.exit(1)
+    }
+}
+
+/// `swiftlet snapshot-merge`: a diff snapshot's pages put onto the memory file of the snapshot before it.
+struct SnapshotMerge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snapshot-merge",
+        abstract: "Merge a diff snapshot's memory onto its base, making the full memory file it restores from.",
+        discussion: """
+            A diff snapshot (swiftlet snapshot --diff, Firecracker's snapshot_type Diff) writes only the pages the \
+            guest and its devices wrote since the VM's last snapshot (or its restore). BASE is that snapshot's \
+            memory file, full (a full snapshot's, or one earlier diffs were merged onto, in order). OUTPUT is \
+            written as a sparse copy of BASE with the diff's pages over it; then `swiftlet restore --state STATE \
+            --memory OUTPUT` restores the diff snapshot. OUTPUT may be BASE itself, to merge in place (as \
+            Firecracker's rebase-snap does), but only when no VM restored from BASE still runs: such a VM maps \
+            BASE and would see its pages change. Prints what was copied; exits 1 on an error.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("The diff snapshot's state file (it lists the pages its memory file holds).", valueName: "path"))
+    var state: String
+
+    @Option(name: .long, help: ArgumentHelp("The diff snapshot's memory file.", valueName: "path"))
+    var diff: String
+
+    @Option(name: .long, help: ArgumentHelp("The full memory file of the snapshot the diff was taken after.", valueName: "path"))
+    var base: String
+
+    @Option(name: .long, help: ArgumentHelp("The full memory file to write (BASE itself merges in place).", valueName: "path"))
+    var output: String
+
+    func run() throws {
+        do {
+            let snapshot = try MicroVMSnapshot(SnapshotPaths(state: state, memory: diff))
+            let merged = try snapshot.mergeDiff(base: base, output: output)
+            print("ok copied_bytes=\(merged.copiedBytes) merged_bytes=\(merged.mergedBytes) output=\(output)")
+        } catch {
+            Run.report("error: \(error.description)")
+            throw ExitCode(1)
+        }
     }
 }

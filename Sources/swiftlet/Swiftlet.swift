@@ -10,7 +10,7 @@ struct SwiftletCommand: ParsableCommand {
         commandName: "swiftlet",
         abstract: "A minimal KVM microVM monitor.",
         discussion: "Run `swiftlet run --help` for booting a Linux guest, `swiftlet exec --help` for running one command in a fresh VM.",
-        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self, SnapshotCommand.self, Restore.self, FirecrackerCommand.self])
+        subcommands: [Run.self, Exec.self, Describe.self, BalloonCommand.self, SnapshotCommand.self, Restore.self, SnapshotMerge.self, FirecrackerCommand.self])
 
     /// A synchronous entry point that runs the async subcommands on the concurrency runtime's threads.
     ///

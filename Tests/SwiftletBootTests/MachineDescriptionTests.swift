@@ -17,9 +17,11 @@ import Testing
         #expect(machine.memory.map { [$0.start.rawValue, $0.size] } == X86Layout.ramRegions(size: size).map { [$0.start.rawValue, $0.size] })
         #expect(machine.memory.reduce(0) { $0 + $1.size } == size)
         let memory = try GuestMemory(layout: machine.memory.map { ($0.start, $0.size) })
-        // By default the ACPI tables' area is in the map too, as ACPI data between the EBDA and the reset vector.
+        // By default the ACPI tables' area is in the map too, as ACPI data between the EBDA and the VM generation ID's
+        // page, which is reserved up to 1 MiB (the reset vector included).
         var expected = E820Entry.map(for: memory)
-        expected.insert(E820Entry(start: X86Layout.acpiTables, size: 0x20000 - 0x10, kind: .acpi), at: 2)
+        expected[2] = E820Entry(start: GuestAddress(0xff000), size: 0x1000, kind: .reserved)
+        expected.insert(E820Entry(start: X86Layout.acpiTables, size: 0x1f000, kind: .acpi), at: 2)
         #expect(machine.e820 == expected)
         var legacy = machine
         legacy.discovery = .legacy

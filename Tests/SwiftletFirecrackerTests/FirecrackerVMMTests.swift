@@ -20,8 +20,10 @@ final class FakeMachine: RunningMachine {
     let ctrlAltDels = Mutex(0)
     func sendCtrlAltDel() throws(SwiftletError) { ctrlAltDels.withLock { $0 += 1 } }
     let snapshots = Mutex<[SnapshotPaths]>([])
-    func snapshot(to paths: SnapshotPaths) throws(SwiftletError) -> SnapshotStatistics {
+    let snapshotKinds = Mutex<[SnapshotKind]>([])
+    func snapshot(to paths: SnapshotPaths, kind: SnapshotKind) throws(SwiftletError) -> SnapshotStatistics {
         snapshots.withLock { $0.append(paths) }
+        snapshotKinds.withLock { $0.append(kind) }
         return SnapshotStatistics(stateBytes: 100, memoryBytes: 1 << 20, memoryWrittenBytes: 4096)
     }
     let images = Mutex<[String]>([])
@@ -297,24 +299,28 @@ private let start = #"{"action_type": "InstanceStart"}"#
         #expect(lines[3].contains("[logged:api:INFO] InstanceStart: the microVM runs (1 vCPUs, 128 MiB, 0 drives, 0 network interfaces)"))
     }
 
-    @Test func snapshotCreateNeedsAPausedMicroVMAndAFullSnapshot() async throws {
+    @Test func snapshotCreateNeedsAPausedMicroVMAndTakesFullOrDiff() async throws {
         let recorder = Recorder()
         let vmm = FirecrackerVMM(starter: recorder.starter)
         let create = #"{"snapshot_path": "/s/vm.snap", "mem_file_path": "/s/vm.mem"}"#
         #expect(await send(vmm, "PUT", "/snapshot/create", create).faultMessage == "the microVM is not started: there is nothing to snapshot")
-        #expect(await send(vmm, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).status == 204)
+        #expect(await send(vmm, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}"#).status == 204)
         #expect(await send(vmm, "PUT", "/boot-source", #"{"kernel_image_path": "/k"}"#).status == 204)
         #expect(await send(vmm, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
         #expect(await send(vmm, "PUT", "/snapshot/create", create).faultMessage?.hasPrefix("the microVM is running: pause it first") == true)
         #expect(await send(vmm, "PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
-        #expect(await send(vmm, "PUT", "/snapshot/create", #"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}"#)
-            .faultMessage?.hasPrefix("snapshot_type Diff: Swiftlet takes full snapshots only") == true)
         #expect(await send(vmm, "PUT", "/snapshot/create", #"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Half"}"#)
             .faultMessage == "snapshot_type `Half` is not one of `Full`, `Diff`")
         #expect(await send(vmm, "PUT", "/snapshot/create", #"{"snapshot_path": "/s", "mem_file_path": "/m", "compress": true}"#)
             .faultMessage?.contains("unknown field `compress`") == true)
         #expect(await send(vmm, "PUT", "/snapshot/create", create).status == 204)
-        #expect(recorder.machine.snapshots.withLock { $0 } == [SnapshotPaths(state: "/s/vm.snap", memory: "/s/vm.mem")])
+        #expect(await send(vmm, "PUT", "/snapshot/create", #"{"snapshot_path": "/s/d.snap", "mem_file_path": "/s/d.mem", "snapshot_type": "Diff"}"#).status == 204)
+        #expect(recorder.machine.snapshots.withLock { $0 } == [SnapshotPaths(state: "/s/vm.snap", memory: "/s/vm.mem"), SnapshotPaths(state: "/s/d.snap", memory: "/s/d.mem")])
+        #expect(recorder.machine.snapshotKinds.withLock { $0 } == [.full, .diff])
+        // The machine was built to track dirty pages, and GET /vm/config says so.
+        #expect(recorder.configurations.withLock { $0.map(\.trackDirtyPages) } == [true])
+        let config = String(decoding: await send(vmm, "GET", "/vm/config").body, as: UTF8.self)
+        #expect(config.contains(#""track_dirty_pages":true"#), "\(config)")
         #expect(await send(vmm, "PUT", "/snapshot/nothing", "{}").faultMessage?.contains("the snapshot endpoints are /snapshot/create and /snapshot/load") == true)
     }
 
@@ -331,8 +337,6 @@ private let start = #"{"action_type": "InstanceStart"}"#
             .faultMessage?.contains("it has no userfaultfd backend") == true)
         #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m", "x": 1}}"#)
             .faultMessage?.contains("unknown field `x`") == true)
-        #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": true}"#)
-            .faultMessage?.hasPrefix("track_dirty_pages") == true)
         #expect(await send(restoring, "PUT", "/snapshot/load", #"{"snapshot_path": "/nonexistent.snap", "mem_file_path": "/m"}"#)
             .faultMessage?.hasPrefix("PUT /snapshot/load: cannot open the snapshot's state file /nonexistent.snap") == true)
         #expect(await send(restoring, "PUT", "/boot-source", #"{"kernel_image_path": "/k"}"#).status == 204)

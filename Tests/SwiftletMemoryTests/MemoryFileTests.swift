@@ -49,6 +49,50 @@ import Testing
         #expect(try clone.read(count: 4, at: GuestAddress(0x1000)) == [1, 2, 3, 4])
     }
 
+    /// The host's own writes are recorded page by page when tracking: write, zero, discard (a discarded page reads
+    /// as something else next), ranges across a word of the bitmap and across regions; reads are not.
+    @Test func hostWritesAreMarkedPageByPage() throws {
+        let memory = try GuestMemory(layout: layout, tracksDirtyPages: true)
+        #expect(memory.takeHostWrites().map(\.count) == [Int((1 << 20) / hostPageSize + 63) / 64, Int((1 << 20) / hostPageSize + 63) / 64])
+        try memory.write(UInt32(1), at: GuestAddress(0x1ffe))                 // pages 1 and 2
+        try memory.zero(GuestAddress(0x3f000), count: 0x3000)                  // pages 63, 64, 65: across a word
+        try memory.discard(GuestAddress((4 << 20) + 0x5000), count: hostPageSize) // region 1, page 5
+        _ = try memory.read(count: 64, at: GuestAddress(0x9000))
+        let dirty = memory.takeHostWrites()
+        #expect(dirty[0][0] == (1 << 1 | 1 << 2 | 1 << 63) && dirty[0][1] == (1 << 0 | 1 << 1))
+        #expect(dirty[1][0] == 1 << 5)
+        #expect(memory.takeHostWrites().allSatisfy { $0.allSatisfy { $0 == 0 } }, "taking clears them")
+        // A range that covers the end of one region, the hole and the start of the next marks both ends only.
+        memory.markDirty(GuestAddress((1 << 20) - hostPageSize), count: (3 << 20) + 2 * hostPageSize)
+        let spanned = memory.takeHostWrites()
+        #expect(spanned[0].reduce(0) { $0 + $1.nonzeroBitCount } == 1 && spanned[1].reduce(0) { $0 + $1.nonzeroBitCount } == 1)
+        #expect(spanned[1][0] == 1)
+    }
+
+    /// A diff's memory file holds exactly the marked pages, zero pages too (a page the guest cleared since the base
+    /// must overwrite the base's), at the offsets a full file has them; the rest are holes.
+    @Test func aDiffSavesTheMarkedPagesOnly() throws {
+        let memory = try GuestMemory(layout: layout)
+        try memory.write([5, 6], at: GuestAddress(0x3000))
+        try memory.write([8], at: GuestAddress((4 << 20) + 0x1000))
+        try memory.write([9], at: GuestAddress(0x7000)) // not marked: not in the diff
+        let pages = Int((1 << 20) / hostPageSize)
+        var first = [UInt64](repeating: 0, count: (pages + 63) / 64), second = first
+        first[0] = 1 << 3 | 1 << 4 // page 4 is zeroes, and is written all the same
+        second[0] = 1 << 1
+        let (path, fd) = try temporaryFile()
+        defer { close(fd); unlink(path) }
+        let statistics = try memory.saveDirty(to: fd, dirty: [first, second])
+        #expect(statistics.totalBytes == 2 << 20 && statistics.writtenBytes == 3 * hostPageSize)
+        #expect(fileBytes(fd, at: 0x3000, count: 2) == [5, 6])
+        #expect(fileBytes(fd, at: (1 << 20) + 0x1000, count: 1) == [8])
+        #expect(fileBytes(fd, at: 0x7000, count: 1) == [0])
+        var info = stat()
+        #expect(fstat(fd, &info) == 0 && info.st_size == 2 << 20)
+        #expect(lseek(fd, 0x4000, 3 /* SEEK_DATA */) == 0x4000, "the zero page is data, not a hole")
+        #expect(lseek(fd, 0x5000, 3 /* SEEK_DATA */) == (1 << 20) + 0x1000, "what is not marked is a hole")
+    }
+
     @Test func aSecondSaveReplacesTheFirst() throws {
         let memory = try GuestMemory(layout: layout)
         try memory.write(UInt8(1), at: GuestAddress(0x5000))

@@ -18,8 +18,8 @@ public final class FakeDriver {
 
     public static let next: UInt16 = 1, write: UInt16 = 2, indirect: UInt16 = 4
 
-    public init(size: UInt16 = 8) throws {
-        memory = try GuestMemory(layout: [(GuestAddress(0), Self.memorySize)])
+    public init(size: UInt16 = 8, tracksDirtyPages: Bool = false) throws {
+        memory = try GuestMemory(layout: [(GuestAddress(0), Self.memorySize)], tracksDirtyPages: tracksDirtyPages)
         var configuration = QueueConfiguration()
         configuration.size = size
         configuration.descriptorTable = Self.descriptorTable

@@ -256,6 +256,37 @@ import Testing
         #expect(throws: QueueError.headOutOfRange(8)) { _ = try pop(fresh) }
     }
 
+    /// With dirty-page tracking, returning a chain marks the used ring's pages and every device-writable buffer of
+    /// the chain (those a device writes into, through readv or a cursor, without GuestMemory seeing it); popping
+    /// marks nothing yet (a held receive chain is written after the pop, maybe after a snapshot took the marks), and
+    /// readable buffers are never marked.
+    @Test func returningAChainMarksWhatTheDeviceMayHaveWritten() throws {
+        let driver = try FakeDriver(tracksDirtyPages: true)
+        let queue = try driver.queue(features: VirtioFeature.version1 | VirtioFeature.eventIndex)
+        _ = driver.memory.takeHostWrites() // the driver's own set-up writes
+        try driver.setDescriptor(0, address: 0x20000, length: 16, flags: FakeDriver.next, next: 1)
+        try driver.setDescriptor(1, address: 0x30ff0, length: 0x20, flags: FakeDriver.write | FakeDriver.next, next: 2) // two pages
+        try driver.setDescriptor(2, address: 0x40000, length: 1, flags: FakeDriver.write)
+        try driver.publish(0)
+        _ = driver.memory.takeHostWrites()
+        let chain = try #require(try pop(queue))
+        #expect(driver.memory.takeHostWrites()[0].allSatisfy { $0 == 0 }, "a pop marks nothing")
+        _ = queue.enableNotification()
+        let region = try #require(driver.memory.regions[0].hostWrites)
+        #expect(region.isMarked(Int(FakeDriver.usedRing.rawValue / hostPageSize)), "avail_event is in the used ring")
+        _ = driver.memory.takeHostWrites()
+        queue.addUsed(head: chain.head, length: 1)
+        let page = { (address: UInt64) in Int(address / hostPageSize) }
+        #expect(region.isMarked(page(FakeDriver.usedRing.rawValue)))
+        #expect(region.isMarked(page(0x30ff0)) && region.isMarked(page(0x31000)) && region.isMarked(page(0x40000)))
+        #expect(!region.isMarked(page(0x20000)), "the readable buffer is not the device's to write")
+        let marked = driver.memory.takeHostWrites()[0].reduce(0) { $0 + $1.nonzeroBitCount }
+        #expect(marked == 4)
+        // Without tracking nothing is recorded, and nothing is allocated for it.
+        let untracked = try FakeDriver()
+        #expect(untracked.memory.regions[0].hostWrites == nil && untracked.memory.takeHostWrites() == [[]])
+    }
+
     @Test func usedRingCarriesExactLengths() throws {
         let queue = try driver.queue()
         queue.addUsed(head: 5, length: 513)

@@ -92,6 +92,7 @@ extern const unsigned long CSwiftlet_KVM_IRQFD;
 extern const unsigned long CSwiftlet_KVM_IOEVENTFD;
 extern const unsigned long CSwiftlet_KVM_GET_CLOCK;
 extern const unsigned long CSwiftlet_KVM_SET_CLOCK;
+extern const unsigned long CSwiftlet_KVM_GET_DIRTY_LOG;
 // vCPU
 extern const unsigned long CSwiftlet_KVM_RUN;
 extern const unsigned long CSwiftlet_KVM_GET_REGS;

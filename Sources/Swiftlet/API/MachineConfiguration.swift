@@ -62,6 +62,11 @@ public struct MachineConfiguration: Sendable {
     public var entropy: EntropyConfiguration?
     /// x86_64: how the guest finds its vCPUs and devices (`DeviceDiscovery`).
     public var discovery: DeviceDiscovery = .both
+    /// Records the pages the guest and the devices write (KVM's dirty log, and the host's own marks), so that a diff
+    /// snapshot can save only what changed since the last snapshot (`MicroVM.snapshot(to:kind: .diff)`). It costs
+    /// the guest some speed: KVM maps guest RAM with 4 KiB pages and takes a fault on the first write to each page
+    /// after every snapshot. Firecracker's `track_dirty_pages`.
+    public var trackDirtyPages = false
     /// How the device thread (every virtio device's event loop) is scheduled; see `DeviceThreadScheduling`.
     public var deviceScheduling: DeviceThreadScheduling = .adaptive
     /// Seccomp filters on the VM's own threads (vCPUs, the device loop, the console input), each with the system

@@ -71,11 +71,12 @@ public final class MicroVM: Sendable {
 
     /// Saves the paused VM: the state file (vCPUs, interrupt controllers, PIT, kvmclock, every device's transport and
     /// state, the configuration) and the memory file (guest RAM, sparse), both created or replaced. The VM stays
-    /// paused; `resume()` lets it go on, or `stop()` ends it. Refused when the VM is not paused.
+    /// paused; `resume()` lets it go on, or `stop()` ends it. Refused when the VM is not paused. A `.diff` snapshot
+    /// (with `trackDirtyPages`) writes only the pages written since the last snapshot or the restore (`SnapshotKind`).
     @discardableResult
-    public func snapshot(to paths: SnapshotPaths) throws(SwiftletError) -> SnapshotStatistics {
+    public func snapshot(to paths: SnapshotPaths, kind: SnapshotKind = .full) throws(SwiftletError) -> SnapshotStatistics {
         guard let built = machine.withLock({ $0 }) else { throw SwiftletError(.invalidConfiguration, "this MicroVM is not started: there is nothing to snapshot") }
-        return try built.snapshot(to: paths)
+        return try built.snapshot(to: paths, kind: kind)
     }
 
     /// A VM restored from `snapshot`, running (or paused, with `resume: false`) where the snapshot was taken. Its
@@ -91,6 +92,9 @@ public final class MicroVM: Sendable {
         overrides(&configuration)
         if let why = SnapshotConfiguration.incompatibility(saved: snapshot.configuration, changed: configuration) {
             throw SwiftletError(.invalidConfiguration, "cannot restore \(snapshot.paths.state) with these overrides: \(why)")
+        }
+        if snapshot.kind == .diff, try snapshot.memoryIsUnmergedDiff() {
+            throw SwiftletError(.invalidConfiguration, "\(snapshot.paths.state) is a diff snapshot, and \(snapshot.paths.memory) holds only its own pages (those written since the snapshot before it): merge them onto that snapshot's memory file first (swiftlet snapshot-merge, MicroVMSnapshot.mergeDiff), then restore from the merged file")
         }
         let vm = MicroVM(configuration)
         let built = try Machine(configuration, restoring: snapshot)

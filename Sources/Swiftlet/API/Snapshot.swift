@@ -70,6 +70,16 @@ public struct SnapshotPaths: Sendable, Equatable {
     }
 }
 
+/// What a snapshot's memory file holds (Firecracker's `snapshot_type`).
+public enum SnapshotKind: String, Sendable, Equatable, CaseIterable {
+    /// All of guest RAM (sparse: pages that read as zeroes are holes). Restores on its own.
+    case full
+    /// Only the pages the guest and its devices wrote since the VM's last snapshot, or since it was restored, at
+    /// their offsets (the rest are holes). Needs `MachineConfiguration.trackDirtyPages`. It restores once merged
+    /// onto the memory file of the snapshot before it (`MicroVMSnapshot.mergeDiff`, `swiftlet snapshot-merge`).
+    case diff
+}
+
 /// What `MicroVM.snapshot(to:)` wrote.
 public struct SnapshotStatistics: Sendable, Equatable {
     public var stateBytes: Int

@@ -26,6 +26,9 @@ final class Machine: Sendable {
     /// The i8042: the reset line, and the keyboard behind `MicroVM.sendCtrlAltDel`, whose IRQ 1 is this eventfd.
     let i8042: I8042
     let keyboardInterrupt: EventFd
+    /// The ACPI Generic Event Device's interrupt (with ACPI): raised when a restored machine starts, after it was
+    /// given a new VM generation ID, so that the guest reseeds its RNG.
+    let acpiEvent: EventFd?
     let bootTimer: BootTimer
     let console: ConsoleSink
     /// The kernel loaded at boot; nil for a machine restored from a snapshot.
@@ -59,6 +62,9 @@ final class Machine: Sendable {
     /// Where vCPUs park while paused, and the guest's time saved by `pause()` (nil while running).
     private let pauseGate = ParkingGate()
     let pauseLock = Mutex<GuestTime?>(nil)
+    /// With `trackDirtyPages`: whether the dirty pages have a base, the memory of a snapshot this machine took or was
+    /// restored from, that a diff snapshot's pages go on top of. A booted machine has none until its first full one.
+    let dirtyPagesHaveBase: Atomic<Bool>
     private let teardown = Mutex(false)
 
 
@@ -68,6 +74,7 @@ final class Machine: Sendable {
         }
         try Machine.validate(configuration)
         self.configuration = configuration
+        dirtyPagesHaveBase = Atomic(snapshot != nil)
         // One description of the machine; guest RAM, the command line's virtio-mmio entries, the e820 map, the MP
         // table and the device slots below all come from it.
         let description = try configuration.machineDescription(for: .x86_64)
@@ -97,14 +104,14 @@ final class Machine: Sendable {
         let layout = description.memory.map { ($0.start, $0.size) }
         if let restoredMemory {
             // MAP_PRIVATE from the file: pages load when the guest touches them, its writes stay in this process.
-            do { memory = try GuestMemory(layout: layout, restoringFrom: restoredMemory.rawValue) } catch {
+            do { memory = try GuestMemory(layout: layout, restoringFrom: restoredMemory.rawValue, tracksDirtyPages: configuration.trackDirtyPages) } catch {
                 throw SwiftletError(error.code, "the snapshot's memory file \(snapshot!.paths.memory): \(error.message)")
             }
             var info = stat()
             fstat(restoredMemory.rawValue, &info)
             memoryFile = (UInt64(info.st_dev), UInt64(info.st_ino))
         } else {
-            memory = try GuestMemory(layout: layout)
+            memory = try GuestMemory(layout: layout, tracksDirtyPages: configuration.trackDirtyPages)
             memoryFile = nil
         }
         let memory = self.memory
@@ -128,7 +135,7 @@ final class Machine: Sendable {
             vm = try kvm.createVM()
             try vm.setSystemPages(tss: X86Layout.kvmTss, identityMap: X86Layout.kvmIdentityMap)
             try vm.createInterruptControllers()
-            try vm.map(memory)
+            try vm.map(memory, logDirtyPages: configuration.trackDirtyPages)
         } catch {
             _ = collectLoader()
             throw error
@@ -168,6 +175,16 @@ final class Machine: Sendable {
             throw SwiftletError(.systemCall, "cannot create the keyboard interrupt eventfd", cause: error)
         }
         try vm.registerIrqfd(keyboardInterrupt, gsi: I8042.keyboardIRQ)
+        if configuration.discovery != .legacy {
+            let event: EventFd
+            do { event = try EventFd() } catch {
+                throw SwiftletError(.systemCall, "cannot create the ACPI event interrupt eventfd", cause: error)
+            }
+            try vm.registerIrqfd(event, gsi: X86Layout.acpiEventIRQ)
+            acpiEvent = event
+        } else {
+            acpiEvent = nil
+        }
         serial = Serial(output: console, interrupt: serialInterrupt)
         bootTimer = BootTimer(clock: monotonicNanoseconds)
 
@@ -229,7 +246,12 @@ final class Machine: Sendable {
         }
         self.portBus = portBus
         resetTarget.set(self)
-        if let snapshot { try MachineState.restoreDevices(snapshot, serial: serial, slots: slots) }
+        if let snapshot {
+            try MachineState.restoreDevices(snapshot, serial: serial, slots: slots)
+            // A clone must not go on with the random state the snapshot froze: a new generation ID, which the GED's
+            // interrupt announces when the machine starts.
+            if acpiEvent != nil { try VMGenerationID.renew(in: memory) }
+        }
     }
 
     /// Loads the kernel and initrd and writes the zero page, ACPI tables, MP table, reset vector, page tables and GDT:
@@ -243,6 +265,7 @@ final class Machine: Sendable {
         }
         let acpi = try description.acpiTables()
         try acpi?.write(into: memory)
+        if acpi != nil { try VMGenerationID.renew(in: memory) }
         try ZeroPage.write(into: memory, kernel: kernel, commandLine: description.x86CommandLine, initrd: initrd,
                            e820: description.e820, acpiRSDP: acpi?.rsdp)
         if description.hasMPTable { try MPTable.write(into: memory, cpus: description.cpus) }
@@ -302,6 +325,9 @@ final class Machine: Sendable {
                     [weak self] in self?.finish(.stopped)
                 }
             }
+            // A restored machine's new VM generation ID: the interrupt waits in the restored LAPIC until the guest
+            // runs (a paused one: until it is resumed).
+            if kernel == nil { acpiEvent?.signal() }
             for vcpu in vcpus {
                 do {
                     let thread = try HostThread(name: "vcpu\(vcpu.id)") { [self] in

@@ -16,6 +16,7 @@ import SystemPackage
 ///     vcpu  one per vCPU, in order (X86VcpuState)
 ///     serl  the UART (Serial)
 ///     dev   one per virtio device, in slot order: name, type, its transport (TransportState), its own state
+///     dirt  a diff snapshot's: the page size, and one bitmap per memory region of the pages its memory file holds
 enum MachineState {
     static func restoreProcessor(_ snapshot: MicroVMSnapshot, vm: SwiftletKVM.VirtualMachine, vcpus: [Vcpu],
                                  supported: CPUIDTable, tscDeadlineTimer: Bool) throws(SwiftletError) {
@@ -94,10 +95,31 @@ enum MachineState {
 extension Machine {
     /// Writes the paused machine's snapshot: the state file at `paths.state` and guest RAM at `paths.memory` (both
     /// created or replaced). Refused unless `pause()` holds the machine: a running guest would change under the copy.
-    func snapshot(to paths: SnapshotPaths) throws(SwiftletError) -> SnapshotStatistics {
+    /// A `.diff` snapshot's memory file holds only the pages written since the last snapshot (or the restore);
+    /// with `trackDirtyPages`, every snapshot starts the count again.
+    func snapshot(to paths: SnapshotPaths, kind: SnapshotKind = .full) throws(SwiftletError) -> SnapshotStatistics {
         try pauseLock.withLock { (paused) throws(SwiftletError) -> SnapshotStatistics in
             guard let time = paused else {
                 throw SwiftletError(.invalidConfiguration, "the VM is not paused: pause it first (MicroVM.pause(), PATCH /vm {\"state\": \"Paused\"}), so that nothing changes while it is saved")
+            }
+            if kind == .diff {
+                guard configuration.trackDirtyPages else {
+                    throw SwiftletError(.invalidConfiguration, "a diff snapshot needs dirty-page tracking, which this VM was started without: start it with --track-dirty-pages (Firecracker: machine-config track_dirty_pages), or take a full snapshot")
+                }
+                guard dirtyPagesHaveBase.load(ordering: .acquiring) else {
+                    throw SwiftletError(.invalidConfiguration, "a diff snapshot holds the pages written since the last snapshot, and this VM has none to build on (it booted, and took no full snapshot since, or the last snapshot failed): take a full snapshot first")
+                }
+            }
+            // The pages written since the last snapshot: the guest's (KVM's log) and the host's. Taking them clears
+            // both, so until this snapshot is written whole there is no base for the next diff.
+            var dirty: [[UInt64]]?
+            if configuration.trackDirtyPages {
+                dirtyPagesHaveBase.store(false, ordering: .releasing)
+                let guest = try vm.takeDirtyLog(memory)
+                let host = memory.takeHostWrites()
+                dirty = zip(guest, host).map { guestWords, hostWords in
+                    guestWords.indices.map { guestWords[$0] | (hostWords.indices.contains($0) ? hostWords[$0] : 0) }
+                }
             }
             var body = SnapshotEncoder()
             body.record("arch", string: "x86_64")
@@ -128,15 +150,22 @@ extension Machine {
                     record.record("stat") { slot.device.saveState(into: &$0) }
                 }
             }
+            if kind == .diff, let dirty {
+                body.record("dirt") { record in
+                    record.record("page", integer: hostPageSize)
+                    for words in dirty { record.record("regn") { $0.record("bits", array: words) } }
+                }
+            }
             let file = SnapshotFile.bytes(body: body)
-            let memoryStatistics = try writeMemory(to: paths.memory)
+            let memoryStatistics = try writeMemory(to: paths.memory, dirty: kind == .diff ? dirty : nil)
             try Self.write(file, to: paths.state)
+            if configuration.trackDirtyPages { dirtyPagesHaveBase.store(true, ordering: .releasing) }
             return SnapshotStatistics(stateBytes: file.count, memoryBytes: memoryStatistics.totalBytes,
                                       memoryWrittenBytes: memoryStatistics.writtenBytes)
         }
     }
 
-    private func writeMemory(to path: String) throws(SwiftletError) -> GuestMemory.SaveStatistics {
+    private func writeMemory(to path: String, dirty: [[UInt64]]?) throws(SwiftletError) -> GuestMemory.SaveStatistics {
         if let memoryFile {
             var info = stat()
             if stat(path, &info) == 0 && UInt64(info.st_dev) == memoryFile.device && UInt64(info.st_ino) == memoryFile.inode {
@@ -147,6 +176,7 @@ extension Machine {
         do { file = try OwnedFileDescriptor(opening: path, flags: O_RDWR | O_CREAT, mode: 0o600) } catch {
             throw SwiftletError(.io, "cannot create the memory file \(path)", cause: error)
         }
+        if let dirty { return try memory.saveDirty(to: file.rawValue, dirty: dirty) }
         return try memory.save(to: file.rawValue)
     }
 

@@ -4,7 +4,7 @@ import SwiftletMemory
 /// The ACPI tables of an x86_64 machine, derived from its `MachineDescription` (the same one the command line, MP
 /// table and e820 map come from, so they cannot disagree): RSDP (revision 2), XSDT, FADT (hardware-reduced, with the
 /// sleep and reset registers), MADT (a local APIC per vCPU, the IOAPIC) and a DSDT (COM1, each virtio-mmio device as
-/// LNRO0005, and \_S5). They lie together from `X86Layout.acpiTables`, the RSDP first, where a kernel's scan of
+/// LNRO0005, the VM generation ID and the Generic Event Device that announces a new one, and \_S5). They lie together from `X86Layout.acpiTables`, the RSDP first, where a kernel's scan of
 /// 0xE0000-0xFFFFF finds it (and `boot_params.acpi_rsdp_addr` names it).
 public struct ACPITables: Equatable, Sendable {
     /// A table and where it goes.
@@ -140,8 +140,8 @@ public struct ACPITables: Equatable, Sendable {
         return table("APIC", revision: 5, body: body)
     }
 
-    /// The DSDT: \_SB with COM1, the i8042's keyboard (PS2K), pvpanic (PEVT) and one LNRO0005 device per virtio-mmio slot (named V000, V001, ...),
-    /// and \_S5.
+    /// The DSDT: \_SB with COM1, the i8042's keyboard (PS2K), pvpanic (PEVT), the VM generation ID (VGEN) and its
+    /// Generic Event Device (GED), one LNRO0005 device per virtio-mmio slot (named V000, V001, ...), and \_S5.
     static func dsdt(_ machine: MachineDescription) -> [UInt8] {
         var devices: [AML] = [
             .device("COM1", [.name("_HID", .eisaID("PNP0501")), .name("_UID", .integer(1)),
@@ -153,6 +153,21 @@ public struct ACPITables: Equatable, Sendable {
             // pvpanic (QEMU's QEMU0001, which Linux's pvpanic-mmio driver binds by its port resource).
             .device("PEVT", [.name("_HID", .string("QEMU0001")),
                              .name("_CRS", .resources([.io(base: X86Layout.pvpanicPort, length: 1)]))]),
+            // The VM generation ID (Linux's vmgenid driver binds VMGENCTR, Windows the VM_Gen_Counter compatible ID):
+            // ADDR is the 16 bytes' guest-physical address, low and high DWords.
+            .device(generationIDDevice, [
+                .name("_HID", .string("VMGENCTR")), .name("_CID", .string("VM_Gen_Counter")), .name("_DDN", .string("VM_Gen_Counter")),
+                .name("ADDR", .package([.integer(X86Layout.vmGenerationID.rawValue & 0xffff_ffff), .integer(X86Layout.vmGenerationID.rawValue >> 32)])),
+            ]),
+            // The Generic Event Device (ACPI0013, Linux's evged): its interrupt makes the guest evaluate _EVT with
+            // the interrupt's number, which tells VGEN that its ID changed (Notify 0x80; the driver then reads it).
+            .device("GED", [
+                .name("_HID", .string("ACPI0013")), .name("_UID", .integer(0)),
+                .name("_CRS", .resources([.interrupt(X86Layout.acpiEventIRQ)])),
+                .method("_EVT", arguments: 1, [
+                    .ifThen(.equal(.argument(0), .integer(UInt64(X86Layout.acpiEventIRQ))), [.notify("\\_SB." + generationIDDevice, .integer(0x80))]),
+                ]),
+            ]),
         ]
         for (index, device) in machine.virtioDevices.enumerated() {
             devices.append(.device(ACPITables.virtioDeviceName(index), [
@@ -170,6 +185,9 @@ public struct ACPITables: Equatable, Sendable {
 }
 
 extension ACPITables {
+    /// The VM generation ID device's name in \_SB.
+    public static let generationIDDevice = "VGEN"
+
     /// The DSDT's name for virtio-mmio slot `index`: V000, V001, ... V012 (AML names are four characters; three
     /// hexadecimal digits are room for 4096 slots).
     public static func virtioDeviceName(_ index: Int) -> String {

@@ -1,6 +1,6 @@
 /// A small encoder for ACPI Machine Language (ACPI 6.5, chapter 20), enough for a microVM's DSDT: scopes, devices,
-/// named objects (integers, strings, EISA IDs, packages) and resource templates. Each value encodes itself; nothing
-/// is interpreted.
+/// named objects (integers, strings, EISA IDs, packages), resource templates, and the one kind of method the GED
+/// needs (an `If` on an argument's value, and `Notify`). Each value encodes itself; nothing is interpreted.
 public indirect enum AML: Equatable, Sendable {
     case integer(UInt64)
     case string(String)
@@ -12,6 +12,16 @@ public indirect enum AML: Equatable, Sendable {
     case name(String, AML)
     case scope(String, [AML])
     case device(String, [AML])
+    /// Method (NotSerialized) with `arguments` arguments (0 to 7).
+    case method(String, arguments: UInt8, [AML])
+    /// ArgN, a method's argument (0 to 6).
+    case argument(UInt8)
+    /// LEqual(a, b).
+    case equal(AML, AML)
+    /// If (predicate) { terms }, without an Else.
+    case ifThen(AML, [AML])
+    /// Notify(object, value): the object is a name (such as `\_SB.VGEN`).
+    case notify(String, AML)
 
     /// A resource descriptor (ACPI 6.5, 6.4).
     public enum ResourceDescriptor: Equatable, Sendable {
@@ -69,6 +79,20 @@ public indirect enum AML: Equatable, Sendable {
         case .device(let name, let terms):
             let body = AML.nameString(name) + terms.flatMap(\.encoded)
             return [0x5b, 0x82] + AML.packageLength(body.count) + body // DeviceOp
+        case .method(let name, let arguments, let terms):
+            precondition(arguments <= 7, "an AML method of \(arguments) arguments")
+            let body = AML.nameString(name) + [arguments] + terms.flatMap(\.encoded) // MethodFlags: NotSerialized, SyncLevel 0
+            return [0x14] + AML.packageLength(body.count) + body      // MethodOp
+        case .argument(let index):
+            precondition(index <= 6, "AML Arg\(index)")
+            return [0x68 + index]                                    // Arg0Op ... Arg6Op
+        case .equal(let left, let right):
+            return [0x93] + left.encoded + right.encoded             // LEqualOp
+        case .ifThen(let predicate, let terms):
+            let body = predicate.encoded + terms.flatMap(\.encoded)
+            return [0xa0] + AML.packageLength(body.count) + body      // IfOp
+        case .notify(let object, let value):
+            return [0x86] + AML.nameString(object) + value.encoded   // NotifyOp
         }
     }
 

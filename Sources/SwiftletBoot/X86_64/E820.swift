@@ -20,8 +20,8 @@ public struct E820Entry: Equatable, Sendable {
     }
 
     /// The e820 map for RAM regions given as [start, end) ranges (`MachineDescription.e820` describes its RAM so);
-    /// with `acpi`, the ACPI tables' area below 1 MiB (`X86Layout.acpiTables`) as ACPI data; the reset vector's
-    /// 16 bytes below 1 MiB reserved.
+    /// with `acpi`, the ACPI tables' area below 1 MiB (`X86Layout.acpiTables`) as ACPI data and the VM generation
+    /// ID's page up to 1 MiB reserved (the reset vector is in it); without, the reset vector's 16 bytes reserved.
     public static func map(ram: [(start: GuestAddress, end: GuestAddress)], acpi: Bool = false) -> [E820Entry] {
         var entries: [E820Entry] = [
             E820Entry(start: GuestAddress(0), size: X86Layout.ebda.rawValue, kind: .ram),
@@ -29,8 +29,10 @@ public struct E820Entry: Equatable, Sendable {
         ]
         if acpi {
             entries.append(E820Entry(start: X86Layout.acpiTables, size: X86Layout.acpiTablesEnd.rawValue - X86Layout.acpiTables.rawValue, kind: .acpi))
+            entries.append(E820Entry(start: X86Layout.vmGenerationID, size: X86Layout.highMemory.rawValue - X86Layout.vmGenerationID.rawValue, kind: .reserved))
+        } else {
+            entries.append(E820Entry(start: X86Layout.resetVector, size: X86Layout.highMemory.rawValue - X86Layout.resetVector.rawValue, kind: .reserved))
         }
-        entries.append(E820Entry(start: X86Layout.resetVector, size: X86Layout.highMemory.rawValue - X86Layout.resetVector.rawValue, kind: .reserved))
         for region in ram {
             let start = max(region.start, X86Layout.highMemory)
             guard region.end > start else { continue }

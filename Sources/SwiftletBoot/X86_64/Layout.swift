@@ -25,9 +25,13 @@ public enum X86Layout {
     public static let mpFloatingPointer = GuestAddress(0x9fc00)
     public static let ebdaEnd = GuestAddress(0xa0000)
     /// The ACPI tables: the RSDP first, where a kernel's scan of the BIOS area (0xE0000-0xFFFFF) finds it, and the
-    /// others after it, up to the reset vector (reserved in the e820 map as ACPI data when they are written).
+    /// others after it, up to the VM generation ID's page (ACPI data in the e820 map when they are written).
     public static let acpiTables = GuestAddress(0xe0000)
-    public static let acpiTablesEnd = resetVector
+    public static let acpiTablesEnd = vmGenerationID
+    /// The VM generation ID (16 bytes, Linux's vmgenid driver reads it where the DSDT's VGEN.ADDR points): a new
+    /// random one at boot and after every restore. Its page, up to 1 MiB, is reserved in the e820 map with ACPI.
+    public static let vmGenerationID = GuestAddress(0xff000)
+    public static let vmGenerationIDSize = 16
     /// The reset vector, F000:FFF0 in real mode: where a CPU starts after a reset, and where Linux jumps to reboot
     /// "through the BIOS" (`reboot=b`, and its last resort: on a hardware-reduced ACPI machine without EFI its
     /// default, BOOT_EFI, falls through to it). `ResetVector` puts a reset request there; reserved in the e820 map.
@@ -55,11 +59,15 @@ public enum X86Layout {
     public static let kvmTss = GuestAddress(0xfffb_d000)
     /// Legacy ISA interrupt lines go up to the IOAPIC's 24 pins.
     public static let ioapicPins = 24
-    /// virtio-mmio devices: 4 KiB slots from here, in the MMIO hole, with interrupt lines from 5 up (4 is the UART's).
+    /// virtio-mmio devices: 4 KiB slots from here, in the MMIO hole, with interrupt lines from 5 up (4 is the UART's)
+    /// to the one below `acpiEventIRQ`.
     public static let virtioMmioBase = GuestAddress(0xd000_0000)
     public static let virtioMmioSlotSize: UInt64 = 0x1000
     public static let virtioFirstIRQ: UInt32 = 5
-    public static let virtioMaximumDevices = ioapicPins - Int(virtioFirstIRQ)
+    public static let virtioMaximumDevices = Int(acpiEventIRQ - virtioFirstIRQ)
+    /// The ACPI Generic Event Device's interrupt (the IOAPIC's last pin): raised after a restore, it makes the guest
+    /// run the DSDT's GED._EVT, which notifies the VM generation ID device.
+    public static let acpiEventIRQ: UInt32 = UInt32(ioapicPins) - 1
 
     /// The RAM regions for `size` bytes of guest memory: below the MMIO hole, and the rest from 4 GiB up.
     public static func ramRegions(size: UInt64) -> [(start: GuestAddress, size: UInt64)] {

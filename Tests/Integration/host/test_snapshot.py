@@ -8,6 +8,10 @@ so the Linux guest's snapshot tests are the lab's: swiftlet-snapshot).
   goes on counting where it stopped, its memory and disk intact; two restores of one snapshot, each on its own copy of
   the disk, print the same lines (the guest is deterministic); a snapshot of a restored VM restores again.
 - The memory file is sparse, and a restore maps it: a clone's private memory is what it wrote.
+- Diff snapshots (run --track-dirty-pages): a full snapshot, then, after the guest ran on, a diff and a full one of
+  the same paused moment; the diff merged onto the first full one (`swiftlet snapshot-merge`) is the second full
+  one's memory byte for byte, and their state files agree record for record; the merged file restores into a guest
+  that goes on counting; a diff of that restored VM (whose base is the file it maps) merges and restores again.
 - Bad input is refused with a message that says what is wrong, and nothing is left (no control socket): a truncated
   state file, a flipped byte, a wrong version, a memory file smaller than guest RAM, a CPUID feature this host lacks,
   a snapshot of a VM that is not paused, a restore that changes the machine.
@@ -183,9 +187,9 @@ def firecracker_api(work, procs):
     state, memory = os.path.join(work, "fc.snap"), os.path.join(work, "fc.mem")
     status, fault = api(sock, "PUT", "/snapshot/create", {"snapshot_path": state, "mem_file_path": memory})
     report("api-create-needs-pause", status == 400 and "pause it first" in fault, f"{status} {fault}")
-    status, fault = api(sock, "PUT", "/snapshot/create", {"snapshot_path": state, "mem_file_path": memory, "snapshot_type": "Diff"})
-    report("api-create-diff-refused", status == 400 and "full snapshots only" in fault, f"{status} {fault}")
     paused = api(sock, "PATCH", "/vm", {"state": "Paused"})
+    status, fault = api(sock, "PUT", "/snapshot/create", {"snapshot_path": state, "mem_file_path": memory, "snapshot_type": "Diff"})
+    report("api-create-diff-needs-tracking", status == 400 and "needs dirty-page tracking" in fault, f"{status} {fault}")
     created = api(sock, "PUT", "/snapshot/create", {"snapshot_path": state, "mem_file_path": memory, "snapshot_type": "Full"})
     report("api-create", paused[0] == 204 and created[0] == 204 and os.path.getsize(state) > 0, f"{paused} {created}")
     last = counts(os.path.join(work, "fc.txt"))[-1]
@@ -230,6 +234,111 @@ def firecracker_api(work, procs):
     status, fault = api(sock3, "PUT", "/snapshot/load", {"snapshot_path": state, "mem_file_path": memory})
     report("api-load-after-config-refused", status == 400 and "after configuring boot-specific resources" in fault, f"{status} {fault}")
     stop(third)
+
+
+def files_equal(a, b):
+    """Whether two files read the same (holes read as zeroes); the offset of the first difference otherwise."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        offset = 0
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                for i, (p, q) in enumerate(zip(x, y)):
+                    if p != q:
+                        return offset + i
+                return offset + min(len(x), len(y))
+            if not x:
+                return None
+            offset += len(x)
+
+
+def state_records(path, drop=("dirt", "vm  ")):
+    # "vm  " holds KVM_GET_CLOCK's whole answer, whose host-time fields (realtime, host_tsc) each snapshot reads
+    # anew: two snapshots of one paused moment differ there. The guest's clock in it is the pause's, as "time" is.
+    with open(path, "rb") as f:
+        body = f.read()[24:-4]
+    return [(tag, body[start:end]) for tag, start, end in records(body) if tag not in drop]
+
+
+def diff_snapshots(work, procs, start):
+    """Diff snapshots of the count guest: base + diff equals a full snapshot of the same moment, and restores."""
+    disk = os.path.join(work, "diff-disk.raw")
+    with open(disk, "wb") as f:
+        f.truncate(16 << 20)
+    ctl = os.path.join(work, "ctl-diff")
+    console = os.path.join(work, "diff.txt")
+    vm = start(["run", "--kernel", HOSTILE, "--memory", f"{MEMORY_MIB}M", "--disk", disk, "--control-socket", ctl,
+                "--track-dirty-pages", "--cmdline", CMDLINE], console, "diff")
+    if not wait_for(lambda: len(counts(console)) >= 3):
+        report("diff-guest-counts", False, f"{len(counts(console))} lines with --track-dirty-pages")
+        return
+    path = lambda name: os.path.join(work, name)
+    snap = lambda *args: subprocess.run([SWIFTLET, "snapshot", ctl, *args], capture_output=True, text=True, timeout=60)
+    r = snap("--state", path("d0.snap"), "--memory", path("d0.mem"), "--diff")
+    report("diff-needs-a-base", r.returncode == 1 and "take a full snapshot first" in r.stderr, (r.stdout + r.stderr).strip())
+    r = snap("--state", path("base.snap"), "--memory", path("base.mem"), "--resume")
+    report("diff-base-create", r.returncode == 0, (r.stdout + r.stderr).strip())
+    at_base = len(counts(console))
+    # The guest writes its memory (the checksummed area) and its disk (virtio-blk reads back into guest buffers).
+    wait_for(lambda: len(counts(console)) >= at_base + 3)
+    r = snap("--state", path("diff.snap"), "--memory", path("diff.mem"), "--diff")
+    full = control(ctl, f"snapshot {path('full.snap')} {path('full.mem')}")
+    report("diff-create", r.returncode == 0 and full.startswith("ok"), (r.stdout + r.stderr).strip() + " / " + full)
+    if r.returncode != 0 or not full.startswith("ok"):
+        stop(vm)
+        return
+    diff_written = int(re.search(r"written_bytes=(\d+)", r.stdout).group(1))
+    full_written = int(re.search(r"written_bytes=(\d+)", full).group(1))
+    print(f"BENCH-INFO diff_written_bytes={diff_written} full_written_bytes={full_written} "
+          f"diff_create_ms={re.search(r'ms=([0-9.]+)', r.stdout).group(1)} full_create_ms={re.search(r'ms=([0-9.]+)', full).group(1)}", flush=True)
+    report("diff-is-smaller", 0 < diff_written < full_written, f"diff {diff_written} bytes, full {full_written}")
+    paused_at = counts(console)[-1]
+    disk_copy = path("diff-disk-copy.raw")
+    shutil.copyfile(disk, disk_copy)
+    stop(vm)
+    m = subprocess.run([SWIFTLET, "snapshot-merge", "--state", path("diff.snap"), "--diff", path("diff.mem"),
+                        "--base", path("base.mem"), "--output", path("merged.mem")], capture_output=True, text=True, timeout=60)
+    report("diff-merge", m.returncode == 0 and m.stdout.startswith("ok copied_bytes="), (m.stdout + m.stderr).strip())
+    first_difference = files_equal(path("merged.mem"), path("full.mem"))
+    report("diff-merged-equals-full", m.returncode == 0 and first_difference is None,
+           f"they differ at offset {first_difference} (page {(first_difference or 0) // 4096})")
+    differ = [a[0] for a, b in zip(state_records(path("diff.snap")), state_records(path("full.snap"))) if a != b]
+    report("diff-state-equals-full", not differ and len(state_records(path("diff.snap"))) == len(state_records(path("full.snap"))),
+           f"records that differ: {differ}")
+    r = subprocess.run([SWIFTLET, "restore", "--state", path("diff.snap"), "--memory", path("diff.mem"), "--console", "none"],
+                       capture_output=True, text=True, timeout=30)
+    report("diff-restore-unmerged-refused", r.returncode == 1 and "is a diff snapshot" in r.stderr and "snapshot-merge" in r.stderr,
+           r.stderr.strip()[:300])
+    ctl2 = path("ctl-diff2")
+    restored = start(["restore", "--state", path("diff.snap"), "--memory", path("merged.mem"), "--disk", f"0={disk_copy}",
+                      "--track-dirty-pages", "--control-socket", ctl2], path("diff-restored.txt"), "diff-restored")
+    ok = wait_for(lambda: len(counts(path("diff-restored.txt"))) >= 3)
+    seen = counts(path("diff-restored.txt"))
+    with open(path("diff-restored.err")) as f:
+        errors = f.read().strip()[-300:]
+    report("diff-restore-continues", ok and seen[0][0] == paused_at[0] + STEP and all(c[2] == "ok" and c[3] == "ok" for c in seen),
+           f"paused at {paused_at[:2]}, then {seen[:2]}: {errors}")
+    if not ok:
+        stop(restored)
+        return
+    # A diff of the restored VM: its base is the memory file it maps.
+    r = subprocess.run([SWIFTLET, "snapshot", ctl2, "--state", path("diff2.snap"), "--memory", path("diff2.mem"), "--diff"],
+                       capture_output=True, text=True, timeout=60)
+    paused_at = counts(path("diff-restored.txt"))[-1]
+    disk_copy2 = path("diff-disk-copy2.raw")
+    shutil.copyfile(disk_copy, disk_copy2)
+    stop(restored)
+    m = subprocess.run([SWIFTLET, "snapshot-merge", "--state", path("diff2.snap"), "--diff", path("diff2.mem"),
+                        "--base", path("merged.mem"), "--output", path("merged.mem")], capture_output=True, text=True, timeout=60)
+    report("diff-of-restored-merges-in-place", r.returncode == 0 and m.returncode == 0 and "copied_bytes=0" in m.stdout,
+           (r.stdout + r.stderr + m.stdout + m.stderr).strip())
+    again = start(["restore", "--state", path("diff2.snap"), "--memory", path("merged.mem"), "--disk", f"0={disk_copy2}"],
+                  path("diff-again.txt"), "diff-again")
+    ok = wait_for(lambda: len(counts(path("diff-again.txt"))) >= 2)
+    seen = counts(path("diff-again.txt"))
+    report("diff-of-restored-continues", ok and seen[0][0] == paused_at[0] + STEP and all(c[2] == "ok" and c[3] == "ok" for c in seen),
+           f"paused at {paused_at[:2]}, then {seen[:2]}")
+    stop(again)
 
 
 def main():
@@ -379,6 +488,7 @@ def main():
         r = subprocess.run([SWIFTLET, "restore", "--state", state, "--memory", memory, "--console", "none", "--disk", "3=/x"],
                            capture_output=True, text=True, timeout=30)
         report("refuses-unknown-disk", r.returncode == 1 and "has 1 disks" in r.stderr, r.stderr.strip()[:300])
+        diff_snapshots(work, procs, start)
         firecracker_api(work, procs)
     finally:
         for proc in procs:
