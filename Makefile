@@ -46,6 +46,7 @@ trigger: deps
 # libm) for the device and network tests and benchmarks.
 guest: deps
 	@guest/build-kernel.sh $(GUEST_OUT)
+	@KERNEL_VARIANT=acpi guest/build-kernel.sh $(GUEST_OUT)
 	@guest/build-fio.sh $(GUEST_OUT)
 	@guest/mkinitramfs.sh $(GUEST_OUT)/initramfs.cpio
 	@gcc -static -O2 -Wall -Wextra -o $(GUEST_OUT)/tcppeer Tests/Integration/tools/tcppeer.c

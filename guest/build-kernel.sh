@@ -12,7 +12,10 @@
 # A second run with the same key does not rebuild. If OUTDIR is given,
 # bzImage, vmlinux and config are hard-linked (or copied) into it.
 #
-# Environment: SWIFTLET_CACHE (cache root), JOBS (make -j, default nproc).
+# Environment: SWIFTLET_CACHE (cache root), JOBS (make -j, default nproc),
+# KERNEL_VARIANT: empty for the guest kernel; `acpi` for the same kernel with
+# guest/kernel/x86_64-acpi.config over its fragment (ACPI and the VM
+# generation ID driver), exported as bzImage-acpi, vmlinux-acpi, config-acpi.
 set -eu
 set -o pipefail
 
@@ -37,6 +40,20 @@ recipe="$recipe targets=bzImage,vmlinux vmlinux=strip-debug"
 recipe="$recipe user=$build_user host=$build_host timestamp=$build_timestamp"
 
 [ -r "$fragment" ] || die "kernel config fragment not found: $fragment"
+variant=${KERNEL_VARIANT:-}
+suffix=
+if [ -n "$variant" ]; then
+    over=$here/kernel/$arch-$variant.config
+    [ -r "$over" ] || die "no fragment for KERNEL_VARIANT=$variant: $over"
+    suffix=-$variant
+    # The variant's options replace the base fragment's settings of the same options; the merged fragment is
+    # what the build uses, checks and keys by.
+    opts=$(sed -n 's/^\(CONFIG_[A-Za-z0-9_]*\)=.*/\1/p; s/^# \(CONFIG_[A-Za-z0-9_]*\) is not set.*/\1/p' "$over" | paste -sd'|')
+    mkdir -p "$cache_root/kernel" || die "cannot create $cache_root/kernel"
+    merged=$cache_root/kernel/fragment-$variant.config
+    { grep -vE "^(# )?($opts)[= ]" "$fragment" || true; cat "$over"; } >"$merged.new" && mv "$merged.new" "$merged"
+    fragment=$merged
+fi
 command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found (this script expects Debian)"
 src_version=$(dpkg-query -W -f='${Version}' "$src_pkg" 2>/dev/null) || src_version=
 [ -n "$src_version" ] || die "package $src_pkg is not installed (apt-get install $src_pkg)"
@@ -60,11 +77,11 @@ export_to_outdir() {
     [ -n "$outdir" ] || return 0
     mkdir -p "$outdir" || die "cannot create $outdir"
     for f in $artifacts; do
-        rm -f "$outdir/$f"
-        ln "$dest/$f" "$outdir/$f" 2>/dev/null || cp "$dest/$f" "$outdir/$f" ||
+        rm -f "$outdir/$f$suffix"
+        ln "$dest/$f" "$outdir/$f$suffix" 2>/dev/null || cp "$dest/$f" "$outdir/$f$suffix" ||
             die "cannot copy $dest/$f to $outdir"
     done
-    info "bzImage, vmlinux, config -> $outdir"
+    info "bzImage$suffix, vmlinux$suffix, config$suffix -> $outdir"
 }
 
 if is_cached; then

@@ -42,7 +42,7 @@ SWIFTLET_TRIGGER = os.path.join(BUILD, "trigger", "release", "swiftlet")
 TOOLS = os.path.join(BUILD, "tools")
 PAYLOAD = os.path.join(BUILD, "lab-payload")
 LAB = os.path.join(INTEGRATION, "lab", "lab.py")
-GUEST_FILES = ("bzImage", "vmlinux", "initramfs.cpio", "initramfs-full.cpio", "hostile.elf")
+GUEST_FILES = ("bzImage", "bzImage-acpi", "vmlinux", "initramfs.cpio", "initramfs-full.cpio", "hostile.elf")
 # Staged when `make guest` made them: Debian's stock cloud kernel and its initrd (tools/build-distro-image.sh, which
 # needs the Debian mirror). Without them the distro test skips, saying why, and the distro benchmark fails.
 OPTIONAL_GUEST_FILES = ("distro-vmlinuz", "distro-initrd.img")
@@ -669,7 +669,8 @@ BENCHES = {
     "snapshot": {"snapshot_restore_to_exec_ms": ("ms", "lower"), "sandbox_cold_ms": ("ms", "lower"),
                  "snapshot_restore_over_cold": ("permille", "lower"), "snapshot_create_ms": ("ms", "lower"),
                  "snapshot_file_mib": ("MiB", "lower"), "restore_to_first_run_ms": ("ms", "lower"),
-                 "clone_private_mib": ("MiB", "lower")},
+                 "clone_private_mib": ("MiB", "lower"), "snapshot_create_diff_ms": ("ms", "lower"),
+                 "snapshot_file_diff_kib": ("KiB", "lower")},
     "api": {"api_socket_ready_ms": ("ms", "lower"), "api_socket_ready_cpu_ms": ("ms", "lower"),
             "api_first_response_ms": ("ms", "lower"),
             "api_cost_threads": ("threads", "lower"), "api_cost_anon_kib": ("KiB", "lower"),

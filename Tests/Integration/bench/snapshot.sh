@@ -13,6 +13,9 @@
 #   snapshot_create_ms            swiftlet: pause to both files written (the control socket's ms=); qemu: migrate
 #                                 to `info migrate` completed
 #   snapshot_file_mib             what the snapshot takes on disk (allocated blocks, state file included)
+#   snapshot_create_diff_ms       swiftlet only (QEMU has no diff snapshot of its own): after the full snapshot, the
+#                                 guest resumed and one `exec true` later, a diff snapshot (run --track-dirty-pages)
+#   snapshot_file_diff_kib        what that diff takes on disk (its state file included)
 #   restore_to_first_run_ms       restore process start to vCPU 0's first KVM_RUN (swiftlet only: --trace-startup)
 #   clone_private_mib             private memory (smaps_rollup Private_*) of one restored VM after its exec
 . "$INTEGRATION/lib.sh"
@@ -44,13 +47,21 @@ take() { # VMM: boots the guest, waits for its agent, saves it; the files are $w
         swiftlet)
             "$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs.cpio" --memory 256M --cpus 1 \
                 --console "$work/swiftlet.console" --cmdline "$SWIFTLET_CMDLINE_BASE" --vsock "socket=$work/boot.sock" \
-                --agent --control-socket "$work/ctl" 2>"$work/swiftlet.err" &
+                --agent --control-socket "$work/ctl" --track-dirty-pages 2>"$work/swiftlet.err" &
             vmpid=$!
             agent_ready "hybrid:$work/boot.sock:1024" "$vmpid" || { echo "snapshot bench: swiftlet: no agent: $(tail -c 300 "$work/swiftlet.err")"; return 1; }
             _answer=$("$SWIFTLET" snapshot "$work/ctl" --state "$work/swiftlet.snap" --memory "$work/swiftlet.mem" 2>&1) || {
                 echo "snapshot bench: swiftlet snapshot: $_answer"; return 1; }
             sample snapshot_create_ms swiftlet "$(echo "$_answer" | sed -n 's/.* ms=\([0-9.]*\).*/\1/p')" ms
             sample snapshot_file_mib swiftlet "$(($(allocated_kib "$work/swiftlet.snap" "$work/swiftlet.mem") / 1024))" MiB
+            # A diff on top of it: what one exec in the guest wrote since.
+            "$SWIFTLET" control "$work/ctl" resume >/dev/null &&
+                "$VSOCKPEER" connect "hybrid:$work/boot.sock:1024" exec -- true >/dev/null 2>&1 &&
+                _answer=$("$SWIFTLET" snapshot "$work/ctl" --diff --state "$work/swiftlet-diff.snap" --memory "$work/swiftlet-diff.mem" 2>&1) || {
+                    echo "snapshot bench: swiftlet diff snapshot: $_answer"; return 1; }
+            sample snapshot_create_diff_ms swiftlet "$(echo "$_answer" | sed -n 's/.* ms=\([0-9.]*\).*/\1/p')" ms
+            sample snapshot_file_diff_kib swiftlet "$(allocated_kib "$work/swiftlet-diff.snap" "$work/swiftlet-diff.mem")" KiB
+            rm -f "$work/swiftlet-diff.snap" "$work/swiftlet-diff.mem"
             ;;
         qemu)
             rm -f "$work/mon.in" "$work/mon.out"

@@ -2,7 +2,11 @@
 # socket) and restored (`swiftlet restore`); the restored guest still has what it had in memory (a tmpfs file) and on
 # its disk, `swiftlet exec` works in it (its vsock connections were reset, its agent listens on), a snapshot of the
 # restored VM restores too, and ten clones of one snapshot, each with its own vsock socket and disk copy, run ten
-# different commands at once. Their private memory together is reported against ten times guest RAM. The hostile
+# different commands at once. Their private memory together is reported against ten times guest RAM. A diff snapshot
+# (run --track-dirty-pages) after the guest wrote memory, its disk and vsock traffic, merged onto the full snapshot
+# before it, is byte for byte the memory of a full snapshot of the same moment, and restores. The ACPI variant of the
+# guest kernel (bzImage-acpi, with Linux's vmgenid driver) binds Swiftlet's VM generation ID device, and a clone
+# restored from its snapshot reseeds its RNG ("crng reseeded due to virtual machine fork"). The hostile
 # guest's snapshot tests (bad snapshots, the Firecracker API, memory and disk checksums) run on the host:
 # Tests/Integration/host/test_snapshot.py.
 . "$INTEGRATION/lib.sh"
@@ -140,5 +144,66 @@ echo "BENCH-SAMPLE metric=clone_private_mib vmm=swiftlet value=$((total / 1024 /
 [ "$total" -lt $((CLONES * MEM_MIB * 1024 / 4)) ] && test_pass "$t.clones-share-memory" || \
     test_fail "$t.clones-share-memory" "$((total / 1024)) MiB private for $CLONES clones of a $MEM_MIB MiB guest"
 for pid in $pids; do stop_vm "$pid"; done
+rm -f "$WORK"/disk-[0-9]*.raw "$WORK/vm2.mem"
+
+echo "step: diff snapshots (--track-dirty-pages)"
+truncate -s 8M "$WORK/disk-d.raw"
+D=$WORK/d.sock DC=$WORK/d.ctl
+"$SWIFTLET" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs.cpio" --memory "${MEM_MIB}M" \
+    --cmdline "$SWIFTLET_CMDLINE_BASE" --console none --disk "$WORK/disk-d.raw" --vsock "socket=$D" --agent \
+    --control-socket "$DC" --track-dirty-pages 2>"$WORK/d.err" &
+dvm=$!
+wait_socket "$D" "$dvm"
+out=$(x "$D" -- sh -c 'echo one >/tmp/d && echo ok'); check diff-boot "$out" ok
+"$SWIFTLET" snapshot "$DC" --state "$WORK/base.snap" --memory "$WORK/base.mem" --resume >/dev/null 2>"$WORK/err"; check diff-base $? 0
+# Between the two snapshots the guest writes its memory, its disk, and reads the disk back through virtio-blk into
+# its page cache (the device writes guest RAM), all over vsock (whose receive buffers the device writes too).
+sum=$(x "$D" -- sh -c 'echo two >/tmp/d; dd if=/dev/urandom of=/dev/vda bs=64k count=32 conv=fsync 2>/dev/null; sync; echo 3 >/proc/sys/vm/drop_caches; md5sum </dev/vda | cut -c1-32')
+answer=$("$SWIFTLET" snapshot "$DC" --state "$WORK/diff.snap" --memory "$WORK/diff.mem" --diff 2>"$WORK/err"); check diff-create $? 0
+full=$("$SWIFTLET" control "$DC" snapshot "$WORK/full.snap" "$WORK/full.mem" 2>"$WORK/err"); check diff-full-create $? 0
+echo "step: diff: $answer; full: $full"
+dw=$(echo "$answer" | sed -n 's/.*written_bytes=\([0-9]*\).*/\1/p') fw=$(echo "$full" | sed -n 's/.*written_bytes=\([0-9]*\).*/\1/p')
+echo "BENCH-INFO diff_written_mib=$((${dw:-0} >> 20)) full_written_mib=$((${fw:-0} >> 20))"
+stop_vm "$dvm"
+cp "$WORK/disk-d.raw" "$WORK/disk-d2.raw"
+"$SWIFTLET" snapshot-merge --state "$WORK/diff.snap" --diff "$WORK/diff.mem" --base "$WORK/base.mem" --output "$WORK/merged.mem" \
+    >/dev/null 2>"$WORK/err"; check diff-merge $? 0
+echo "step: comparing the merged memory with the full snapshot's"
+# 256 MiB under the lab's emulated CPU takes longer than its watchdog's 10 s of silence: a step line every 2 s.
+cmp "$WORK/merged.mem" "$WORK/full.mem" >"$WORK/err" 2>&1 &
+cmp_pid=$!
+while kill -0 "$cmp_pid" 2>/dev/null; do sleep 2; echo "step: ... comparing"; done
+wait "$cmp_pid"; check diff-merged-equals-full $? 0
+rm -f "$WORK/full.mem" "$WORK/base.mem" "$WORK/diff.mem"
+"$SWIFTLET" restore --state "$WORK/diff.snap" --memory "$WORK/merged.mem" --console none --vsock-socket "$WORK/d2.sock" \
+    --disk "0=$WORK/disk-d2.raw" 2>"$WORK/d2.err" &
+d2=$!
+wait_socket "$WORK/d2.sock" "$d2" || test_fail "$t.diff-restore" "no vsock socket: $(tail -c 400 "$WORK/d2.err")"
+out=$(x "$WORK/d2.sock" -- sh -c 'cat /tmp/d; md5sum </dev/vda | cut -c1-32' | tr '\n' ' '); check diff-restore "$out" "two ${sum:-none} "
+stop_vm "$d2"
+rm -f "$WORK/merged.mem"
+
+echo "step: the VM generation ID (bzImage-acpi, --acpi on)"
+G=$WORK/g.sock GC=$WORK/g.ctl
+"$SWIFTLET" run --kernel "$GUEST/bzImage-acpi" --initrd "$GUEST/initramfs.cpio" --acpi on --rng on --memory "${MEM_MIB}M" \
+    --cmdline "$SWIFTLET_CMDLINE_BASE" --console "$WORK/g.console" --vsock "socket=$G" --agent --control-socket "$GC" 2>"$WORK/g.err" &
+gvm=$!
+wait_socket "$G" "$gvm"
+out=$(x "$G" -- sh -c 'ls /sys/bus/acpi/drivers/vmgenid/ 2>/dev/null | grep -c "^VMGENCTR:"'); check vmgenid-bound "$out" 1
+# The reseed is announced only once the RNG is ready: virtio-rng (--rng on) feeds it.
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    [ "$(x "$G" -- sh -c 'dmesg | grep -c "crng init done"')" = 1 ] && break
+    echo "step: waiting for the guest's RNG"; sleep 1
+done
+out=$(x "$G" -- sh -c 'dmesg | grep -c "virtual machine fork"'); check vmgenid-boot-no-fork "$out" 0
+"$SWIFTLET" snapshot "$GC" --state "$WORK/g.snap" --memory "$WORK/g.mem" >/dev/null 2>"$WORK/err"; check vmgenid-create $? 0
+stop_vm "$gvm"
+"$SWIFTLET" restore --state "$WORK/g.snap" --memory "$WORK/g.mem" --console none --vsock-socket "$WORK/g2.sock" 2>"$WORK/g2.err" &
+g2=$!
+wait_socket "$WORK/g2.sock" "$g2" || test_fail "$t.vmgenid-restore" "no vsock socket: $(tail -c 400 "$WORK/g2.err")"
+out=$(x "$WORK/g2.sock" -- sh -c 'dmesg | grep -c "crng reseeded due to virtual machine fork"')
+check vmgenid-clone-reseeds "$out" 1
+stop_vm "$g2"
+
 left=$(ls "$WORK"/*.sock "$WORK"/*.ctl 2>/dev/null | wc -l)
 check no-sockets-left "$left" 0
