@@ -57,12 +57,8 @@ public final class OwnedFileDescriptor: Sendable {
         }
     }
 
-    /// Writes all of `bytes` at `offset`, retrying short writes and EINTR. The corresponding C function is `pwrite`.
+    /// Writes all of `bytes` at `offset`, retrying short writes and EINTR (`positionedWriteAll`).
     public func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(Errno) {
-        var done = 0
-        while done < bytes.count {
-            let count = try retryingSystemCall { pwrite(rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done)) }
-            done += count
-        }
+        try positionedWriteAll(rawValue, bytes, at: offset)
     }
 }

@@ -13,6 +13,17 @@ public func retryingSystemCall<T: FixedWidthInteger>(_ body: () -> T) throws(Err
     }
 }
 
+/// Writes all of `bytes` to `fd` at `offset`, retrying short writes and EINTR; a write of nothing is an I/O error
+/// (no progress). The corresponding C function is `pwrite`.
+public func positionedWriteAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int) throws(Errno) {
+    var done = 0
+    while done < bytes.count {
+        let count = try retryingSystemCall { pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done)) }
+        guard count > 0 else { throw Errno.ioError }
+        done += count
+    }
+}
+
 /// checkedIoctl(2) with a pointer argument. Does not retry EINTR: KVM_RUN reports a kick that way.
 /// The corresponding C function is `ioctl`.
 @inline(__always)

@@ -41,7 +41,8 @@ public final class VirtualMachine: Sendable {
     }
 
     /// The pages the guest wrote in each region of `memory` (mapped with `logDirtyPages`) since the last call, as
-    /// 64-page words (KVM_GET_DIRTY_LOG, which clears the log as it reads it).
+    /// 64-page words (KVM_GET_DIRTY_LOG, which clears the log as it reads it; its unsigned longs are these words on
+    /// the 64-bit little-endian hosts Swiftlet runs on).
     public func takeDirtyLog(_ memory: GuestMemory) throws(SwiftletError) -> [[UInt64]] {
         var logs: [[UInt64]] = []
         for (slot, region) in memory.regions.enumerated() {
@@ -60,7 +61,7 @@ public final class VirtualMachine: Sendable {
                 }
             }
             if let failure { throw SwiftletError(.systemCall, "KVM_GET_DIRTY_LOG (slot \(slot)) failed", cause: failure) }
-            logs.append(words.map { UInt64(littleEndian: $0) })
+            logs.append(words)
         }
         return logs
     }

@@ -42,7 +42,7 @@ public final class DirtyPages: Sendable {
         (0..<wordCount).map { words[$0].exchange(0, ordering: .acquiringAndReleasing) }
     }
 
-    /// Whether `page` is marked (tests, and a snapshot's check).
+    /// Whether `page` is marked (without taking the marks).
     public func isMarked(_ page: Int) -> Bool {
         guard page >= 0, page < pageCount else { return false }
         return words[page / 64].load(ordering: .relaxed) & (UInt64(1) << UInt64(page % 64)) != 0

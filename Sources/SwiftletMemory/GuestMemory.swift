@@ -157,52 +157,6 @@ public final class GuestMemory: Sendable {
         regions.map { $0.hostWrites?.take() ?? [] }
     }
 
-    /// Writes the pages `dirty` marks (one bitmap of 64-page words per region, as `takeHostWrites` and KVM's dirty
-    /// log give them) to `file` at their offsets in a memory file (region after region), zero pages included: a
-    /// diff snapshot's memory. The file is sized to all of guest RAM; what is not written stays a hole. Returns the
-    /// statistics, whose `writtenBytes` are the dirty pages'.
-    public func saveDirty(to file: Int32, dirty: [[UInt64]]) throws(SwiftletError) -> SaveStatistics {
-        precondition(dirty.count == regions.count, "one dirty bitmap per region")
-        guard ftruncate(file, 0) == 0, ftruncate(file, off_t(totalSize)) == 0 else {
-            throw SwiftletError(.io, "cannot size the memory file to \(totalSize) bytes", cause: .init(rawValue: errno))
-        }
-        let page = Int(hostPageSize)
-        var written: UInt64 = 0
-        var fileOffset: UInt64 = 0
-        for (region, bitmap) in zip(regions, dirty) {
-            let pages = Int(region.size) / page
-            func marked(_ index: Int) -> Bool {
-                index / 64 < bitmap.count && bitmap[index / 64] & (UInt64(1) << UInt64(index % 64)) != 0
-            }
-            var index = 0
-            while index < pages {
-                guard marked(index) else {
-                    index += 1
-                    continue
-                }
-                var end = index + 1
-                while end < pages && marked(end) { end += 1 }
-                try Self.writeAll(file, region.host + index * page, count: (end - index) * page, at: fileOffset + UInt64(index * page))
-                written += UInt64((end - index) * page)
-                index = end
-            }
-            fileOffset += region.size
-        }
-        return SaveStatistics(totalBytes: totalSize, writtenBytes: written)
-    }
-
-    private static func writeAll(_ file: Int32, _ pointer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws(SwiftletError) {
-        var done = 0
-        while done < count {
-            let result = pwrite(file, pointer + done, count - done, off_t(offset) + off_t(done))
-            if result < 0 && errno == EINTR { continue }
-            guard result > 0 else {
-                throw SwiftletError(.io, "cannot write the memory file at offset \(offset + UInt64(done))", cause: .init(rawValue: errno))
-            }
-            done += result
-        }
-    }
-
     /// What `save(to:)` wrote.
     public struct SaveStatistics: Equatable, Sendable {
         /// Guest RAM, and the file's length.
@@ -216,25 +170,47 @@ public final class GuestMemory: Sendable {
     /// balloon) are not written: they stay holes, so the file takes the space of the memory the guest used. The
     /// guest must not run meanwhile (its vCPUs paused).
     public func save(to file: Int32) throws(SwiftletError) -> SaveStatistics {
+        try writePages(to: file) { region, index in
+            !Self.isZero(regions[region].host + index * Int(hostPageSize), count: Int(hostPageSize))
+        }
+    }
+
+    /// Writes the pages `dirty` marks (one bitmap of 64-page words per region, as `takeHostWrites` and KVM's dirty
+    /// log give them) at their offsets in a memory file laid out as `save(to:)` lays it out, zero pages included: a
+    /// diff snapshot's memory. What is not written stays a hole. `writtenBytes` are the dirty pages'.
+    public func saveDirty(to file: Int32, dirty: [[UInt64]]) throws(SwiftletError) -> SaveStatistics {
+        precondition(dirty.count == regions.count, "one dirty bitmap per region")
+        return try writePages(to: file) { region, index in
+            let bitmap = dirty[region]
+            return index / 64 < bitmap.count && bitmap[index / 64] & (UInt64(1) << UInt64(index % 64)) != 0
+        }
+    }
+
+    /// Sizes `file` to all of guest RAM (emptied first) and writes the pages `selected` picks (a region's index and
+    /// a page's index in it) at their offsets, each run of consecutive ones with as few pwrite calls as the kernel
+    /// needs.
+    private func writePages(to file: Int32, selected: (Int, Int) -> Bool) throws(SwiftletError) -> SaveStatistics {
         guard ftruncate(file, 0) == 0, ftruncate(file, off_t(totalSize)) == 0 else {
             throw SwiftletError(.io, "cannot size the memory file to \(totalSize) bytes", cause: .init(rawValue: errno))
         }
         let page = Int(hostPageSize)
         var written: UInt64 = 0
         var fileOffset: UInt64 = 0
-        for region in regions {
-            // Runs of pages that are not all zeroes, each written with as few pwrite calls as the kernel needs.
+        for (number, region) in regions.enumerated() {
             var index = 0
             let pages = Int(region.size) / page
             while index < pages {
-                guard !Self.isZero(region.host + index * page, count: page) else {
+                guard selected(number, index) else {
                     index += 1
                     continue
                 }
                 var end = index + 1
-                while end < pages && !Self.isZero(region.host + end * page, count: page) { end += 1 }
+                while end < pages && selected(number, end) { end += 1 }
                 let length = (end - index) * page
-                try Self.writeAll(file, region.host + index * page, count: length, at: fileOffset + UInt64(index * page))
+                let offset = fileOffset + UInt64(index * page)
+                do { try positionedWriteAll(file, UnsafeRawBufferPointer(start: region.host + index * page, count: length), at: Int(offset)) } catch {
+                    throw SwiftletError(.io, "cannot write the memory file at offset \(offset)", cause: error)
+                }
                 written += UInt64(length)
                 index = end
             }

@@ -120,7 +120,7 @@ public final class SplitQueue: @unchecked Sendable {
     private let usedAddress: GuestAddress
     /// With dirty-page tracking (`GuestMemory.tracksDirtyPages`): the chain `addUsed` walks again to mark the
     /// device-writable buffers it returns, whatever the device wrote into them since it popped it.
-    private var usedChain = DescriptorChain()
+    private var usedChain = DescriptorChain(capacity: 8)
     /// The next avail ring slot the device will consume, and the next used slot it will fill.
     public private(set) var lastAvailable: UInt16 = 0
     public private(set) var nextUsed: UInt16 = 0
@@ -183,9 +183,6 @@ public final class SplitQueue: @unchecked Sendable {
         let head = UInt16(littleEndian: (available + 4 + 2 * slot).loadUnaligned(as: UInt16.self))
         lastAvailable &+= 1
         guard head < size else { throw .headOutOfRange(head) }
-        chain.head = head
-        chain.buffers.removeAll(keepingCapacity: true)
-        chain.readableCount = 0
         do {
             try walk(from: head, into: &chain)
         } catch {
@@ -198,8 +195,11 @@ public final class SplitQueue: @unchecked Sendable {
     /// buffers, indirect ones included (§2.7.5.3.1: a driver must not make a chain longer than the queue), and an
     /// indirect table is refused before it is read when it has more than `size` entries. So `chain.buffers` never
     /// grows past `size` entries (every queue here is 256, within one readv/writev's IOV_MAX of 1024), and one walk
-    /// visits at most 2 * `size` descriptors.
+    /// visits at most 2 * `size` descriptors. `chain` is emptied first (keeping its capacity).
     private func walk(from head: UInt16, into chain: inout DescriptorChain) throws(ChainError) {
+        chain.head = head
+        chain.buffers.removeAll(keepingCapacity: true)
+        chain.readableCount = 0
         var table = descriptors
         var tableCount = UInt32(size)
         var index = UInt32(head)

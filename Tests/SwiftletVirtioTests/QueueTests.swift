@@ -282,6 +282,16 @@ import Testing
         #expect(!region.isMarked(page(0x20000)), "the readable buffer is not the device's to write")
         let marked = driver.memory.takeHostWrites()[0].reduce(0) { $0 + $1.nonzeroBitCount }
         #expect(marked == 4)
+        // The next chain returned marks its own buffers only: the walk starts from an empty chain each time, so
+        // neither what it marks nor what it holds grows with the chains returned before it.
+        try driver.setDescriptor(3, address: 0x50000, length: 8, flags: FakeDriver.write)
+        try driver.publish(3)
+        _ = driver.memory.takeHostWrites() // the fake driver's own writes (descriptor table, avail ring)
+        let second = try #require(try pop(queue))
+        queue.addUsed(head: second.head, length: 8)
+        #expect(region.isMarked(page(0x50000)) && region.isMarked(page(FakeDriver.usedRing.rawValue)))
+        #expect(!region.isMarked(page(0x30ff0)) && !region.isMarked(page(0x40000)), "the first chain's buffers again")
+        #expect(driver.memory.takeHostWrites()[0].reduce(0) { $0 + $1.nonzeroBitCount } == 2)
         // Without tracking nothing is recorded, and nothing is allocated for it.
         let untracked = try FakeDriver()
         #expect(untracked.memory.regions[0].hostWrites == nil && untracked.memory.takeHostWrites() == [[]])

@@ -41,8 +41,9 @@ extension MicroVMSnapshot {
             throw SwiftletError(.invalidConfiguration, "\(base) is the diff's own memory file: give the memory file of the snapshot before it")
         }
         var outputInfo = stat()
-        let inPlace = stat(output, &outputInfo) == 0 && outputInfo.st_dev == baseInfo.st_dev && outputInfo.st_ino == baseInfo.st_ino
-        if stat(output, &outputInfo) == 0 && outputInfo.st_dev == diffInfo.st_dev && outputInfo.st_ino == diffInfo.st_ino {
+        let outputExists = stat(output, &outputInfo) == 0
+        let inPlace = outputExists && outputInfo.st_dev == baseInfo.st_dev && outputInfo.st_ino == baseInfo.st_ino
+        if outputExists && outputInfo.st_dev == diffInfo.st_dev && outputInfo.st_ino == diffInfo.st_ino {
             throw SwiftletError(.invalidConfiguration, "\(output) is the diff's memory file, which the merge reads: write to another file")
         }
         let target: OwnedFileDescriptor
