@@ -63,6 +63,7 @@ if Context.environment["SWIFTLET_FUZZ"] != nil {
         .target(name: "FuzzSupport", dependencies: ["CFuzzSupport", "SwiftletVirtio", "SwiftletMemory", "SwiftletHost"],
                 path: "Fuzz/FuzzSupport"),
         .executableTarget(name: "FuzzQueue", dependencies: ["FuzzSupport", "SwiftletVirtio", "SwiftletMemory"], path: "Fuzz/Targets/Queue"),
+        .executableTarget(name: "FuzzPacked", dependencies: ["FuzzSupport", "SwiftletVirtio", "SwiftletMemory"], path: "Fuzz/Targets/Packed"),
         .executableTarget(name: "FuzzMmio", dependencies: ["FuzzSupport", "SwiftletDevices", "SwiftletVirtio"], path: "Fuzz/Targets/Mmio"),
         .executableTarget(name: "FuzzBlock", dependencies: ["FuzzSupport", "SwiftletDevices", "SwiftletVirtio"], path: "Fuzz/Targets/Block"),
         .executableTarget(name: "FuzzNet", dependencies: ["FuzzSupport", "SwiftletDevices", "SwiftletVirtio", "SwiftletHost"], path: "Fuzz/Targets/Net"),

@@ -8,7 +8,7 @@
 #   tools/fuzz.sh check [SECONDS]                 replay, then fuzz each target SECONDS (default 10): make test
 #   tools/fuzz.sh totals                          a table of executions per target over all runs (.build/fuzz/runs.tsv)
 #
-# Targets: queue mmio blk net vsock balloon loaders agent. Each run prints one line per target:
+# Targets: queue packed mmio blk net vsock balloon loaders agent. Each run prints one line per target:
 #   FUZZ-RESULT <target> ok|fail execs=N execs_per_s=N cov=N features=N corpus=N seconds=N [artifact=PATH]
 # A crash or an invariant failure leaves the input in .build/fuzz/artifacts/; reproduce it with
 #   .build/fuzz/release/Fuzz<Name> -detect_leaks=0 <artifact>
@@ -20,12 +20,13 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=$ROOT/.build/fuzz
 SWIFT=${SWIFT:-swift}
-ALL_TARGETS=(queue mmio blk net vsock balloon loaders agent)
+ALL_TARGETS=(queue packed mmio blk net vsock balloon loaders agent)
 
 # The Swift executable of each target (Package.swift adds them when SWIFTLET_FUZZ is set).
 binary() {
     case $1 in
         queue) echo "$OUT/release/FuzzQueue" ;;
+        packed) echo "$OUT/release/FuzzPacked" ;;
         mmio) echo "$OUT/release/FuzzMmio" ;;
         blk) echo "$OUT/release/FuzzBlock" ;;
         net) echo "$OUT/release/FuzzNet" ;;
@@ -59,7 +60,7 @@ build() {
         echo "fuzz: the build failed (exit $status); the whole log: $OUT/build.log" >&2
         exit 1
     fi
-    for target in queue mmio blk net vsock balloon loaders; do
+    for target in queue packed mmio blk net vsock balloon loaders; do
         [ -x "$(binary "$target")" ] || { echo "fuzz: the build did not produce $(binary "$target")" >&2; exit 1; }
     done
     # The agent is C: the same libFuzzer and ASan, from the Swift toolchain's clang.

@@ -147,7 +147,8 @@ public final class MmioTransport: Sendable {
             guard settingQueues, selected < state.queues.count else { return refuse() }
             if value == 0 {
                 state.queues[selected].ready = false
-            } else if state.queues[selected].problem(maximumSize: device.queueMaximumSizes[selected], memory: memory) == nil {
+            } else if state.queues[selected].problem(maximumSize: device.queueMaximumSizes[selected], memory: memory,
+                                                     layout: RingLayout(features: state.driverFeatures)) == nil {
                 state.queues[selected].ready = true
             } else {
                 refuse() // an invalid queue never becomes ready; the driver reads back 0
@@ -207,11 +208,11 @@ public final class MmioTransport: Sendable {
                 }
             case Status.driverOK where old == Status.acknowledge | Status.driver | Status.featuresOK:
                 state.status = value
-                var queues: [SplitQueue?] = []
+                var queues: [(any Virtqueue)?] = []
                 for (index, configuration) in state.queues.enumerated() {
                     queues.append(configuration.ready
-                        ? try? SplitQueue(configuration, maximumSize: device.queueMaximumSizes[index], memory: memory,
-                                          features: state.driverFeatures)
+                        ? try? configuration.makeQueue(maximumSize: device.queueMaximumSizes[index], memory: memory,
+                                                       features: state.driverFeatures)
                         : nil)
                 }
                 activation = VirtioActivation(queues: queues, features: state.driverFeatures, memory: memory)
@@ -272,17 +273,18 @@ public final class MmioTransport: Sendable {
         guard saved.status & Status.featuresOK == 0 || saved.driverFeatures & VirtioFeature.version1 != 0 else {
             throw refuse("FEATURES_OK without VERSION_1, which this transport never accepts")
         }
+        let layout = RingLayout(features: saved.driverFeatures)
         for (index, queue) in saved.queues.enumerated() where queue.ready {
-            if let problem = queue.problem(maximumSize: sizes[index], memory: memory) { throw refuse("queue \(index): \(problem)") }
+            if let problem = queue.problem(maximumSize: sizes[index], memory: memory, layout: layout) { throw refuse("queue \(index): \(problem)") }
         }
         let running = saved.status & Status.driverOK != 0 && saved.status & failedBits == 0
-        var queues: [SplitQueue?] = []
+        var queues: [(any Virtqueue)?] = []
         if running {
             for (index, queue) in saved.queues.enumerated() {
                 guard queue.ready else { queues.append(nil); continue }
                 do {
-                    queues.append(try SplitQueue(queue, maximumSize: sizes[index], memory: memory, features: saved.driverFeatures,
-                                                 position: saved.positions[index] ?? QueuePosition()))
+                    queues.append(try queue.makeQueue(maximumSize: sizes[index], memory: memory, features: saved.driverFeatures,
+                                                      position: saved.positions[index]))
                 } catch {
                     throw refuse("queue \(index): \(error.message)")
                 }

@@ -43,11 +43,11 @@ public final class VirtioInterrupt: Sendable {
 /// What a virtio device gets when the driver sets DRIVER_OK: its queues (nil where the driver left one unused),
 /// the negotiated features and guest memory.
 public struct VirtioActivation: Sendable {
-    public var queues: [SplitQueue?]
+    public var queues: [(any Virtqueue)?]
     public var features: UInt64
     public var memory: GuestMemory
 
-    public init(queues: [SplitQueue?], features: UInt64, memory: GuestMemory) {
+    public init(queues: [(any Virtqueue)?], features: UInt64, memory: GuestMemory) {
         self.queues = queues
         self.features = features
         self.memory = memory

@@ -10,8 +10,7 @@ struct BalloonOption: ExpressibleByArgument {
     var configuration = MemoryBalloonConfiguration()
 
     init?(argument: String) {
-        guard argument != "on" else { return }
-        for option in argument.split(separator: ",") {
+        for option in argument.split(separator: ",") where option != "on" {
             let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
             guard pair.count == 2 else { return nil }
             switch (pair[0], pair[1]) {
@@ -25,6 +24,8 @@ struct BalloonOption: ExpressibleByArgument {
             case ("stats", let text):
                 guard let seconds = UInt32(text), seconds <= 86_400 else { return nil }
                 configuration.statisticsInterval = seconds
+            case ("packed", "on"): configuration.packedRing = true
+            case ("packed", "off"): configuration.packedRing = false
             default: return nil
             }
         }

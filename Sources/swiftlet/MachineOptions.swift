@@ -28,28 +28,28 @@ struct MachineOptions: ParsableArguments {
     var console: String?
 
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
-        "A virtio-blk disk: a raw image file or a block device; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off.",
-        valueName: "path[,readonly=on][,id=serial]"))
+        "A virtio-blk disk: a raw image file or a block device; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off, packed=off (offer only the split virtqueue layout; by default the packed one is offered too and the guest's driver picks).",
+        valueName: "path[,readonly=on][,id=serial][,event-idx=off][,packed=off]"))
     var disk: [DiskOption] = []
 
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
-        "A virtio-net NIC on a TAP; repeat for more (eth0, eth1, ... in the guest). Attaches to the TAP if it exists, otherwise creates it and removes it at exit. mac= defaults to 52:54:00:00:00:NN, mtu= to 1500.",
-        valueName: "tap=name[,mac=xx:xx:xx:xx:xx:xx][,mtu=n]"))
+        "A virtio-net NIC on a TAP; repeat for more (eth0, eth1, ... in the guest). Attaches to the TAP if it exists, otherwise creates it and removes it at exit. mac= defaults to 52:54:00:00:00:NN, mtu= to 1500. packed=off offers only the split virtqueue layout.",
+        valueName: "tap=name[,mac=xx:xx:xx:xx:xx:xx][,mtu=n][,packed=off]"))
     var net: [NetOption] = []
 
     @Option(name: .long, help: ArgumentHelp(
-        "A virtio-vsock device. The host end is a Unix socket (Firecracker's hybrid vsock): connect to it and send `CONNECT <port>\\n` to reach a guest port; a guest connection to host port P reaches a listener at SOCKET_P. cid= defaults to 3.",
-        valueName: "socket=path[,cid=n]"))
+        "A virtio-vsock device. The host end is a Unix socket (Firecracker's hybrid vsock): connect to it and send `CONNECT <port>\\n` to reach a guest port; a guest connection to host port P reaches a listener at SOCKET_P. cid= defaults to 3. packed=off offers only the split virtqueue layout.",
+        valueName: "socket=path[,cid=n][,packed=off]"))
     var vsock: VsockOption?
 
     @Option(name: .long, help: ArgumentHelp(
-        "A virtio-balloon device. size= is the balloon at boot in MiB (default 0); deflate-on-oom=on lets the guest take memory back under pressure; free-page-reporting=on gives the guest's free memory back to the host; stats=SECONDS polls the guest's memory statistics. `--balloon on` for the defaults.",
-        valueName: "[size=MiB][,deflate-on-oom=on][,free-page-reporting=on][,stats=SECONDS]"))
+        "A virtio-balloon device. size= is the balloon at boot in MiB (default 0); deflate-on-oom=on lets the guest take memory back under pressure; free-page-reporting=on gives the guest's free memory back to the host; stats=SECONDS polls the guest's memory statistics; packed=off offers only the split virtqueue layout. `--balloon on` for the defaults.",
+        valueName: "[size=MiB][,deflate-on-oom=on][,free-page-reporting=on][,stats=SECONDS][,packed=off]"))
     var balloon: BalloonOption?
 
     @Option(name: .long, help: ArgumentHelp(
-        "A virtio-rng entropy device (the guest's /dev/hwrng), filled from the host's getrandom. rate= limits it to that many bytes a second (a size such as 64K; a bare number is bytes). `--rng on` for no limit.",
-        valueName: "on|rate=BYTES"))
+        "A virtio-rng entropy device (the guest's /dev/hwrng), filled from the host's getrandom. rate= limits it to that many bytes a second (a size such as 64K; a bare number is bytes); packed=off offers only the split virtqueue layout. `--rng on` for no limit.",
+        valueName: "on|rate=BYTES[,packed=off]"))
     var rng: RngOption?
 
     @Option(name: .long, help: ArgumentHelp(
@@ -121,6 +121,9 @@ struct VsockOption: ExpressibleByArgument {
             case "cid":
                 guard let cid = UInt64(pair[1]), cid >= 3, cid < UInt64(UInt32.max) else { return nil }
                 configuration.guestCID = cid
+            case "packed":
+                guard let packed = onOff(pair[1]) else { return nil }
+                configuration.packedRing = packed
             default: return nil
             }
         }
@@ -193,6 +196,9 @@ struct NetOption: ExpressibleByArgument {
             case "mtu":
                 guard let mtu = UInt16(pair[1]) else { return nil }
                 configuration.mtu = mtu
+            case "packed":
+                guard let packed = onOff(pair[1]) else { return nil }
+                configuration.packedRing = packed
             default: return nil
             }
         }
@@ -217,9 +223,20 @@ struct DiskOption: ExpressibleByArgument {
             case ("id", let serial) where serial.utf8.count <= 20: configuration.serial = serial
             case ("event-idx", "on"): configuration.eventIndex = true
             case ("event-idx", "off"): configuration.eventIndex = false
+            case ("packed", "on"): configuration.packedRing = true
+            case ("packed", "off"): configuration.packedRing = false
             default: return nil
             }
         }
+    }
+}
+
+/// "on" or "off", as device options spell a switch.
+func onOff(_ text: String) -> Bool? {
+    switch text {
+    case "on": true
+    case "off": false
+    default: nil
     }
 }
 
@@ -244,15 +261,22 @@ struct RngOption: ExpressibleByArgument {
     var configuration = EntropyConfiguration()
 
     init?(argument: String) {
-        guard argument != "on" else { return }
-        guard argument.hasPrefix("rate=") else { return nil }
-        let value = String(argument.dropFirst("rate=".count))
-        if let bytes = UInt64(value), bytes > 0 {
-            configuration.bytesPerSecond = bytes
-        } else if let size = MemorySize(argument: value), !value.allSatisfy(\.isNumber) {
-            configuration.bytesPerSecond = size.bytes
-        } else {
-            return nil
+        for option in argument.split(separator: ",").map(String.init) {
+            if option == "on" { continue }
+            if option.hasPrefix("packed=") {
+                guard let packed = onOff(String(option.dropFirst("packed=".count))) else { return nil }
+                configuration.packedRing = packed
+                continue
+            }
+            guard option.hasPrefix("rate=") else { return nil }
+            let value = String(option.dropFirst("rate=".count))
+            if let bytes = UInt64(value), bytes > 0 {
+                configuration.bytesPerSecond = bytes
+            } else if let size = MemorySize(argument: value), !value.allSatisfy(\.isNumber) {
+                configuration.bytesPerSecond = size.bytes
+            } else {
+                return nil
+            }
         }
     }
 }

@@ -556,6 +556,23 @@ def host_describe_tests():
            and (not kernel or ("zero-page cmd_line_ptr 0x20000" in r.stdout
                                and "command-line-in-memory console=ttyS0 reboot=k panic=1 virtio_mmio.device=4K@0xd0000000:5" in r.stdout)),
            (r.stderr.strip() or r.stdout.strip())[:300])
+    # packed=off on every device option: each backend line says packed=off; without it, packed=on; a value that is
+    # neither is refused, naming the option.
+    devices = ["--disk", "/nonexistent.img{}", "--net", "tap=t0{}", "--vsock", "socket=/nonexistent.sock{}",
+               "--balloon", "on{}", "--rng", "rate=1M{}"]
+    lines = {}
+    for suffix in ("", ",packed=off"):
+        r = subprocess.run([SWIFTLET, "describe", "--arch", "x86_64"] + [a.format(suffix) for a in devices] + kernel,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines[suffix] = [l for l in r.stdout.splitlines() if l.startswith("backend ")]
+    report("host-describe.packed-options",
+           len(lines[""]) == 5 and all(l.endswith(" packed=on") for l in lines[""])
+           and len(lines[",packed=off"]) == 5 and all(l.endswith(" packed=off") for l in lines[",packed=off"]),
+           f"{lines}"[:300])
+    r = subprocess.run([SWIFTLET, "describe", "--arch", "x86_64", "--disk", "/nonexistent.img,packed=maybe"] + kernel,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    report("host-describe.packed-refused", r.returncode != 0 and "--disk" in r.stderr and "packed=maybe" in r.stderr,
+           r.stderr.strip()[:300])
     if not (os.path.exists(image) and shutil.which("dtc") and schemas and os.access(validate, os.X_OK)):
         say("skipped host-describe.aarch64: needs the Debian arm64 Image, dtc and dtschema (tools/setup-devicetree-tools.sh)")
         return passed, failed, skipped + 1

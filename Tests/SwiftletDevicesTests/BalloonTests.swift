@@ -233,11 +233,12 @@ import Testing
     }
 
     @Test func featuresFollowTheConfiguration() throws {
-        let plain = try Balloon(BalloonConfiguration(), guestMemorySize: 1 << 20)
+        let plain = try Balloon(BalloonConfiguration(packedRing: false), guestMemorySize: 1 << 20)
         #expect(plain.offeredFeatures == VirtioFeature.version1)
+        #expect(try Balloon(BalloonConfiguration(), guestMemorySize: 1 << 20).offeredFeatures == VirtioFeature.version1 | VirtioFeature.ringPacked)
         #expect(plain.queueEvents.count == 2)
         let full = try Balloon(BalloonConfiguration(deflateOnOOM: true, freePageReporting: true, statisticsInterval: 5), guestMemorySize: 1 << 20)
-        #expect(full.offeredFeatures == VirtioFeature.version1 | Balloon.Feature.statisticsQueue | Balloon.Feature.deflateOnOOM | Balloon.Feature.pageReporting)
+        #expect(full.offeredFeatures == VirtioFeature.version1 | VirtioFeature.ringPacked | Balloon.Feature.statisticsQueue | Balloon.Feature.deflateOnOOM | Balloon.Feature.pageReporting)
         #expect(full.queueEvents.count == 4)
         #expect(throws: SwiftletError.self) { try Balloon(BalloonConfiguration(targetSize: 2 << 20), guestMemorySize: 1 << 20) }
     }

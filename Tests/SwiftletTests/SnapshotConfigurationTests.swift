@@ -8,9 +8,9 @@ import Testing
     static var machine: MachineConfiguration {
         var configuration = MachineConfiguration(kernelPath: "/k", commandLine: "console=ttyS0 quiet", cpus: 2, memorySize: 512 << 20)
         configuration.disks = [DiskConfiguration(path: "/d/root.img", readOnly: false, serial: "rootfs", eventIndex: true),
-                               DiskConfiguration(path: "/d/ro.img", readOnly: true, serial: nil, eventIndex: false)]
+                               DiskConfiguration(path: "/d/ro.img", readOnly: true, serial: nil, eventIndex: false, packedRing: false)]
         configuration.networks = [NetworkConfiguration(tap: "tap0", mac: [2, 0, 0, 0, 0, 1], mtu: 9000, id: "eth0")]
-        configuration.vsock = SocketConfiguration(guestCID: 7, socketPath: "/run/v.sock")
+        configuration.vsock = SocketConfiguration(guestCID: 7, socketPath: "/run/v.sock", packedRing: false)
         configuration.balloon = MemoryBalloonConfiguration(targetSize: 64 << 20, deflateOnOOM: true, freePageReporting: true, statisticsInterval: 3)
         configuration.entropy = EntropyConfiguration(bytesPerSecond: 4096)
         configuration.discovery = .acpi
@@ -43,7 +43,7 @@ import Testing
         clone.disks[0].path = "/d/clone.img"
         clone.networks[0].tap = "tap9"
         clone.networks[0].mac = [2, 0, 0, 0, 0, 9]
-        clone.vsock = SocketConfiguration(guestCID: 8, socketPath: "/run/clone.sock")
+        clone.vsock = SocketConfiguration(guestCID: 8, socketPath: "/run/clone.sock", packedRing: false)
         #expect(SnapshotConfiguration.incompatibility(saved: saved, changed: clone) == nil)
         func why(_ change: (inout MachineConfiguration) -> Void) -> String {
             var changed = saved
@@ -54,7 +54,10 @@ import Testing
         #expect(why { $0.memorySize = 256 << 20 } == "the snapshot has 512 MiB of memory, not 256")
         #expect(why { $0.disks.removeLast() } == "the snapshot has 2 disks, not 1")
         #expect(why { $0.disks[1].readOnly = false }.hasPrefix("disk 1 may change its image"))
-        #expect(why { $0.networks[0].mtu = 1500 } == "NIC 0 may change its TAP and MAC, not its MTU")
+        #expect(why { $0.networks[0].mtu = 1500 } == "NIC 0 may change its TAP and MAC, not its MTU or packed ring")
+        #expect(why { $0.networks[0].packedRing = false } == "NIC 0 may change its TAP and MAC, not its MTU or packed ring")
+        #expect(why { $0.disks[0].packedRing = false }.hasSuffix("(read-only, serial, event index, packed ring)"))
+        #expect(why { $0.vsock?.packedRing = true } == "the vsock device's packed ring is the snapshot's")
         #expect(why { $0.vsock = nil } == "the snapshot has a vsock device")
         let balloonChanged = why { configuration in configuration.balloon?.targetSize = 0 }
         #expect(balloonChanged.hasPrefix("the balloon's configuration is the snapshot's"))
@@ -74,6 +77,26 @@ import Testing
         #expect(throws: SnapshotError.malformed("the snapshot's machine has 0 vCPUs (1 to \(MachineConfiguration.maximumCPUs) are possible)")) {
             try SnapshotConfiguration.load(from: decoder)
         }
+    }
+
+    /// A snapshot from before the packed ring was offered has no record of it: its devices offered the split ring
+    /// only, and so do the restored ones.
+    @Test func anOlderSnapshotRestoresSplitOnlyDevices() throws {
+        var body = SnapshotEncoder()
+        body.record("conf") { record in
+            record.record("cpus", integer: 1)
+            record.record("mem ", integer: 256 << 20)
+            record.record("cmdl", string: "")
+            record.record("disc", string: "both")
+            record.record("disk") { disk in
+                disk.record("path", string: "/d/a.img")
+                disk.record("ro  ", integer: 0)
+                disk.record("evix", integer: 1)
+            }
+            record.record("rng ") { _ in }
+        }
+        let loaded = try SnapshotConfiguration.load(from: SnapshotFile.body(of: SnapshotFile.bytes(body: body)).nested("conf"))
+        #expect(loaded.disks.first?.packedRing == false && loaded.entropy?.packedRing == false)
     }
 }
 

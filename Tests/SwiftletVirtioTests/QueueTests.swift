@@ -345,18 +345,18 @@ import Testing
 
     @Test func queueConfigurationValidation() throws {
         var configuration = driver.configuration
-        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) == nil)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory, layout: .split) == nil)
         configuration.size = 6
-        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory, layout: .split) != nil)
         configuration.size = 512
-        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory, layout: .split) != nil)
         configuration.size = 8
         configuration.descriptorTable = GuestAddress(0x1008)
-        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory, layout: .split) != nil)
         configuration.descriptorTable = GuestAddress(FakeDriver.memorySize - 64)
-        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory, layout: .split) != nil)
         configuration.descriptorTable = FakeDriver.descriptorTable
         configuration.usedRing = GuestAddress(0x4002)
-        #expect(configuration.problem(maximumSize: 256, memory: driver.memory) != nil)
+        #expect(configuration.problem(maximumSize: 256, memory: driver.memory, layout: .split) != nil)
     }
 }

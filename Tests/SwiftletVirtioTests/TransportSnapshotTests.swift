@@ -170,4 +170,51 @@ import Testing
                            position: QueuePosition(nextAvailable: 8, nextUsed: 0xffff))
         }
     }
+
+    /// A packed ring through a snapshot: the positions carry the wrap counters (bit 15), and the restored device pops
+    /// the held chain again from the descriptor ring, then goes on in the same lap.
+    @Test func aPackedRingIsRestoredWithItsWrapCounters() throws {
+        let packed = try FakePackedDriver(size: 4)
+        let old = try RecordingDevice()
+        let first = MmioTransport(device: old, interrupt: VirtioInterrupt(line: CountingLine()), memory: packed.memory)
+        write(first, R.status, S.acknowledge)
+        write(first, R.status, S.acknowledge | S.driver)
+        write(first, R.driverFeaturesSelect, 1)
+        write(first, R.driverFeatures, UInt32(truncatingIfNeeded: (VirtioFeature.version1 | VirtioFeature.ringPacked) >> 32))
+        write(first, R.status, S.acknowledge | S.driver | S.featuresOK)
+        write(first, R.queueSelect, 0)
+        write(first, R.queueSize, 4)
+        write(first, R.queueDescriptorLow, UInt32(FakePackedDriver.ring.rawValue))
+        write(first, R.queueDriverLow, UInt32(FakePackedDriver.driverEvent.rawValue))
+        write(first, R.queueDeviceLow, UInt32(FakePackedDriver.deviceEvent.rawValue))
+        write(first, R.queueReady, 1)
+        write(first, R.status, S.acknowledge | S.driver | S.featuresOK | S.driverOK)
+        let queue = try #require(old.activations.last?.queues[0])
+        #expect(queue.layout == .packed)
+        var chain = DescriptorChain()
+        // Five single-descriptor chains through a ring of four: the device's counters wrap; the fifth is held.
+        for id: UInt16 in 0..<5 {
+            try packed.post([(FakePackedDriver.dataArea.rawValue, 16, true)], id: id % 4)
+            #expect(try queue.pop(into: &chain))
+            if id < 4 {
+                queue.addUsed(head: id % 4, length: 16)
+                #expect(try packed.takeUsed()?.id == id % 4)
+            }
+        }
+        let saved = try throughAFile(first.saveState(positions: [queue.position(holding: 1), nil]))
+        #expect(saved.positions[0] == QueuePosition(nextAvailable: 0, nextUsed: 0)) // slot 0, wrap counter 0
+
+        let new = try RecordingDevice()
+        let second = MmioTransport(device: new, interrupt: VirtioInterrupt(line: CountingLine()), memory: packed.memory)
+        try second.restore(saved)
+        let restored = try #require(new.activations.last?.queues[0])
+        #expect(restored is PackedQueue && restored.position == saved.positions[0])
+        #expect(try restored.pop(into: &chain) && chain.head == 0)
+        restored.addUsed(head: 0, length: 8)
+        #expect(try packed.takeUsed()?.length == 8)
+        // A split position that a packed ring cannot take (a slot beyond the ring) is refused.
+        var wrong = saved
+        wrong.positions[0] = QueuePosition(nextAvailable: 0x8004, nextUsed: 0x8004)
+        #expect(throws: SwiftletError.self) { try MmioTransport(device: try RecordingDevice(), interrupt: VirtioInterrupt(line: CountingLine()), memory: packed.memory).restore(wrong) }
+    }
 }

@@ -9,7 +9,7 @@ import Testing
 final class RecordingDevice: VirtioDevice, @unchecked Sendable {
     // @unchecked: tests drive it from one thread.
     var deviceType: UInt32 { 2 }
-    var offeredFeatures: UInt64 { VirtioFeature.version1 | VirtioFeature.eventIndex | (1 << 9) }
+    var offeredFeatures: UInt64 { VirtioFeature.version1 | VirtioFeature.eventIndex | VirtioFeature.ringPacked | (1 << 9) }
     var queueMaximumSizes: [UInt16] { [16, 16] }
     let queueEvents: [EventFd]
     var activations: [VirtioActivation] = []
@@ -75,7 +75,7 @@ final class RecordingDevice: VirtioDevice, @unchecked Sendable {
         #expect(read(R.version) == 2)
         #expect(read(R.deviceID) == 2)
         write(R.deviceFeaturesSelect, 1)
-        #expect(read(R.deviceFeatures) == 1) // VERSION_1 is bit 32
+        #expect(read(R.deviceFeatures) == 1 | 1 << 2) // VERSION_1 is bit 32, RING_PACKED bit 34
         write(R.deviceFeaturesSelect, 0)
         #expect(read(R.deviceFeatures) == UInt32(1 << 29 | 1 << 9))
         write(R.deviceFeaturesSelect, 7)
@@ -101,6 +101,26 @@ final class RecordingDevice: VirtioDevice, @unchecked Sendable {
         #expect(activation.queues[0]?.size == 8 && activation.queues[0]?.eventIndex == true)
         #expect(activation.queues[1] == nil)
         #expect(transport.ignoredWrites == 0)
+    }
+
+    /// With VIRTIO_F_RING_PACKED the driver's three addresses are a descriptor ring and two event suppression
+    /// structures, and the size need not be a power of two; the device gets packed queues.
+    @Test func aPackedRingActivatesPackedQueues() {
+        negotiate(features: VirtioFeature.version1 | VirtioFeature.ringPacked)
+        setUpQueue(0, size: 5)
+        #expect(read(R.queueReady) == 1)
+        write(R.status, S.acknowledge | S.driver | S.featuresOK | S.driverOK)
+        let activation = device.activations[0]
+        #expect(activation.queues[0]?.layout == .packed && activation.queues[0]?.size == 5)
+        #expect(activation.queues[0] is PackedQueue)
+        #expect(transport.ignoredWrites == 0)
+    }
+
+    @Test func aSplitRingStillNeedsAPowerOfTwo() {
+        negotiate()
+        setUpQueue(0, size: 5)
+        #expect(read(R.queueReady) == 0)
+        #expect(transport.ignoredWrites == 1)
     }
 
     @Test func featuresOKNeedsVersion1() {

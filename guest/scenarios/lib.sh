@@ -73,8 +73,22 @@ param() {
     printf '%s' "$_val"
 }
 
+# check_rings: with swiftlet.expect.ring=packed|split on the command line, every virtio device the kernel drives
+# must have negotiated that virtqueue layout (VIRTIO_F_RING_PACKED, bit 34: the 35th character of the features file).
+check_rings() {
+    _cr_want=$(param swiftlet.expect.ring)
+    [ -n "$_cr_want" ] || return 0
+    for _cr_dev in /sys/bus/virtio/devices/*; do
+        [ -r "$_cr_dev/features" ] && [ -e "$_cr_dev/driver" ] || continue
+        _cr_layout=split
+        [ "$(cut -c35 "$_cr_dev/features")" = 1 ] && _cr_layout=packed
+        check_eq "ring-$(basename "$_cr_dev")-$(cat "$_cr_dev/device")" "$_cr_layout" "$_cr_want"
+    done
+}
+
 # finish: exit 0 when every check passed, 1 otherwise.
 finish() {
+    check_rings
     [ "$swiftlet_failures" -eq 0 ]
     exit $?
 }

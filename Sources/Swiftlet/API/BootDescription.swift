@@ -96,19 +96,19 @@ public struct BootDescription: Sendable {
     static func backendLines(_ configuration: MachineConfiguration) -> [String] {
         func onOff(_ flag: Bool) -> String { flag ? "on" : "off" }
         var lines = configuration.disks.enumerated().map { index, disk in
-            "backend blk\(index) \(disk.path) readonly=\(onOff(disk.readOnly)) serial=\(disk.serial ?? "-") event-idx=\(onOff(disk.eventIndex))"
+            "backend blk\(index) \(disk.path) readonly=\(onOff(disk.readOnly)) serial=\(disk.serial ?? "-") event-idx=\(onOff(disk.eventIndex)) packed=\(onOff(disk.packedRing))"
         }
         lines += configuration.networks.enumerated().map { index, network in
             let mac = network.mac.map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined(separator: ":")
-            return "backend net\(index) tap=\(network.tap) mac=\(mac) mtu=\(network.mtu.map(String.init) ?? "default")"
+            return "backend net\(index) tap=\(network.tap) mac=\(mac) mtu=\(network.mtu.map(String.init) ?? "default") packed=\(onOff(network.packedRing))"
         }
-        if let vsock = configuration.vsock { lines.append("backend vsock0 cid=\(vsock.guestCID) socket=\(vsock.socketPath)") }
+        if let vsock = configuration.vsock { lines.append("backend vsock0 cid=\(vsock.guestCID) socket=\(vsock.socketPath) packed=\(onOff(vsock.packedRing))") }
         if let balloon = configuration.balloon {
             lines.append("backend balloon0 target=\(balloon.targetSize >> 20)MiB deflate-on-oom=\(onOff(balloon.deflateOnOOM)) "
-                + "free-page-reporting=\(onOff(balloon.freePageReporting)) statistics=\(balloon.statisticsInterval)s")
+                + "free-page-reporting=\(onOff(balloon.freePageReporting)) statistics=\(balloon.statisticsInterval)s packed=\(onOff(balloon.packedRing))")
         }
         if let entropy = configuration.entropy {
-            lines.append("backend rng0 rate=\(entropy.bytesPerSecond.map { "\($0)B/s" } ?? "unlimited")")
+            lines.append("backend rng0 rate=\(entropy.bytesPerSecond.map { "\($0)B/s" } ?? "unlimited") packed=\(onOff(entropy.packedRing))")
         }
         return lines
     }

@@ -19,6 +19,7 @@ enum SnapshotConfiguration {
                 record.record("ro  ", integer: disk.readOnly ? 1 : 0)
                 if let serial = disk.serial { record.record("serl", string: serial) }
                 record.record("evix", integer: disk.eventIndex ? 1 : 0)
+                record.record("pckd", integer: disk.packedRing ? 1 : 0)
             }
         }
         for network in configuration.networks {
@@ -27,12 +28,14 @@ enum SnapshotConfiguration {
                 record.record("mac ", bytes: network.mac)
                 if let mtu = network.mtu { record.record("mtu ", integer: UInt64(mtu)) }
                 if let id = network.id { record.record("id  ", string: id) }
+                record.record("pckd", integer: network.packedRing ? 1 : 0)
             }
         }
         if let vsock = configuration.vsock {
             encoder.record("vsck") { record in
                 record.record("cid ", integer: vsock.guestCID)
                 record.record("sock", string: vsock.socketPath)
+                record.record("pckd", integer: vsock.packedRing ? 1 : 0)
             }
         }
         if let balloon = configuration.balloon {
@@ -41,11 +44,13 @@ enum SnapshotConfiguration {
                 record.record("oom ", integer: balloon.deflateOnOOM ? 1 : 0)
                 record.record("fprp", integer: balloon.freePageReporting ? 1 : 0)
                 record.record("sint", integer: UInt64(balloon.statisticsInterval))
+                record.record("pckd", integer: balloon.packedRing ? 1 : 0)
             }
         }
         if let entropy = configuration.entropy {
             encoder.record("rng ") { record in
                 if let rate = entropy.bytesPerSecond { record.record("rate", integer: rate) }
+                record.record("pckd", integer: entropy.packedRing ? 1 : 0)
             }
         }
     }
@@ -53,6 +58,8 @@ enum SnapshotConfiguration {
     /// The saved configuration, with no kernel (a restored guest is already running one).
     static func load(from decoder: SnapshotDecoder) throws(SnapshotError) -> MachineConfiguration {
         func flag(_ tag: SnapshotTag, _ record: SnapshotDecoder) throws(SnapshotError) -> Bool { try record.integer(tag) != 0 }
+        // Whether the device offered the packed ring: snapshots from before it was offered have no such record.
+        func packed(_ record: SnapshotDecoder) throws(SnapshotError) -> Bool { record.contains("pckd") ? try flag("pckd", record) : false }
         let cpus = try decoder.integer("cpus")
         guard cpus >= 1, cpus <= UInt64(MachineConfiguration.maximumCPUs) else {
             throw .malformed("the snapshot's machine has \(cpus) vCPUs (1 to \(MachineConfiguration.maximumCPUs) are possible)")
@@ -66,7 +73,7 @@ enum SnapshotConfiguration {
         for record in try decoder.all("disk", maximum: maximumDevices) {
             configuration.disks.append(DiskConfiguration(path: try record.string("path"), readOnly: try flag("ro  ", record),
                                                          serial: record.contains("serl") ? try record.string("serl", maximumBytes: 20) : nil,
-                                                         eventIndex: try flag("evix", record)))
+                                                         eventIndex: try flag("evix", record), packedRing: try packed(record)))
         }
         for record in try decoder.all("net ", maximum: maximumDevices) {
             let mac = Array(try record.bytes("mac "))
@@ -78,22 +85,26 @@ enum SnapshotConfiguration {
                 mtu = narrow
             }
             configuration.networks.append(NetworkConfiguration(tap: try record.string("tap ", maximumBytes: 16), mac: mac, mtu: mtu,
-                                                               id: record.contains("id  ") ? try record.string("id  ", maximumBytes: 256) : nil))
+                                                               id: record.contains("id  ") ? try record.string("id  ", maximumBytes: 256) : nil,
+                                                               packedRing: try packed(record)))
         }
         if decoder.contains("vsck") {
             let record = try decoder.nested("vsck")
-            configuration.vsock = SocketConfiguration(guestCID: try record.integer("cid "), socketPath: try record.string("sock"))
+            configuration.vsock = SocketConfiguration(guestCID: try record.integer("cid "), socketPath: try record.string("sock"),
+                                                      packedRing: try packed(record))
         }
         if decoder.contains("blln") {
             let record = try decoder.nested("blln")
             let interval = try record.integer("sint")
             guard let seconds = UInt32(exactly: interval) else { throw .malformed("the snapshot's balloon interval \(interval) is out of range") }
             configuration.balloon = MemoryBalloonConfiguration(targetSize: try record.integer("size"), deflateOnOOM: try flag("oom ", record),
-                                                               freePageReporting: try flag("fprp", record), statisticsInterval: seconds)
+                                                               freePageReporting: try flag("fprp", record), statisticsInterval: seconds,
+                                                               packedRing: try packed(record))
         }
         if decoder.contains("rng ") {
             let record = try decoder.nested("rng ")
-            configuration.entropy = EntropyConfiguration(bytesPerSecond: record.contains("rate") ? try record.integer("rate") : nil)
+            configuration.entropy = EntropyConfiguration(bytesPerSecond: record.contains("rate") ? try record.integer("rate") : nil,
+                                                         packedRing: try packed(record))
         }
         return configuration
     }
@@ -104,14 +115,15 @@ enum SnapshotConfiguration {
         if saved.cpus != changed.cpus { return "the snapshot has \(saved.cpus) vCPUs, not \(changed.cpus)" }
         if saved.memorySize != changed.memorySize { return "the snapshot has \(saved.memorySize >> 20) MiB of memory, not \(changed.memorySize >> 20)" }
         if saved.disks.count != changed.disks.count { return "the snapshot has \(saved.disks.count) disks, not \(changed.disks.count)" }
-        for (index, (a, b)) in zip(saved.disks, changed.disks).enumerated() where a.readOnly != b.readOnly || a.serial != b.serial || a.eventIndex != b.eventIndex {
-            return "disk \(index) may change its image, not how the guest sees it (read-only, serial, event index)"
+        for (index, (a, b)) in zip(saved.disks, changed.disks).enumerated() where a.readOnly != b.readOnly || a.serial != b.serial || a.eventIndex != b.eventIndex || a.packedRing != b.packedRing {
+            return "disk \(index) may change its image, not how the guest sees it (read-only, serial, event index, packed ring)"
         }
         if saved.networks.count != changed.networks.count { return "the snapshot has \(saved.networks.count) NICs, not \(changed.networks.count)" }
-        for (index, (a, b)) in zip(saved.networks, changed.networks).enumerated() where a.mtu != b.mtu {
-            return "NIC \(index) may change its TAP and MAC, not its MTU"
+        for (index, (a, b)) in zip(saved.networks, changed.networks).enumerated() where a.mtu != b.mtu || a.packedRing != b.packedRing {
+            return "NIC \(index) may change its TAP and MAC, not its MTU or packed ring"
         }
         if (saved.vsock == nil) != (changed.vsock == nil) { return "the snapshot \(saved.vsock == nil ? "has no" : "has a") vsock device" }
+        if let a = saved.vsock, let b = changed.vsock, a.packedRing != b.packedRing { return "the vsock device's packed ring is the snapshot's" }
         if saved.balloon != changed.balloon { return "the balloon's configuration is the snapshot's (its size changes through the running VM)" }
         if saved.entropy != changed.entropy { return "the entropy device's configuration is the snapshot's" }
         if saved.discovery != changed.discovery { return "device discovery is the snapshot's (\(saved.discovery.rawValue))" }

@@ -15,12 +15,16 @@ public struct BalloonConfiguration: Sendable, Equatable {
     public var freePageReporting: Bool
     /// Seconds between memory statistics requests; 0 does not offer the statistics queue.
     public var statisticsInterval: UInt32
+    /// Offer VIRTIO_F_RING_PACKED (on by default): the guest's driver then picks the packed or the split layout.
+    public var packedRing: Bool
 
-    public init(targetSize: UInt64 = 0, deflateOnOOM: Bool = false, freePageReporting: Bool = false, statisticsInterval: UInt32 = 0) {
+    public init(targetSize: UInt64 = 0, deflateOnOOM: Bool = false, freePageReporting: Bool = false, statisticsInterval: UInt32 = 0,
+                packedRing: Bool = true) {
         self.targetSize = targetSize
         self.deflateOnOOM = deflateOnOOM
         self.freePageReporting = freePageReporting
         self.statisticsInterval = statisticsInterval
+        self.packedRing = packedRing
     }
 }
 
@@ -105,7 +109,7 @@ public final class Balloon: VirtioDevice, ConfigurationChanging {
     /// activate/reset). @unchecked Sendable: the chain's buffers point into guest memory, used only under the lock.
     private struct Active: @unchecked Sendable {
         var memory: GuestMemory
-        var queues: [SplitQueue?]
+        var queues: [(any Virtqueue)?]
         var roles: [Role?]
         var chain = DescriptorChain(capacity: Int(Balloon.queueSize))
         var frames: [UInt64] = []
@@ -132,6 +136,7 @@ public final class Balloon: VirtioDevice, ConfigurationChanging {
         if configuration.statisticsInterval > 0 { features |= Feature.statisticsQueue }
         if configuration.deflateOnOOM { features |= Feature.deflateOnOOM }
         if configuration.freePageReporting { features |= Feature.pageReporting }
+        if configuration.packedRing { features |= VirtioFeature.ringPacked }
         offeredFeatures = features
         // inflate and deflate, then one queue for each optional one offered.
         let queueCount = 2 + (configuration.statisticsInterval > 0 ? 1 : 0) + (configuration.freePageReporting ? 1 : 0)
@@ -337,8 +342,8 @@ public final class Balloon: VirtioDevice, ConfigurationChanging {
         if raise { link.signalUsedBuffers() }
     }
 
-    /// Drains one queue (SplitQueue.drain). Buffers outside guest RAM are malformed chains: nothing in them is acted on.
-    private func drain(_ queue: SplitQueue, role: Role, state: inout Active) -> DrainResult {
+    /// Drains one queue (Virtqueue.drain). Buffers outside guest RAM are malformed chains: nothing in them is acted on.
+    private func drain(_ queue: any Virtqueue, role: Role, state: inout Active) -> DrainResult {
         queue.drain(&state, chain: \.chain, onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
             counters.requestCount.add(1, ordering: .relaxed)
             switch role {

@@ -14,12 +14,15 @@ public struct BlockConfiguration: Sendable, Equatable {
     public var serial: String?
     /// Offer VIRTIO_F_EVENT_IDX (on by default; off for comparisons).
     public var eventIndex: Bool
+    /// Offer VIRTIO_F_RING_PACKED (on by default): the guest's driver then picks the packed or the split layout.
+    public var packedRing: Bool
 
-    public init(path: String, readOnly: Bool = false, serial: String? = nil, eventIndex: Bool = true) {
+    public init(path: String, readOnly: Bool = false, serial: String? = nil, eventIndex: Bool = true, packedRing: Bool = true) {
         self.path = path
         self.readOnly = readOnly
         self.serial = serial
         self.eventIndex = eventIndex
+        self.packedRing = packedRing
     }
 }
 
@@ -63,7 +66,7 @@ public final class Block: VirtioDevice, ConfigurationChanging {
     /// The active queue and the scratch space its requests reuse: touched only by the event loop (and by reset).
     /// @unchecked Sendable: the iovecs point into guest memory and are only used under `active`'s lock.
     private struct Active: @unchecked Sendable {
-        var queue: SplitQueue
+        var queue: any Virtqueue
         var chain = DescriptorChain(capacity: Int(Block.queueSize))
         var vectors: [iovec] = []
     }
@@ -121,6 +124,7 @@ public final class Block: VirtioDevice, ConfigurationChanging {
         var features = VirtioFeature.version1 | VirtioFeature.indirectDescriptors | Feature.sizeMaximum
             | Feature.segmentMaximum | Feature.blockSize | Feature.flush | Feature.discard | Feature.writeZeroes
         if configuration.eventIndex { features |= VirtioFeature.eventIndex }
+        if configuration.packedRing { features |= VirtioFeature.ringPacked }
         if configuration.readOnly { features |= Feature.readOnly }
         offeredFeatures = features
         configurationSpace = Mutex(ConfigurationSpace(Self.configurationSpace(capacitySectors: opened.capacityBytes / Self.sectorSize)))
@@ -211,7 +215,7 @@ public final class Block: VirtioDevice, ConfigurationChanging {
         }
     }
 
-    /// Drains the queue (SplitQueue.drain: malformed chains, a corrupt ring, the budget), one request per chain.
+    /// Drains the queue (Virtqueue.drain: malformed chains, a corrupt ring, the budget), one request per chain.
     private func processQueue(_ state: inout Active) -> DrainResult {
         let queue = state.queue
         // The image once per round (one lock, not one per request); a replaceImage takes effect from the next round.

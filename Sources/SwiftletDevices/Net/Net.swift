@@ -26,11 +26,14 @@ public struct NetConfiguration: Sendable, Equatable {
     /// What the NIC is called by whoever configured it (Firecracker's `iface_id`): a snapshot keeps it, so that a
     /// restore's overrides can name the NIC.
     public var id: String?
-    public init(tap: String, mac: [UInt8], mtu: UInt16? = nil, id: String? = nil) {
+    /// Offer VIRTIO_F_RING_PACKED (on by default): the guest's driver then picks the packed or the split layout.
+    public var packedRing: Bool
+    public init(tap: String, mac: [UInt8], mtu: UInt16? = nil, id: String? = nil, packedRing: Bool = true) {
         self.tap = tap
         self.mac = mac
         self.mtu = mtu
         self.id = id
+        self.packedRing = packedRing
     }
 }
 
@@ -50,7 +53,7 @@ public final class Net: LoopDevice {
     /// The smallest: the header and an Ethernet header.
     public static let minimumFrame = VirtioNetHeader.size + 14
     /// The most buffers one readv takes (IOV_MAX: Linux's UIO_MAXIOV); more makes it fail with EINVAL. A chain has
-    /// at most `queueSize` buffers (SplitQueue's bound), so one chain always fits; held receive chains stop there.
+    /// at most `queueSize` buffers (the queue's bound), so one chain always fits; held receive chains stop there.
     public static let maximumVectors = 1024
     /// Frames one receive round reads from the TAP at most, dropped ones included: a flooded TAP cannot keep the
     /// device loop from its other sources. The TAP is level-triggered, so the loop comes back for the rest.
@@ -73,8 +76,8 @@ public final class Net: LoopDevice {
 
     /// @unchecked Sendable: the iovecs point into guest memory and are only used under `active`'s lock.
     private struct Active: @unchecked Sendable {
-        var receive: SplitQueue?
-        var transmit: SplitQueue?
+        var receive: (any Virtqueue)?
+        var transmit: (any Virtqueue)?
         var mergeable: Bool
         var chain = DescriptorChain(capacity: Int(Net.queueSize))
         var transmitVectors: [iovec] = []
@@ -104,6 +107,7 @@ public final class Net: LoopDevice {
             | NetFeature.guestTSO4 | NetFeature.guestTSO6 | NetFeature.guestECN | NetFeature.mergeableReceiveBuffers
         features |= NetFeature.udpSegmentationFeatures(tapOffloads: endpoint.supportedOffloads)
         if configuration.mtu != nil { features |= NetFeature.mtu }
+        if configuration.packedRing { features |= VirtioFeature.ringPacked }
         offeredFeatures = features
         // struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
         var space = configuration.mac + [1, 0] + [1, 0]
@@ -229,8 +233,8 @@ public final class Net: LoopDevice {
         }
     }
 
-    /// Pops the next valid chain (SplitQueue.popValid: malformed ones go back with length 0 and are counted).
-    private func nextChain(_ state: inout Active, _ queue: SplitQueue, completed: inout Bool) throws(QueueError) -> Bool {
+    /// Pops the next valid chain (Virtqueue.popValid: malformed ones go back with length 0 and are counted).
+    private func nextChain(_ state: inout Active, _ queue: any Virtqueue, completed: inout Bool) throws(QueueError) -> Bool {
         try queue.popValid(into: &state.chain, completed: &completed) { counters.errorCount.add(1, ordering: .relaxed) }
     }
 
@@ -238,7 +242,7 @@ public final class Net: LoopDevice {
     /// ring runs dry first, asks the driver to notify when it posts more (EVENT_IDX's avail_event), and goes on if it
     /// did meanwhile; otherwise the driver is not asked, so it posts buffers without notifying while the device has
     /// enough. Malformed chains go back at once, with length 0.
-    private func holdReceiveChains(_ state: inout Active, _ queue: SplitQueue, completed: inout Bool) throws(QueueError) {
+    private func holdReceiveChains(_ state: inout Active, _ queue: any Virtqueue, completed: inout Bool) throws(QueueError) {
         while state.mergeable ? state.heldCapacity < Self.maximumFrame : state.held.isEmpty {
             guard try nextChain(&state, queue, completed: &completed) else {
                 if queue.enableNotification() { continue }
@@ -268,7 +272,7 @@ public final class Net: LoopDevice {
 
     /// Reads frames from the endpoint into receive chains until it has no more, the guest has no buffers, or the
     /// round's budget (`receiveBudget`) is spent.
-    private func receiveFrames(_ state: inout Active, queue: SplitQueue) -> Outcome {
+    private func receiveFrames(_ state: inout Active, queue: any Virtqueue) -> Outcome {
         var outcome = Outcome()
         var completed = false
         for _ in 0..<Self.receiveBudget {
@@ -336,8 +340,8 @@ public final class Net: LoopDevice {
     }
 
     /// Writes every frame the guest queued to the endpoint, each with one writev straight from its buffers
-    /// (SplitQueue.drain: malformed chains, a corrupt ring, the budget per round).
-    private func transmitFrames(_ state: inout Active, queue: SplitQueue) -> Outcome {
+    /// (Virtqueue.drain: malformed chains, a corrupt ring, the budget per round).
+    private func transmitFrames(_ state: inout Active, queue: any Virtqueue) -> Outcome {
         let result = queue.drain(&state, chain: \.chain, onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
             let length = state.chain.readableLength
             // A transmit chain is device-readable only, holds at least the headers and at most the largest frame.

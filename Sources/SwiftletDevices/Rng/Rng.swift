@@ -9,8 +9,13 @@ import SwiftletVirtio
 public struct RngConfiguration: Sendable, Equatable {
     /// Bytes a second the guest may take; nil for no limit. The bucket holds one second's worth.
     public var bytesPerSecond: UInt64?
+    /// Offer VIRTIO_F_RING_PACKED (on by default): the guest's driver then picks the packed or the split layout.
+    public var packedRing: Bool
 
-    public init(bytesPerSecond: UInt64? = nil) { self.bytesPerSecond = bytesPerSecond }
+    public init(bytesPerSecond: UInt64? = nil, packedRing: Bool = true) {
+        self.bytesPerSecond = bytesPerSecond
+        self.packedRing = packedRing
+    }
 }
 
 /// virtio-rng (virtio 1.2 §5.4): one request queue of device-writable buffers, each filled from the host's
@@ -29,13 +34,16 @@ public final class Rng: VirtioDevice {
     public let queueEvents: [EventFd]
     public var deviceType: UInt32 { 4 }
     public var queueMaximumSizes: [UInt16] { [Self.queueSize] }
-    public let offeredFeatures = VirtioFeature.version1 | VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
+    public var offeredFeatures: UInt64 {
+        VirtioFeature.version1 | VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
+            | (configuration.packedRing ? VirtioFeature.ringPacked : 0)
+    }
     private let link = DeviceLink()
     private let refill: TimerFd?
     private let clock: @Sendable () -> UInt64
 
     private struct Active: @unchecked Sendable { // @unchecked: the chain and iovecs point into guest memory; used under the lock
-        var queue: SplitQueue
+        var queue: any Virtqueue
         var chain = DescriptorChain(capacity: Int(Rng.queueSize))
         /// The chain's writable buffers as iovecs, refilled per chain without reallocating (at most one per buffer).
         var vectors: [iovec] = []
@@ -142,14 +150,14 @@ public final class Rng: VirtioDevice {
             guard state != nil else { return }
             let queue = state!.queue
             // With a limit, one chain per drain, each taking from the bucket, until it is empty; without, one drain.
-            for _ in 0..<SplitQueue.drainBudget {
+            for _ in 0..<Drain.budget {
                 let tokens = available()
                 if tokens == 0 {
                     more = false
                     if queue.hasAvailable { waitForTokens() }
                     return
                 }
-                let result = queue.drain(&state!, chain: \.chain, budget: tokens == nil ? SplitQueue.drainBudget : 1,
+                let result = queue.drain(&state!, chain: \.chain, budget: tokens == nil ? Drain.budget : 1,
                                          onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
                     let wanted = Int(min(state.chain.writableLength, UInt64(Self.requestMaximum)))
                     let filled = fill(state.chain, limit: tokens.map { min(Int(min($0, UInt64(Self.requestMaximum))), wanted) } ?? wanted,

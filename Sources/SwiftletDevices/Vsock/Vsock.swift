@@ -13,10 +13,13 @@ public struct VsockConfiguration: Sendable, Equatable {
     /// The host end, Firecracker's hybrid vsock: host programs connect here and send `CONNECT <port>\n`; a guest
     /// connection to host port P reaches a listener at `<socketPath>_<P>`.
     public var socketPath: String
+    /// Offer VIRTIO_F_RING_PACKED (on by default): the guest's driver then picks the packed or the split layout.
+    public var packedRing: Bool
 
-    public init(guestCID: UInt64 = 3, socketPath: String) {
+    public init(guestCID: UInt64 = 3, socketPath: String, packedRing: Bool = true) {
         self.guestCID = guestCID
         self.socketPath = socketPath
+        self.packedRing = packedRing
     }
 }
 
@@ -48,8 +51,10 @@ public final class Vsock: LoopDevice {
     public let configuration: VsockConfiguration
     public let counters = DeviceCounters()
     public let queueEvents: [EventFd]
-    public let offeredFeatures: UInt64 = VirtioFeature.version1 | VirtioFeature.eventIndex
-        | VirtioFeature.indirectDescriptors | Vsock.featureStream
+    public var offeredFeatures: UInt64 {
+        VirtioFeature.version1 | VirtioFeature.eventIndex | VirtioFeature.indirectDescriptors | Vsock.featureStream
+            | (configuration.packedRing ? VirtioFeature.ringPacked : 0)
+    }
     public var deviceType: UInt32 { 19 }
     public var queueMaximumSizes: [UInt16] { [Self.queueSize, Self.queueSize, Self.queueSize] }
     private let configurationSpace: ConfigurationSpace
@@ -257,9 +262,9 @@ public final class Vsock: LoopDevice {
         typealias ControlPacket = Vsock.ControlPacket
         typealias Outcome = Vsock.Outcome
 
-        var receive: SplitQueue?
-        var transmit: SplitQueue?
-        var events: SplitQueue?
+        var receive: (any Virtqueue)?
+        var transmit: (any Virtqueue)?
+        var events: (any Virtqueue)?
         /// A restored device owes the driver a TRANSPORT_RESET event.
         var transportResetPending = false
         var chain = DescriptorChain(capacity: Int(Vsock.queueSize))

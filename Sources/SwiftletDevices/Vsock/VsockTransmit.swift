@@ -10,9 +10,9 @@ import SystemPackage
 extension Vsock.State {
     // MARK: Guest to host (tx queue)
 
-    /// Pops the next valid chain into `chain` (SplitQueue.popValid: malformed ones go back with length 0 and are
+    /// Pops the next valid chain into `chain` (Virtqueue.popValid: malformed ones go back with length 0 and are
     /// counted). false when the ring is empty, nil when it is corrupt beyond use (the device then needs a reset).
-    mutating func popChain(_ device: Vsock, _ queue: SplitQueue, completed: inout Bool) -> Bool? {
+    mutating func popChain(_ device: Vsock, _ queue: any Virtqueue, completed: inout Bool) -> Bool? {
         do {
             return try queue.popValid(into: &chain, completed: &completed) { device.counters.errorCount.add(1, ordering: .relaxed) }
         } catch {
@@ -21,7 +21,7 @@ extension Vsock.State {
         }
     }
 
-    /// The guest's packets (SplitQueue.drain: malformed chains, a corrupt ring, the budget per round).
+    /// The guest's packets (Virtqueue.drain: malformed chains, a corrupt ring, the budget per round).
     mutating func receiveFromGuest(_ device: Vsock) -> Outcome {
         var outcome = Outcome()
         guard let queue = transmit else { return outcome }

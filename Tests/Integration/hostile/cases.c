@@ -87,11 +87,14 @@ static struct buf piece(const struct shape *s, u32 len)
 
 /* ---- The chain variants ----------------------------------------------------------------------------------------- */
 
-enum expect { EXPECT_LEN0, EXPECT_SERVED, EXPECT_SERVED_IF_INDIRECT, EXPECT_NEEDS_RESET };
+/* EXPECT_IGNORED: the device must not take the chain at all (nothing used, no reset), and then serve a good one
+ * written in its place. EXPECT_SKIP: the variant means nothing in that layout. */
+enum expect { EXPECT_LEN0, EXPECT_SERVED, EXPECT_SERVED_IF_INDIRECT, EXPECT_NEEDS_RESET, EXPECT_IGNORED, EXPECT_SKIP };
 
 struct variant {
     const char *name;
-    enum expect expect;
+    enum expect expect;        /* split ring */
+    enum expect packed;        /* packed ring (use_packed): PackedQueue.swift's reaction to the same chain */
     bool without_indirect;     /* negotiate without VIRTIO_F_INDIRECT_DESC */
     /* Builds the chain and returns its head; for ring variants, publishes it the corrupt way and returns -1. */
     int (*build)(struct vq *q, struct shape *s, struct vdev *d);
@@ -364,33 +367,59 @@ static int publish_head(struct vq *q, u16 head)
 static int v_head_eq_size(struct vq *q, struct shape *s, struct vdev *d) { (void)s; (void)d; return publish_head(q, q->size); }
 static int v_head_ffff(struct vq *q, struct shape *s, struct vdev *d) { (void)s; (void)d; return publish_head(q, 0xffff); }
 
+/* Packed ring corruption (§2.8): a buffer ID beyond the queue, a list whose second descriptor is not made available
+ * (the device cannot tell where it ends), a head whose AVAIL/USED bits make it available in the other lap (not
+ * this one: ignored). */
+static int v_id_eq_size(struct vq *q, struct shape *s, struct vdev *d) { (void)d; vq_publish_packed(q, chain_build(q, s), q->size, -1); return -1; }
+static int v_id_ffff(struct vq *q, struct shape *s, struct vdev *d) { (void)d; vq_publish_packed(q, chain_build(q, s), 0xffff, -1); return -1; }
+static int v_second_not_available(struct vq *q, struct shape *s, struct vdev *d)
+{
+    (void)d;
+    struct buf bodies[2] = { piece(s, 16), piece(s, 16) };
+    u16 idx[8];
+    chain_parts(q, s, bodies, 2, true, idx);
+    vq_publish_packed(q, idx[0], idx[0], 1);
+    return -1;
+}
+static int v_head_of_another_lap(struct vq *q, struct shape *s, struct vdev *d)
+{
+    (void)d;
+    u16 head = chain_build(q, s);
+    vq_publish_packed(q, head, head, 0);
+    return -1;
+}
+
 static const struct variant variants[] = {
-    { "well-formed", EXPECT_SERVED, false, v_well_formed },
-    { "desc-outside-ram", EXPECT_LEN0, false, v_outside_ram },
-    { "desc-in-mmio-window", EXPECT_LEN0, false, v_in_mmio },
-    { "desc-len-ffffffff", EXPECT_LEN0, false, v_len_max },
-    { "desc-addr-len-wraps-2^64", EXPECT_LEN0, false, v_wrap },
-    { "desc-len-0", EXPECT_LEN0, false, v_zero_len },
-    { "chain-len-sum-2^32", EXPECT_LEN0, false, v_sum_over_4g },
-    { "next-out-of-range", EXPECT_LEN0, false, v_next_out_of_range },
-    { "loop-of-one", EXPECT_LEN0, false, v_loop1 },
-    { "loop-of-two", EXPECT_LEN0, false, v_loop2 },
-    { "readable-after-writable", EXPECT_LEN0, false, v_readable_after_writable },
-    { "chain-longer-than-queue", EXPECT_LEN0, false, v_chain_over_queue },
-    { "indirect-well-formed", EXPECT_SERVED_IF_INDIRECT, false, v_indirect_valid },
-    { "indirect-not-negotiated", EXPECT_LEN0, true, v_indirect_valid },
-    { "indirect-longer-than-queue", EXPECT_LEN0, false, v_indirect_over_queue },
-    { "indirect-huge-7M-entries", EXPECT_LEN0, false, v_indirect_huge },
-    { "indirect-nested", EXPECT_LEN0, false, v_indirect_nested },
-    { "indirect-with-next", EXPECT_LEN0, false, v_indirect_with_next },
-    { "indirect-len-not-multiple-of-16", EXPECT_LEN0, false, v_indirect_len_not16 },
-    { "indirect-len-0", EXPECT_LEN0, false, v_indirect_len0 },
-    { "indirect-table-outside-ram", EXPECT_LEN0, false, v_indirect_outside_ram },
-    { "indirect-loop", EXPECT_LEN0, false, v_indirect_loop },
-    { "indirect-next-out-of-range", EXPECT_LEN0, false, v_indirect_next_out_of_range },
-    { "avail-idx-jumps-past-queue-size", EXPECT_NEEDS_RESET, false, v_avail_idx_jump },
-    { "head-eq-queue-size", EXPECT_NEEDS_RESET, false, v_head_eq_size },
-    { "head-ffff", EXPECT_NEEDS_RESET, false, v_head_ffff },
+    { "well-formed", EXPECT_SERVED, EXPECT_SERVED, false, v_well_formed },
+    { "desc-outside-ram", EXPECT_LEN0, EXPECT_LEN0, false, v_outside_ram },
+    { "desc-in-mmio-window", EXPECT_LEN0, EXPECT_LEN0, false, v_in_mmio },
+    { "desc-len-ffffffff", EXPECT_LEN0, EXPECT_LEN0, false, v_len_max },
+    { "desc-addr-len-wraps-2^64", EXPECT_LEN0, EXPECT_LEN0, false, v_wrap },
+    { "desc-len-0", EXPECT_LEN0, EXPECT_LEN0, false, v_zero_len },
+    { "chain-len-sum-2^32", EXPECT_LEN0, EXPECT_LEN0, false, v_sum_over_4g },
+    { "next-out-of-range", EXPECT_LEN0, EXPECT_NEEDS_RESET, false, v_next_out_of_range },
+    { "loop-of-one", EXPECT_LEN0, EXPECT_NEEDS_RESET, false, v_loop1 },
+    { "loop-of-two", EXPECT_LEN0, EXPECT_NEEDS_RESET, false, v_loop2 },
+    { "readable-after-writable", EXPECT_LEN0, EXPECT_LEN0, false, v_readable_after_writable },
+    { "chain-longer-than-queue", EXPECT_LEN0, EXPECT_LEN0, false, v_chain_over_queue },
+    { "indirect-well-formed", EXPECT_SERVED_IF_INDIRECT, EXPECT_SERVED_IF_INDIRECT, false, v_indirect_valid },
+    { "indirect-not-negotiated", EXPECT_LEN0, EXPECT_LEN0, true, v_indirect_valid },
+    { "indirect-longer-than-queue", EXPECT_LEN0, EXPECT_LEN0, false, v_indirect_over_queue },
+    { "indirect-huge-7M-entries", EXPECT_LEN0, EXPECT_LEN0, false, v_indirect_huge },
+    { "indirect-nested", EXPECT_LEN0, EXPECT_SKIP, false, v_indirect_nested },
+    { "indirect-with-next", EXPECT_LEN0, EXPECT_LEN0, false, v_indirect_with_next },
+    { "indirect-len-not-multiple-of-16", EXPECT_LEN0, EXPECT_LEN0, false, v_indirect_len_not16 },
+    { "indirect-len-0", EXPECT_LEN0, EXPECT_LEN0, false, v_indirect_len0 },
+    { "indirect-table-outside-ram", EXPECT_LEN0, EXPECT_LEN0, false, v_indirect_outside_ram },
+    { "indirect-loop", EXPECT_LEN0, EXPECT_SKIP, false, v_indirect_loop },
+    { "indirect-next-out-of-range", EXPECT_LEN0, EXPECT_SKIP, false, v_indirect_next_out_of_range },
+    { "avail-idx-jumps-past-queue-size", EXPECT_NEEDS_RESET, EXPECT_SKIP, false, v_avail_idx_jump },
+    { "head-eq-queue-size", EXPECT_NEEDS_RESET, EXPECT_SKIP, false, v_head_eq_size },
+    { "head-ffff", EXPECT_NEEDS_RESET, EXPECT_SKIP, false, v_head_ffff },
+    { "id-eq-queue-size", EXPECT_SKIP, EXPECT_NEEDS_RESET, false, v_id_eq_size },
+    { "id-ffff", EXPECT_SKIP, EXPECT_NEEDS_RESET, false, v_id_ffff },
+    { "second-descriptor-not-available", EXPECT_SKIP, EXPECT_NEEDS_RESET, false, v_second_not_available },
+    { "head-available-in-another-lap", EXPECT_SKIP, EXPECT_IGNORED, false, v_head_of_another_lap },
 };
 
 static const char *expect_text(enum expect e, bool indirect)
@@ -400,6 +429,8 @@ static const char *expect_text(enum expect e, bool indirect)
     case EXPECT_SERVED: return "served";
     case EXPECT_SERVED_IF_INDIRECT: return indirect ? "served" : "used_len_0(indirect_not_offered),then_serves";
     case EXPECT_NEEDS_RESET: return "needs_reset+config_irq";
+    case EXPECT_IGNORED: return "ignored,then_serves";
+    case EXPECT_SKIP: return "-";
     }
     return "?";
 }
@@ -423,13 +454,16 @@ static bool serve(const struct device_ops *ops, struct dev_queues *dq, int qi, c
 static void chain_case(struct vdev *d, const struct device_ops *ops, int qi, const struct variant *v)
 {
     char name[120];
-    snprintk(name, sizeof name, "%s.%s.%s", ops->name, ops->queue_names[qi], v->name);
+    snprintk(name, sizeof name, "%s.%s.%s%s", ops->name, ops->queue_names[qi], use_packed ? "packed." : "", v->name);
+    enum expect expect = use_packed ? v->packed : v->expect;
+    /* A receive queue takes a chain only when it has something to deliver: an ignored head there would leave that
+     * waiting for the good buffer, which is then not the answer the case looks for. */
+    if (expect == EXPECT_SKIP || (expect == EXPECT_IGNORED && ops->receive[qi])) return;
     if (!case_enabled(name)) return;
     u64 mark = arena_mark();
     bool indirect = (ops->features & F_INDIRECT_DESC) && !v->without_indirect;
-    enum expect expect = v->expect;
+    const char *expect_str = expect_text(expect, indirect);
     if (expect == EXPECT_SERVED_IF_INDIRECT) expect = indirect ? EXPECT_SERVED : EXPECT_LEN0;
-    const char *expect_str = expect_text(v->expect, indirect);
     struct dev_queues dq;
     u64 features = v->without_indirect ? ops->features & ~F_INDIRECT_DESC : ops->features;
     if (!dev_up(d, ops->queue_count, &dq, features, CHAIN_QUEUE_SIZE)) {
@@ -443,6 +477,7 @@ static void chain_case(struct vdev *d, const struct device_ops *ops, int qi, con
     int head = v->build(q, &s, d);
 
     if (expect == EXPECT_NEEDS_RESET) {
+        if (head >= 0) vq_publish(q, (u16)head); /* a chain that corrupts the ring as the driver publishes it */
         struct shape t;
         ops->shape(&dq, qi, &t);
         ops->trigger(&dq, qi, &t);
@@ -450,6 +485,15 @@ static void chain_case(struct vdev *d, const struct device_ops *ops, int qi, con
         u32 isr = vreg_read(d, VIRTIO_MMIO_INTERRUPT_STATUS);
         report(name, expect_str, needs_reset && (isr & INT_CONFIG_CHANGE), "status=0x%x,interrupt_status=0x%x",
                vstatus(d), isr);
+        goto out;
+    }
+    if (expect == EXPECT_IGNORED) {
+        /* Notified, the device must leave the descriptor alone; the good request written over it is served. */
+        ops->trigger(&dq, qi, &s);
+        bool quiet = vq_quiet(q);
+        u32 status = vstatus(d);
+        bool ok = quiet && !(status & STATUS_NEEDS_RESET) && serve(ops, &dq, qi, why, sizeof why);
+        report(name, expect_str, ok, "quiet=%d,status=0x%x,then:%s", quiet, status, why);
         goto out;
     }
     vq_publish(q, (u16)head);
@@ -1022,6 +1066,15 @@ void generic_cases(struct vdev *d, const struct device_ops *ops)
     for (int qi = 0; qi < ops->queue_count; qi++) {
         if (!ops->queue_names[qi]) continue;
         for (usize v = 0; v < ARRAY_SIZE(variants); v++) chain_case(d, ops, qi, &variants[v]);
+    }
+    /* The same chains in the packed layout, where the device offers it (Swiftlet does by default). */
+    if (d->offered & F_RING_PACKED) {
+        use_packed = true;
+        for (int qi = 0; qi < ops->queue_count; qi++) {
+            if (!ops->queue_names[qi]) continue;
+            for (usize v = 0; v < ARRAY_SIZE(variants); v++) chain_case(d, ops, qi, &variants[v]);
+        }
+        use_packed = false;
     }
     vdev_reset(d);
 }

@@ -76,10 +76,8 @@ static bool rx_find_reply(struct dev_queues *dq, u32 tag, u64 polls)
 {
     struct vq *rx = &dq->q[0];
     for (u64 i = 0; i < polls; i++) {
-        if (*(volatile u16 *)&rx->used->idx == rx->used_seen) { poll_step(dq->dev); continue; }
-        barrier();
-        struct vring_used_elem e = rx->used->ring[rx->used_seen % rx->size];
-        rx->used_seen++;
+        struct vring_used_elem e;
+        if (!vq_take_used(rx, &e)) { poll_step(dq->dev); continue; }
         u16 head = (u16)(e.id % rx->size);
         bool reply = rx->desc[head].len == RX_BUFFER && is_arp_reply((const u8 *)rx->desc[head].addr, e.len, tag);
         vq_publish(rx, head);

@@ -1,5 +1,5 @@
 /* A small virtio-mmio (modern, version 2) driver layer for the hostile guest: register access, device bring-up and
- * split virtqueues (virtio 1.2 §2.7, §4.2), with every wait bounded. The cases use it for the well-formed parts
+ * virtqueues (virtio 1.2 §2.7 split, §2.8 packed, §4.2), with every wait bounded. The cases use it for the well-formed parts
  * and reach past it (raw registers, raw descriptors) for the malformed parts. */
 #ifndef HOSTILE_VIRTIO_H
 #define HOSTILE_VIRTIO_H
@@ -28,6 +28,7 @@ enum {
 #define F_INDIRECT_DESC (1ull << 28)
 #define F_EVENT_IDX (1ull << 29)
 #define F_VERSION_1 (1ull << 32)
+#define F_RING_PACKED (1ull << 34)
 
 /* Descriptor flags (§2.7.5). */
 enum { VRING_DESC_F_NEXT = 1, VRING_DESC_F_WRITE = 2, VRING_DESC_F_INDIRECT = 4 };
@@ -39,6 +40,17 @@ struct vring_avail { u16 flags; u16 idx; u16 ring[]; };
 struct vring_used_elem { u32 id; u32 len; };
 struct vring_used { u16 flags; u16 idx; struct vring_used_elem ring[]; };
 
+/* The packed ring (§2.8). */
+struct pvring_desc { u64 addr; u32 len; u16 id; u16 flags; };
+enum { PVRING_F_AVAIL = 1 << 7, PVRING_F_USED = 1 << 15 };
+
+/* With use_packed set, vdev_negotiate asks for VIRTIO_F_RING_PACKED too, and vq_setup lays a queue out packed when
+ * the device accepted it. The queue API stays the same: descriptors are made (vq_desc) and linked (vq_link) in a
+ * table private to this driver (q->desc, its shadow), and vq_publish copies the chain at `head` into the ring at
+ * the driver's place, in order, with the buffer ID `head` and the AVAIL/USED bits of its lap, the head's flags last
+ * (§2.8.6). Used descriptors are read at the driver's own place, which moves on by each ID's chain length. */
+extern bool use_packed;
+
 /* One virtio-mmio device found on the command line. */
 struct vdev {
     u64 base;
@@ -46,6 +58,7 @@ struct vdev {
     u32 version, device_id;
     const char *name;       /* blk, net, vsock, balloon */
     u64 offered;            /* DeviceFeatures as read at discovery */
+    u64 accepted;           /* what the last vdev_negotiate accepted */
 };
 
 /* A split virtqueue as this driver set it up. */
@@ -58,6 +71,13 @@ struct vq {
     u16 next_avail;         /* avail->idx this driver publishes next */
     u16 used_seen;          /* used->idx entries already consumed */
     u16 free_head;          /* simple allocator: descriptors are taken in order and given back by vq_reset_descs */
+    /* The packed layout (q->desc is then the driver's shadow table, never seen by the device). */
+    bool packed;
+    struct pvring_desc *ring;
+    volatile u32 *driver_event, *device_event;
+    u16 p_avail, p_used;    /* the driver's slots for the next available and the next used descriptor */
+    bool p_avail_wrap, p_used_wrap;
+    u16 p_len[256];         /* per buffer ID: the ring descriptors its chain took */
 };
 
 static inline u32 vreg_read(struct vdev *d, u32 off) { return mmio_read32(d->base + off); }
@@ -90,8 +110,15 @@ u32 vq_program(struct vdev *d, u16 index, u32 size, u64 desc, u64 avail, u64 use
 u16 vq_desc(struct vq *q, u64 addr, u32 len, u16 flags);
 /* Links descriptor a -> b (sets NEXT). */
 void vq_link(struct vq *q, u16 a, u16 b);
-/* Puts `head` in the avail ring and publishes avail->idx (not notified). */
+/* Puts `head` in the avail ring and publishes avail->idx (not notified). Packed: copies its chain into the ring. */
 void vq_publish(struct vq *q, u16 head);
+/* Packed only: publishes the chain at `head` with buffer ID `id`; with `spoil` the flags of the chain's descriptor
+ * number `spoil` (1 = the second) say "not available" (both AVAIL and USED at the lap's value: used), and with
+ * spoil = 0 the head's say "available in the other lap" (the device must ignore it; the driver's place stays, for
+ * the next chain to be written over it). Returns the first slot. */
+u16 vq_publish_packed(struct vq *q, u16 head, u16 id, int spoil);
+/* The next used element, if there is one (consumed); never waits. */
+bool vq_take_used(struct vq *q, struct vring_used_elem *out);
 void vq_notify(struct vq *q);
 /* Waits for used->idx to reach used_seen + 1; returns the element (and consumes it) or false on timeout. */
 bool vq_wait_used(struct vq *q, struct vring_used_elem *out);

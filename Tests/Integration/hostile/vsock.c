@@ -62,10 +62,8 @@ static bool rx_wait(struct dev_queues *dq, u32 port, u64 polls, struct vsock_hdr
 {
     struct vq *rx = &dq->q[0];
     for (u64 i = 0; i < polls; i++) {
-        if (*(volatile u16 *)&rx->used->idx == rx->used_seen) { poll_step(dq->dev); continue; }
-        barrier();
-        struct vring_used_elem e = rx->used->ring[rx->used_seen % rx->size];
-        rx->used_seen++;
+        struct vring_used_elem e;
+        if (!vq_take_used(rx, &e)) { poll_step(dq->dev); continue; }
         u16 head = (u16)(e.id % rx->size);
         const struct vsock_hdr *h = (const struct vsock_hdr *)rx->desc[head].addr;
         bool mine = e.len >= HDR && h->dst_port == port;
@@ -449,11 +447,9 @@ static void rst_flood_case(struct vdev *d)
     /* Until the device has been quiet for a while; and never more packets than were asked for (a device that kept
      * sending would otherwise keep the guest here). */
     for (u64 quiet = 0; quiet < quiet_polls && rsts + others <= count;) {
-        if (*(volatile u16 *)&rx->used->idx == rx->used_seen) { poll_step(d); quiet++; continue; }
+        struct vring_used_elem e;
+        if (!vq_take_used(rx, &e)) { poll_step(d); quiet++; continue; }
         quiet = 0;
-        barrier();
-        struct vring_used_elem e = rx->used->ring[rx->used_seen % rx->size];
-        rx->used_seen++;
         u16 head = (u16)(e.id % rx->size);
         const struct vsock_hdr *h = (const struct vsock_hdr *)rx->desc[head].addr;
         if (e.len == HDR && h->op == OP_RST && h->dst_port >= first && h->dst_port < first + count) rsts++;

@@ -2,115 +2,14 @@ import CSwiftlet
 import SwiftletHost
 import SwiftletMemory
 
-/// Feature bits every virtio device may offer (virtio 1.2 §6 "Reserved Feature Bits").
-public enum VirtioFeature {
-    public static let indirectDescriptors: UInt64 = 1 << 28 // VIRTIO_F_INDIRECT_DESC
-    public static let eventIndex: UInt64 = 1 << 29          // VIRTIO_F_EVENT_IDX
-    public static let version1: UInt64 = 1 << 32            // VIRTIO_F_VERSION_1
-}
-
-/// A split virtqueue as the driver configured it through the transport (virtio 1.2 §2.7).
-public struct QueueConfiguration: Sendable, Equatable {
-    public var size: UInt16 = 0
-    public var ready = false
-    public var descriptorTable = GuestAddress(0)
-    public var availableRing = GuestAddress(0)
-    public var usedRing = GuestAddress(0)
-
-    public init() {}
-
-    public static func descriptorTableSize(_ size: UInt16) -> UInt64 { 16 * UInt64(size) }
-    /// flags, idx, ring[size], used_event.
-    public static func availableRingSize(_ size: UInt16) -> UInt64 { 6 + 2 * UInt64(size) }
-    /// flags, idx, ring[size] of {id, len}, avail_event.
-    public static func usedRingSize(_ size: UInt16) -> UInt64 { 6 + 8 * UInt64(size) }
-
-    /// Why this configuration cannot be used, or nil when it can: the size is a power of two no larger than
-    /// `maximumSize`, and the three areas are aligned (§2.7: 16, 2, 4) and wholly inside guest memory.
-    public func problem(maximumSize: UInt16, memory: GuestMemory) -> String? {
-        guard size > 0, size <= maximumSize, size & (size - 1) == 0 else {
-            return "queue size \(size) is not a power of two between 1 and \(maximumSize)"
-        }
-        let areas: [(String, GuestAddress, UInt64, UInt64)] = [
-            ("descriptor table", descriptorTable, Self.descriptorTableSize(size), 16),
-            ("available ring", availableRing, Self.availableRingSize(size), 2),
-            ("used ring", usedRing, Self.usedRingSize(size), 4),
-        ]
-        for (name, address, length, alignment) in areas {
-            guard address.rawValue % alignment == 0 else { return "\(name) at \(address) is not \(alignment)-byte aligned" }
-            guard memory.contains(address, count: length) else { return "\(name) at \(address) (\(length) bytes) is outside guest memory" }
-        }
-        return nil
-    }
-}
-
-/// Where a device stands in a split ring (a snapshot keeps it): the next avail slot it consumes, and the next used
-/// slot it fills. Both are free-running 16-bit indices, as the ring's own are (§2.7.6, §2.7.8).
-public struct QueuePosition: Sendable, Equatable {
-    public var nextAvailable: UInt16
-    public var nextUsed: UInt16
-    public init(nextAvailable: UInt16 = 0, nextUsed: UInt16 = 0) {
-        self.nextAvailable = nextAvailable
-        self.nextUsed = nextUsed
-    }
-}
-
-/// One guest buffer of a descriptor chain, already translated to a host pointer and bounds-checked.
-public struct DescriptorBuffer: Sendable {
-    public var address: GuestAddress
-    public var length: UInt32
-    public nonisolated(unsafe) var host: UnsafeMutableRawPointer
-    public var isWritable: Bool
-}
-
-/// A popped descriptor chain: its head index (what goes back in the used ring) and its buffers, device-readable
-/// ones first. The buffer array is reused from chain to chain, so popping allocates nothing once warm.
-public struct DescriptorChain: Sendable {
-    public internal(set) var head: UInt16 = 0
-    public internal(set) var buffers: [DescriptorBuffer] = []
-    public internal(set) var readableCount = 0
-
-    public init(capacity: Int = 0) { buffers.reserveCapacity(capacity) }
-
-    public var readable: ArraySlice<DescriptorBuffer> { buffers[0..<readableCount] }
-    public var writable: ArraySlice<DescriptorBuffer> { buffers[readableCount...] }
-    public var readableLength: UInt64 { readable.reduce(0) { $0 + UInt64($1.length) } }
-    public var writableLength: UInt64 { writable.reduce(0) { $0 + UInt64($1.length) } }
-}
-
-/// What is wrong with a descriptor chain the guest made available. Each is the guest's error, never the VMM's.
-public enum ChainError: Error, Equatable, Sendable {
-    case indexOutOfRange(UInt16)
-    case tooLong
-    case zeroLength
-    case lengthOverflow
-    case outsideMemory(GuestAddress, UInt32)
-    case readableAfterWritable
-    case indirectNotNegotiated
-    case indirectWithNext
-    case nestedIndirect
-    case invalidIndirectLength(UInt32)
-    /// An indirect table with more entries than the queue has: no chain may be longer than the queue (§2.7.5.3.1).
-    case indirectTableTooLarge(entries: UInt32, limit: UInt16)
-}
-
-public enum QueueError: Error, Equatable, Sendable {
-    /// avail->idx moved more than the queue size past what the device consumed: the ring is corrupt, and the
-    /// device must be reset (DEVICE_NEEDS_RESET).
-    case availableIndexCorrupt(available: UInt16, consumed: UInt16)
-    /// The ring names a head descriptor beyond the table: nothing can be returned for it; the device must be reset.
-    case headOutOfRange(UInt16)
-    /// The chain at `head` is malformed; it has been consumed and should be returned with length 0.
-    case invalidChain(head: UInt16, ChainError)
-}
-
 /// The device side of a split virtqueue (virtio 1.2 §2.7). All three areas were validated against guest memory when
 /// the queue was built, so ring accesses are in bounds; every descriptor is checked as it is walked.
 ///
 /// @unchecked Sendable: a queue is built by the transport when the driver sets DRIVER_OK, handed to its device
 /// under the device's lock, and from then on used only under that lock (by the device's event loop).
-public final class SplitQueue: @unchecked Sendable {
+public final class SplitQueue: Virtqueue, @unchecked Sendable {
     public let size: UInt16
+    public var layout: RingLayout { .split }
     public let memory: GuestMemory
     public let eventIndex: Bool
     public let indirectDescriptors: Bool
@@ -135,7 +34,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// refused: no device has more chains out than the ring holds.
     public init(_ configuration: QueueConfiguration, maximumSize: UInt16, memory: GuestMemory, features: UInt64,
                 position: QueuePosition = QueuePosition()) throws(SwiftletError) {
-        if let problem = configuration.problem(maximumSize: maximumSize, memory: memory) {
+        if let problem = configuration.problem(maximumSize: maximumSize, memory: memory, layout: .split) {
             throw SwiftletError(.guestFault, problem)
         }
         guard position.nextAvailable &- position.nextUsed <= configuration.size else {
