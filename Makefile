@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 GUEST_OUT := .build/guest
 PYTHON ?= python3
-HARNESS := $(PYTHON) Tests/Integration/harness.py
+HARNESS := $(PYTHON) Tests/Integration/harness.py $(if $(L1_CPUS),--l1-cpus $(L1_CPUS))
 
 .PHONY: all deps build trigger guest probe test unit bench fuzz lab run clean help
 
@@ -16,6 +16,8 @@ help:
 	@echo "make test           unit tests, then integration tests; ends with 'N passed, N failed'"
 	@echo "make bench [BENCH=boot] [RUNS=10]   Swiftlet and QEMU side by side, one 'bench:' line per metric"
 	@echo "make bench BENCH=net BASELINE=REV    ... with the build of git revision REV in the same rounds (blk, net)"
+	@echo "make bench BENCH=blk L1_SHAPES=1,2   ... once per lab L1 shape (vCPUs; blk, net, vsock default to 1,2)"
+	@echo "L1_CPUS=N           on any target: the lab's L1 gets N vCPUs (default 1)"
 	@echo "make fuzz [TARGET=queue] [SECONDS=60]   run the libFuzzer targets (all of them by default; Fuzz/README.md)"
 	@echo "make lab CMD='...'  run a command in the nested lab (/job holds swiftlet, the guest, the tests)"
 	@echo "make probe          does this host's /dev/kvm boot guests?"
@@ -73,7 +75,7 @@ unit: deps
 	$(SWIFT) test
 
 bench: build guest
-	@$(HARNESS) bench $(if $(BENCH),--bench $(BENCH)) $(if $(RUNS),--runs $(RUNS)) $(if $(BASELINE),--baseline $(BASELINE))
+	@$(HARNESS) bench $(if $(BENCH),--bench $(BENCH)) $(if $(RUNS),--runs $(RUNS)) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(L1_SHAPES),--l1-shapes $(L1_SHAPES))
 
 # The fuzz targets build in their own scratch directory (.build/fuzz) with -sanitize=fuzzer,address.
 fuzz: deps

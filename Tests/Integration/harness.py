@@ -4,8 +4,10 @@
   harness.py probe                 does this host's /dev/kvm boot guests? (prints the verdict)
   harness.py test [--only PATTERN] unit tests, then integration tests on the host or in the nested lab;
                                    ends with "N passed, N failed[, N skipped]"
-  harness.py bench [--bench NAME] [--runs N] [--baseline REV]   side-by-side benchmarks (Swiftlet and QEMU, same
-                                               guest, same run; REV: an older Swiftlet build in the same rounds)
+  harness.py bench [--bench NAME] [--runs N] [--baseline REV] [--l1-shapes N,N]   side-by-side benchmarks
+                                   (Swiftlet and QEMU, same guest, same run; REV: an older Swiftlet build in the same
+                                   rounds; each L1 shape in turn: blk, net and vsock run on 1 and 2 L1 vCPUs)
+  harness.py --l1-cpus N VERB ...  the lab's L1 with N vCPUs (default 1) for whatever VERB runs
   harness.py lab -- CMD            run CMD in the nested lab with the payload staged under /job
   harness.py run                   boot the bundled guest with its console here (host) or in the lab
 
@@ -58,6 +60,9 @@ DISK_TESTS = ("swiftlet-distro",)
 DISTRO_MAX_DISKS = 24  # PCI slots of L1's pc machine, with room to spare
 # The lab's L1 gets enough memory for a 3.5 GiB guest (TCG allocates it lazily).
 LAB_MEM_MIB = 4608
+# vCPUs of the lab's L1 (lab.py --smp): 1 by default, the fastest under TCG for one L2 vCPU. `--l1-cpus N` (or
+# SWIFTLET_LAB_CPUS) sets it for a whole harness run; `bench --l1-shapes 1,2` runs a benchmark on each shape in turn.
+LAB_CPUS = int(os.environ.get("SWIFTLET_LAB_CPUS", "1"))
 
 # lab.py's log prefixes console lines with the time since L1 started.
 LOG_STAMP_RE = re.compile(r"^\[\+\s*[\d.]+\] ")
@@ -201,8 +206,8 @@ def run_guest_side(native, script, label, timeout, retries=None, baseline=None, 
     if baseline:
         script = f"SWIFTLET_BASELINE=/job/bin/swiftlet-baseline {script}"
     log = os.path.join(BUILD, "lab", f"{label}.log")
-    command = [sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB), "--label", label,
-               "--log", log, "--timeout", str(timeout)]
+    command = [sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB), "--smp", str(LAB_CPUS),
+               "--label", label, "--log", log, "--timeout", str(timeout)]
     if retries is not None:
         command += ["--retries", str(retries)]
     drives, drive_env = lab_drives(disks)
@@ -642,7 +647,9 @@ BENCHES = {
     "boot": {"boot_to_init": ("ms", "lower"), "boot_to_exit": ("ms", "lower"), "vmm_overhead_rss": ("MiB", "lower"),
              "start_to_first_run": ("ms", "lower"), "start_to_first_run_bare": ("ms", "lower"),
              "start_to_first_run_jailed": ("ms", "lower")},
-    # fio in the guest on a virtio disk (bench/blk.sh); the ratios come from Swiftlet's --stats (no QEMU figure).
+    # fio in the guest on a virtio disk (bench/blk.sh), in several configurations each (vmm=swiftlet-split,
+    # qemu-threads, qemu-io_uring-packed, ...: the script's header): Swiftlet's default against QEMU's best. The
+    # ratios come from Swiftlet's --stats (no QEMU figure), for both ring layouts.
     "blk": {"blk_randread_4k_iops": ("IOPS", "higher"), "blk_randwrite_4k_iops": ("IOPS", "higher"),
             "blk_seqread_1m_mbps": ("MiB/s", "higher"), "blk_seqwrite_1m_mbps": ("MiB/s", "higher"),
             "blk_notifications_per_request": ("ratio", "lower"),
@@ -661,7 +668,10 @@ BENCHES = {
             "net_tcp_g2h_gbps_sched_normal": ("Gbit/s", "higher"), "net_tcp_h2g_gbps_sched_normal": ("Gbit/s", "higher"),
             "net_exits_per_mib_sched_normal": ("per_MiB", "lower"), "net_rr_latency_us_sched_normal": ("us", "lower"),
             "net_tcp_g2h_gbps_sched_batch": ("Gbit/s", "higher"), "net_tcp_h2g_gbps_sched_batch": ("Gbit/s", "higher"),
-            "net_exits_per_mib_sched_batch": ("per_MiB", "lower"), "net_rr_latency_us_sched_batch": ("us", "lower")},
+            "net_exits_per_mib_sched_batch": ("per_MiB", "lower"), "net_rr_latency_us_sched_batch": ("us", "lower"),
+            # Swiftlet with the split ring only (packed=off), against QEMU vhost=off of the same round.
+            "net_tcp_g2h_gbps_split": ("Gbit/s", "higher"), "net_tcp_h2g_gbps_split": ("Gbit/s", "higher"),
+            "net_exits_per_mib_split": ("per_MiB", "lower"), "net_rr_latency_us_split": ("us", "lower")},
     # vsockpeer streams and agent execs (bench/vsock.sh). qemu: vhost-vsock-device (the kernel's backend);
     # exec_cli_ms is swiftlet's only; sandbox_cold_ms is `swiftlet exec -- true` against QEMU booting to init and
     # powering off.
@@ -708,6 +718,9 @@ BENCH_KNOBS = ("NET_ORDER", "NET_TIME", "NET_RR", "BLK_RUNTIME", "BLK_RAMP", "BL
                "SWIFTLET_SECCOMP", "BASELINE_OPTIONS")
 # Benchmarks whose script runs an older build beside this one ($SWIFTLET_BASELINE, vmm=baseline): bench --baseline.
 BASELINE_BENCHES = {"blk", "net"}
+# L1 shapes (vCPUs) each benchmark runs on by default, one after the other, each against QEMU in the same L1 run:
+# with 2 the device thread can find a CPU of its own (issue 19). Others run on LAB_CPUS only.
+DEFAULT_L1_SHAPES = {"blk": "1,2", "net": "1,2", "vsock": "1,2"}
 
 
 def start_to_first_run(runs):
@@ -773,84 +786,117 @@ def cmd_bench(args):
     native = where(args)
     os.makedirs(os.path.join(BUILD, "bench"), exist_ok=True)
     status = 0
+    global LAB_CPUS
     for name in names:
-        samples = {}  # (metric, vmm) -> [values]
-        units = {}
-        runs = args.runs or DEFAULT_RUNS.get(name, 10)
-        knobs = "".join(f"{knob}={shlex.quote(os.environ[knob])} " for knob in BENCH_KNOBS if knob in os.environ)
-        script = f"{knobs}INTEGRATION=/job/integration RUNS={runs} sh /job/integration/bench/{name}.sh"
-        # The distro benchmark boots each run from a fresh copy of the image: two disks a round (one per VMM).
-        disks = min(2 * runs, DISTRO_MAX_DISKS) if name == "distro" else 0
-        rc, lines = run_guest_side(native, script, f"bench-{name}", timeout=3000 + (1500 if baseline else 0),
-                                   baseline=baseline, disks=disks)
-        for line in lines:
-            m = SAMPLE_RE.match(line)
-            if m:
-                samples.setdefault((m.group(1), m.group(2)), []).append(float(m.group(3)))
-                units[m.group(1)] = m.group(4)
-        if rc != 0:
-            say(f"benchmark {name}: the guest side exited {rc}; figures below come from what finished")
-            status = 1
-        if name == "boot":
-            for metric, values in start_to_first_run(max(runs, 10)).items():
-                samples[(metric, "swiftlet")] = values
-        if name == "api":
-            env = native_env()
-            # The API's cost in threads and memory needs a guest that boots on this host's KVM: the hostile one does
-            # (the schema test relies on the same), wherever the guest side of the benchmarks ran.
-            hostile = os.path.join(GUEST, "hostile.elf")
-            extra = {"HOSTILE": hostile} if os.path.exists(hostile) and os.access("/dev/kvm", os.R_OK | os.W_OK) else {}
-            r = subprocess.run([sys.executable, os.path.join(INTEGRATION, "host", "bench_api.py"), SWIFTLET,
-                                env["QEMU"], str(runs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, **extra})
-            for line in r.stdout.splitlines():
-                m = SAMPLE_RE.match(line)
-                if m:
-                    samples.setdefault((m.group(1), m.group(2)), []).append(float(m.group(3)))
-                else:
-                    print(line, flush=True)
-            if r.returncode != 0:
-                say(f"benchmark api: the host side exited {r.returncode}")
-                status = 1
-        where_ran = "host" if native else "nested lab (QEMU TCG + emulated SVM, L1 Debian cloud kernel)"
-        report = {"bench": name, "where": where_ran, "host_kvm_native": native,
-                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": []}
-        for metric, (unit, better) in BENCHES[name].items():
-            ours = samples.get((metric, "swiftlet"), [])
-            peer = samples.get((metric, "qemu"), [])
-            med_ours = statistics.median(ours) if ours else None
-            med_peer = statistics.median(peer) if peer else None
-            ratio = med_ours / med_peer if med_ours is not None and med_peer else None
-            fmt = lambda v: "-" if v is None else f"{v:.2f}"
-            where_note = " (host)" if metric in HOST_METRICS else ""
-            print(f"bench: {metric} swiftlet={fmt(med_ours)} qemu={fmt(med_peer)} unit={unit} better={better} "
-                  f"ratio={fmt(ratio)} runs={max(len(ours), len(peer))}{where_note}", flush=True)
-            entry = {"name": metric, "unit": unit, "better": better, "swiftlet": med_ours,
-                     "qemu": med_peer, "ratio": ratio, "runs": max(len(ours), len(peer)),
-                     "swiftlet_samples": ours, "qemu_samples": peer,
-                     "where": "host" if metric in HOST_METRICS else where_ran}
-            base = samples.get((metric, "baseline"), [])
-            if base:
-                # The same metric for the older build, from the same rounds. Round by round, both builds' ratios
-                # to that round's QEMU figure, so that the lab's drift between rounds cancels out.
-                med_base = statistics.median(base)
-                per_round = lambda xs: [x / q for x, q in zip(xs, peer) if q] if len(xs) == len(peer) else []
-                ours_rounds, base_rounds = per_round(ours), per_round(base)
-                to_base = med_ours / med_base if med_ours is not None and med_base else None
-                rounds = lambda xs: ",".join(f"{x:.2f}" for x in xs) or "-"
-                print(f"bench: {metric} baseline={fmt(med_base)} swiftlet={fmt(med_ours)} unit={unit} "
-                      f"better={better} swiftlet/baseline={fmt(to_base)} baseline/qemu={fmt(med_base / med_peer if med_peer else None)} "
-                      f"per-round vs qemu: swiftlet={rounds(ours_rounds)} baseline={rounds(base_rounds)} "
-                      f"(baseline {baseline_commit})", flush=True)
-                entry.update(baseline=med_base, baseline_samples=base, baseline_commit=baseline_commit,
-                             swiftlet_to_baseline=to_base, swiftlet_round_ratios=ours_rounds,
-                             baseline_round_ratios=base_rounds)
-            report["metrics"].append(entry)
+        shapes = [LAB_CPUS] if native else [int(n) for n in (args.l1_shapes or DEFAULT_L1_SHAPES.get(name, str(LAB_CPUS))).split(",")]
+        reports = []
+        for shape in shapes:
+            LAB_CPUS = shape
+            rc, report = bench_one(name, args, native, baseline, baseline_commit, shape if not native else None)
+            status = status or rc
+            reports.append(report)
+        # One file per benchmark: a report per L1 shape (a single one keeps the old layout).
         with open(os.path.join(BUILD, "bench", f"{name}.json"), "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(reports[0] if len(reports) == 1 else {"bench": name, "shapes": reports}, f, indent=2)
             f.write("\n")
         say(f"wrote {os.path.join('.build', 'bench', name + '.json')}")
     return status
+
+
+def bench_one(name, args, native, baseline, baseline_commit, l1_cpus):
+    """One benchmark on one L1 shape (l1_cpus; None on a native host): the guest side, then the report. Returns
+    (status, report)."""
+    status = 0
+    tag = f"[l1-cpus={l1_cpus}]" if l1_cpus else ""
+    if l1_cpus:
+        say(f"benchmark {name} with {l1_cpus} L1 vCPU{'s' if l1_cpus > 1 else ''}")
+    samples = {}  # (metric, vmm) -> [values]
+    units = {}
+    runs = args.runs or DEFAULT_RUNS.get(name, 10)
+    knobs = "".join(f"{knob}={shlex.quote(os.environ[knob])} " for knob in BENCH_KNOBS if knob in os.environ)
+    script = f"{knobs}INTEGRATION=/job/integration RUNS={runs} sh /job/integration/bench/{name}.sh"
+    # The distro benchmark boots each run from a fresh copy of the image: two disks a round (one per VMM).
+    disks = min(2 * runs, DISTRO_MAX_DISKS) if name == "distro" else 0
+    rc, lines = run_guest_side(native, script, f"bench-{name}{f'-l1x{l1_cpus}' if l1_cpus else ''}",
+                               timeout=3000 + (1500 if baseline else 0),
+                               baseline=baseline, disks=disks)
+    for line in lines:
+        m = SAMPLE_RE.match(line)
+        if m:
+            samples.setdefault((m.group(1), m.group(2)), []).append(float(m.group(3)))
+            units[m.group(1)] = m.group(4)
+    if rc != 0:
+        say(f"benchmark {name}: the guest side exited {rc}; figures below come from what finished")
+        status = 1
+    if name == "boot":
+        for metric, values in start_to_first_run(max(runs, 10)).items():
+            samples[(metric, "swiftlet")] = values
+    if name == "api":
+        env = native_env()
+        # The API's cost in threads and memory needs a guest that boots on this host's KVM: the hostile one does
+        # (the schema test relies on the same), wherever the guest side of the benchmarks ran.
+        hostile = os.path.join(GUEST, "hostile.elf")
+        extra = {"HOSTILE": hostile} if os.path.exists(hostile) and os.access("/dev/kvm", os.R_OK | os.W_OK) else {}
+        r = subprocess.run([sys.executable, os.path.join(INTEGRATION, "host", "bench_api.py"), SWIFTLET,
+                            env["QEMU"], str(runs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, **extra})
+        for line in r.stdout.splitlines():
+            m = SAMPLE_RE.match(line)
+            if m:
+                samples.setdefault((m.group(1), m.group(2)), []).append(float(m.group(3)))
+            else:
+                print(line, flush=True)
+        if r.returncode != 0:
+            say(f"benchmark api: the host side exited {r.returncode}")
+            status = 1
+    where_ran = "host" if native else "nested lab (QEMU TCG + emulated SVM, L1 Debian cloud kernel)"
+    report = {"bench": name, "where": where_ran, "host_kvm_native": native, "l1_cpus": l1_cpus,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": []}
+    for metric, (unit, better) in BENCHES[name].items():
+        ours = samples.get((metric, "swiftlet"), [])
+        # The peer: vmm=qemu, or where the script ran QEMU in several configurations (vmm=qemu-CONFIG), the best
+        # of their medians, named in the line.
+        configs = {vmm: statistics.median(values) for (m, vmm), values in samples.items() if m == metric and values}
+        peer_name = "qemu"
+        if "qemu" not in configs:
+            qemus = [v for v in configs if v.startswith("qemu-")]
+            if qemus:
+                pick = max if better == "higher" else min
+                peer_name = pick(qemus, key=lambda v: configs[v])
+        peer = samples.get((metric, peer_name), [])
+        med_ours = statistics.median(ours) if ours else None
+        med_peer = statistics.median(peer) if peer else None
+        ratio = med_ours / med_peer if med_ours is not None and med_peer else None
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"
+        where_note = " (host)" if metric in HOST_METRICS else ""
+        others = "".join(f" {vmm}={fmt(value)}" for vmm, value in sorted(configs.items())
+                         if vmm not in ("swiftlet", "qemu", "baseline"))
+        best = f" qemu-best={peer_name}" if peer_name != "qemu" else ""
+        print(f"bench{tag}: {metric} swiftlet={fmt(med_ours)} qemu={fmt(med_peer)} unit={unit} better={better} "
+              f"ratio={fmt(ratio)} runs={max(len(ours), len(peer))}{best}{others}{where_note}", flush=True)
+        entry = {"name": metric, "unit": unit, "better": better, "swiftlet": med_ours,
+                 "qemu": med_peer, "ratio": ratio, "runs": max(len(ours), len(peer)),
+                 "swiftlet_samples": ours, "qemu_samples": peer, "qemu_config": peer_name,
+                 "configs": configs,
+                 "where": "host" if metric in HOST_METRICS else where_ran}
+        base = samples.get((metric, "baseline"), [])
+        if base:
+            # The same metric for the older build, from the same rounds. Round by round, both builds' ratios
+            # to that round's QEMU figure, so that the lab's drift between rounds cancels out.
+            med_base = statistics.median(base)
+            per_round = lambda xs: [x / q for x, q in zip(xs, peer) if q] if len(xs) == len(peer) else []
+            ours_rounds, base_rounds = per_round(ours), per_round(base)
+            to_base = med_ours / med_base if med_ours is not None and med_base else None
+            rounds = lambda xs: ",".join(f"{x:.2f}" for x in xs) or "-"
+            print(f"bench: {metric} baseline={fmt(med_base)} swiftlet={fmt(med_ours)} unit={unit} "
+                  f"better={better} swiftlet/baseline={fmt(to_base)} baseline/qemu={fmt(med_base / med_peer if med_peer else None)} "
+                  f"per-round vs qemu: swiftlet={rounds(ours_rounds)} baseline={rounds(base_rounds)} "
+                  f"(baseline {baseline_commit})", flush=True)
+            entry.update(baseline=med_base, baseline_samples=base, baseline_commit=baseline_commit,
+                         swiftlet_to_baseline=to_base, swiftlet_round_ratios=ours_rounds,
+                         baseline_round_ratios=base_rounds)
+        report["metrics"].append(entry)
+    return status, report
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -865,7 +911,7 @@ def cmd_lab(args):
     # The distro image's disks (and the L1 that loads their driver) only when asked for.
     drives, drive_env = lab_drives(DISTRO_DISKS if os.environ.get("SWIFTLET_LAB_DISTRO") == "1" else 0)
     return subprocess.run([sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB),
-                           "--label", "adhoc"] + drives + ["--", f"export {LAB_ENV} {drive_env}PATH=/job/bin:$PATH; {command}"]).returncode
+                           "--smp", str(LAB_CPUS), "--label", "adhoc"] + drives + ["--", f"export {LAB_ENV} {drive_env}PATH=/job/bin:$PATH; {command}"]).returncode
 
 
 def cmd_run(args):
@@ -880,13 +926,15 @@ def cmd_run(args):
     command = ("swiftlet run --kernel /job/guest/bzImage --initrd /job/guest/initramfs.cpio --memory 256M "
                "--cmdline 'console=ttyS0 reboot=k panic=-1 swiftlet.test=hello'")
     return subprocess.run([sys.executable, LAB, "run", "--payload", PAYLOAD, "--mem", str(LAB_MEM_MIB),
-                           "--label", "run", "--", f"export PATH=/job/bin:$PATH; echo '$ {command}'; {command}"]
+                           "--smp", str(LAB_CPUS), "--label", "run", "--", f"export PATH=/job/bin:$PATH; echo '$ {command}'; {command}"]
                           ).returncode
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lab", action="store_true", help="use the nested lab even if this host's KVM boots guests")
+    parser.add_argument("--l1-cpus", type=int, default=None, metavar="N",
+                        help="vCPUs of the lab's L1 (default 1, or SWIFTLET_LAB_CPUS)")
     sub = parser.add_subparsers(dest="verb", required=True)
     sub.add_parser("probe")
     p = sub.add_parser("test")
@@ -896,10 +944,16 @@ def main():
     p.add_argument("--runs", type=int, default=None, help="rounds (default: 10 for boot, 3 for blk and net)")
     p.add_argument("--baseline", metavar="REV", help="also run the build of git revision REV in every round (blk, "
                    "net), for an A/B in one lab run (tools/build-baseline.sh builds and caches it)")
+    p.add_argument("--l1-shapes", metavar="N,N", default=None,
+                   help="run the benchmark once per L1 shape, with that many L1 vCPUs each (default: "
+                        + ", ".join(f"{b} {s}" for b, s in DEFAULT_L1_SHAPES.items()) + "; others 1)")
     p = sub.add_parser("lab")
     p.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("run")
     args = parser.parse_args()
+    global LAB_CPUS
+    if args.l1_cpus:
+        LAB_CPUS = args.l1_cpus
     if args.verb == "probe":
         native, verdict = probe()
         print(verdict)

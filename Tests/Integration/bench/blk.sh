@@ -2,10 +2,18 @@
 # same kernel, initramfs and command line (256 MiB, 1 vCPU) with the same raw image as their one virtio disk, and
 # the guest runs fio against /dev/vda (guest/scenarios/fio.sh: direct=1, libaio, iodepth 32, BLK_RAMP s of warm-up
 # and BLK_RUNTIME s measured per job): 4 KiB random reads and writes, 1 MiB sequential reads and writes. RUNS rounds,
-# the VMMs' order alternating from round to round.
+# the configurations' order rotating from round to round. The configurations (BLK_CONFIGS, default all of them):
+#   swiftlet              the default: the packed virtqueue offered, and taken by the guest
+#   swiftlet-split        --disk ...,packed=off: the split ring only
+#   qemu-threads          virtio-blk-device, aio=threads (QEMU's default), split ring
+#   qemu-threads-packed   the same with packed=on
+#   qemu-io_uring         aio=io_uring, split ring
+#   qemu-io_uring-packed  aio=io_uring, packed=on
+# Each reports under its own name (vmm=CONFIG); the harness compares Swiftlet's default with QEMU's best configuration
+# of each metric, and prints the others beside it.
 #
-# Caching is the same for both: Swiftlet does pread/pwrite on the image (the host page cache), and QEMU gets
-# cache=writeback,aio=threads (its defaults, said explicitly). The image is a pre-filled (allocated) 256 MiB file in
+# Caching is the same for all: Swiftlet does pread/pwrite on the image (the host page cache), and QEMU gets
+# cache=writeback (its default, said explicitly). The image is a pre-filled (allocated) 256 MiB file in
 # $TMPDIR: in the lab that is L1's RAM, so the figures measure the virtio path and the VMMs' I/O handling, not a disk.
 # Each VMM boots once, unmeasured and with 1 s jobs, before the first round (the warm-up below).
 #
@@ -14,12 +22,15 @@
 # BASELINE_OPTIONS: swiftlet options for the baseline's runs only (with BASELINE=HEAD, an A/B of one option).
 #
 # Swiftlet only: `--stats` says how many queue notifications (guest -> device) and interrupts a disk had for how many
-# requests; with VIRTIO_RING_F_EVENT_IDX (default) and, in one extra run, without it (--disk PATH,event-idx=off).
+# requests, for both layouts (vmm=swiftlet, packed; vmm=swiftlet-split); with VIRTIO_RING_F_EVENT_IDX (default) and,
+# in one extra run, without it (--disk PATH,event-idx=off).
 . "$INTEGRATION/lib.sh"
 runs=${RUNS:-3}
 runtime=${BLK_RUNTIME:-5}
 ramp=${BLK_RAMP:-1}
 jobs=${BLK_JOBS:-randread,randwrite,seqread,seqwrite}   # BLK_JOBS: a subset, for a focused comparison
+configs=${BLK_CONFIGS:-swiftlet swiftlet-split qemu-threads qemu-threads-packed qemu-io_uring qemu-io_uring-packed}
+configs=$(echo "$configs" | tr ',' ' ')
 # reboot=t: both VMMs end on the guest's triple fault, so the command line is identical.
 cmdline="console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=fio swiftlet.fio=$jobs swiftlet.fio.runtime=$runtime"
 cmdline="$cmdline swiftlet.fio.ramp=$ramp swiftlet.fio.iodepth=32"
@@ -35,10 +46,10 @@ swiftlet_run() { # LOG DISK-OPTIONS (BINARY: the executable, default $SWIFTLET)
     timeout "$limit" "${BINARY:-$SWIFTLET}" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
         --cpus 1 --console "$1" --stats --cmdline "$cmdline" --disk "$img$2" ${OPTIONS:-} 2>"$1.err"
 }
-qemu_run() { # LOG
+qemu_run() { # LOG AIO PACKED
     timeout "$limit" "$QEMU" -M microvm,acpi=off -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config \
         -display none -serial "file:$1" -no-reboot -L "$QEMU_FIRMWARE" \
-        -drive id=d0,file="$img",format=raw,if=none,cache=writeback,aio=threads -device virtio-blk-device,drive=d0 \
+        -drive id=d0,file="$img",format=raw,if=none,cache=writeback,aio="$2" -device virtio-blk-device,drive=d0,packed="$3" \
         -kernel "$GUEST/bzImage" -initrd "$GUEST/initramfs-full.cpio" -append "$cmdline" 2>"$1.err"
 }
 
@@ -65,7 +76,7 @@ EOF
         return 1
     fi
 }
-# stats METRIC_SUFFIX LOG: the ratios from swiftlet's --stats line for blk0.
+# stats METRIC_SUFFIX LOG [VMM]: the ratios from swiftlet's --stats line for blk0 (VMM: default swiftlet).
 stats() {
     _line=$(grep '^swiftlet: stats device=blk0 ' "$2.err" | tail -n 1)
     _n=$(echo "$_line" | sed -n 's/.* notifications=\([0-9]*\).*/\1/p')
@@ -76,15 +87,20 @@ stats() {
         return 1
     fi
     echo "step: swiftlet$1 stats: notifications=$_n interrupts=$_i requests=$_r"
-    echo "BENCH-SAMPLE metric=blk_notifications_per_request$1 vmm=swiftlet value=$(awk "BEGIN { printf \"%.4f\", $_n / $_r }") unit=ratio"
-    echo "BENCH-SAMPLE metric=blk_interrupts_per_request$1 vmm=swiftlet value=$(awk "BEGIN { printf \"%.4f\", $_i / $_r }") unit=ratio"
+    echo "BENCH-SAMPLE metric=blk_notifications_per_request$1 vmm=${3:-swiftlet} value=$(awk "BEGIN { printf \"%.4f\", $_n / $_r }") unit=ratio"
+    echo "BENCH-SAMPLE metric=blk_interrupts_per_request$1 vmm=${3:-swiftlet} value=$(awk "BEGIN { printf \"%.4f\", $_i / $_r }") unit=ratio"
 }
 
 boot() { # CONFIG LOG
     case $1 in
         swiftlet) HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
+        swiftlet-split) HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" ",packed=off" ;;
         baseline) OPTIONS=${BASELINE_OPTIONS:-} BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
-        qemu) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" ;;
+        qemu-threads) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" threads off ;;
+        qemu-threads-packed) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" threads on ;;
+        qemu-io_uring) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" io_uring off ;;
+        qemu-io_uring-packed) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" io_uring on ;;
+        *) echo "blk bench: no configuration $1"; return 1 ;;
     esac
 }
 
@@ -95,7 +111,7 @@ one() { # VMM ROUND
     _rc=$?
     echo "step: $1 exited $_rc"
     samples "$1" "$_log" $_rc || status=1
-    if [ "$1" = swiftlet ]; then stats "" "$_log" || status=1; fi
+    case $1 in swiftlet|swiftlet-split) stats "" "$_log" "$1" || status=1 ;; esac
 }
 
 status=0
@@ -108,16 +124,17 @@ fi
 # translate L1's KVM and block paths, and each VMM's own code), and would otherwise cost whichever VMM comes first.
 full_cmdline=$cmdline
 cmdline=$(echo "$cmdline" | sed 's/swiftlet\.fio\.runtime=[0-9]*/swiftlet.fio.runtime=1/')
-for c in swiftlet qemu ${SWIFTLET_BASELINE:+baseline}; do
+for c in $configs ${SWIFTLET_BASELINE:+baseline}; do
     echo "step: blk bench warm-up: $c (1 s per job, not measured)"
     boot $c "$work/warm-up-$c.console"
     echo "step: $c exited $?"
 done
 cmdline=$full_cmdline
+# rotate N WORDS...: the words from the Nth on, then the first N - 1 (each round starts with another config).
+rotate() { _n=$1; shift; _head=; while [ "$_n" -gt 1 ] && [ $# -gt 1 ]; do _head="$_head $1"; shift; _n=$((_n - 1)); done; echo "$* $_head"; }
 while [ $i -le "$runs" ]; do
-    if [ -n "${SWIFTLET_BASELINE:-}" ]; then
-        case $((i % 3)) in 1) order="swiftlet baseline qemu" ;; 2) order="qemu swiftlet baseline" ;; 0) order="baseline qemu swiftlet" ;; esac
-    elif [ $((i % 2)) = 1 ]; then order="swiftlet qemu"; else order="qemu swiftlet"; fi
+    set -- $configs ${SWIFTLET_BASELINE:+baseline}
+    order=$(rotate $(((i - 1) % $# + 1)) "$@")
     for c in $order; do one $c $i; done
     i=$((i + 1))
 done

@@ -10,6 +10,11 @@
 #   swiftlet --device-scheduling normal (SCHED_OTHER device thread), reported under the *_sched_normal names, where
 #                  QEMU vhost=off's figures of the same round are repeated so that the ratio compares the two
 #   (swiftlet-batch, --device-scheduling batch, under *_sched_batch names, only when NET_ORDER names it)
+#   swiftlet-split --net ...,packed=off (the split ring only; the default offers packed, which the guest takes),
+#                  reported under the *_split names, with QEMU vhost=off's figures of the same round repeated there
+#   qemu-packed    qemu vhost=off with packed=on, reported as vmm=qemu-packed under the main names (beside qemu)
+#   loopback       no VM: iperf3 from L1 to its own server (10.0.2.1 is L1's), both directions, as vmm=loopback under
+#                  the main throughput names: the ceiling of that machine, which no VMM can pass
 # Metrics (BENCH-SAMPLE lines):
 #   net_tcp_g2h_gbps, net_tcp_h2g_gbps               iperf3's receiver figure, Gbit/s (swiftlet; qemu vhost=off)
 #   net_tcp_g2h_gbps_vhost, net_tcp_h2g_gbps_vhost   the same for qemu vhost=on (vmm=qemu; no swiftlet figure)
@@ -128,12 +133,12 @@ swiftlet_run() { # LOG EXTRA-CMDLINE [SWIFTLET-OPTION...] (BINARY: the executabl
     _log=$1 _extra=$2
     shift 2
     timeout "$limit" "${BINARY:-$SWIFTLET}" run --kernel "$GUEST/bzImage" --initrd "$GUEST/initramfs-full.cpio" --memory 256M \
-        --cpus 1 --console "$_log" --stats --cmdline "$cmdline $_extra" --net "tap=tap0,mac=$mac" "$@" 2>"$_log.err"
+        --cpus 1 --console "$_log" --stats --cmdline "$cmdline $_extra" --net "tap=tap0,mac=$mac${NET_SUFFIX:-}" "$@" 2>"$_log.err"
 }
-qemu_run() { # LOG VHOST
+qemu_run() { # LOG VHOST [PACKED]
     timeout "$limit" "$QEMU" -M microvm,acpi=off -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config \
         -display none -serial "file:$1" -no-reboot -L "$QEMU_FIRMWARE" \
-        -netdev "tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=$2" -device "virtio-net-device,netdev=n0,mac=$mac" \
+        -netdev "tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=$2" -device "virtio-net-device,netdev=n0,mac=$mac,packed=${3:-off}" \
         -kernel "$GUEST/bzImage" -initrd "$GUEST/initramfs-full.cpio" -append "$cmdline" 2>"$1.err"
 }
 
@@ -157,6 +162,9 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off | s
         swiftlet-offloads-off) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" \
             "virtio_net.csum=0 virtio_net.gso=0 swiftlet.net.offloads=off swiftlet.iperf.dirs=g2h swiftlet.iperf.rr=0" ;;
         swiftlet-normal|swiftlet-batch) HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "" --device-scheduling ${1#swiftlet-} ;;
+        swiftlet-split) (NET_SUFFIX=,packed=off; HEARTBEAT_LOG=$_log heartbeat swiftlet_run "$_log" "") ;;
+        qemu-packed) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" off on ;;
+        loopback) loopback "$_log" ;;
         qemu) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" off ;;
         qemu-vhost) HEARTBEAT_LOG=$_log heartbeat qemu_run "$_log" on ;;
     esac
@@ -173,12 +181,29 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off | s
             sample net_rr_latency_us "$1" "$_log" rr_us us || status=1
             sample net_ping_us "$1" "$_log" ping_us us || status=1
             exits net_exits_per_mib "$1" "$_log" || status=1
-            if [ $1 = qemu ]; then # the same figures again, as the reference for swiftlet's *_sched_normal ones
-                sample net_tcp_g2h_gbps_sched_normal qemu "$_log" g2h_gbps Gbit/s
-                sample net_tcp_h2g_gbps_sched_normal qemu "$_log" h2g_gbps Gbit/s
-                sample net_rr_latency_us_sched_normal qemu "$_log" rr_us us
-                exits net_exits_per_mib_sched_normal qemu "$_log" | grep '^BENCH-SAMPLE'
+            if [ $1 = qemu ]; then # the same figures again, as the reference for swiftlet's *_sched_normal and *_split
+                for _s in _sched_normal _split; do
+                    sample net_tcp_g2h_gbps$_s qemu "$_log" g2h_gbps Gbit/s
+                    sample net_tcp_h2g_gbps$_s qemu "$_log" h2g_gbps Gbit/s
+                    sample net_rr_latency_us$_s qemu "$_log" rr_us us
+                    exits net_exits_per_mib$_s qemu "$_log" | grep '^BENCH-SAMPLE'
+                done
             fi ;;
+        swiftlet-split)
+            sample net_tcp_g2h_gbps_split swiftlet "$_log" g2h_gbps Gbit/s || status=1
+            sample net_tcp_h2g_gbps_split swiftlet "$_log" h2g_gbps Gbit/s || status=1
+            sample net_rr_latency_us_split swiftlet "$_log" rr_us us || status=1
+            exits net_exits_per_mib_split swiftlet "$_log" || status=1 ;;
+        qemu-packed)
+            sample net_tcp_g2h_gbps qemu-packed "$_log" g2h_gbps Gbit/s || status=1
+            sample net_tcp_h2g_gbps qemu-packed "$_log" h2g_gbps Gbit/s || status=1
+            sample net_rr_latency_us qemu-packed "$_log" rr_us us || status=1
+            exits net_exits_per_mib qemu-packed "$_log" || status=1 ;;
+        loopback)
+            for _d in g2h h2g; do
+                _v=$(sed -n "s/^LOOPBACK $_d=//p" "$_log")
+                if [ -n "$_v" ]; then echo "BENCH-SAMPLE metric=net_tcp_${_d}_gbps vmm=loopback value=$_v unit=Gbit/s"; else status=1; fi
+            done ;;
         swiftlet-normal|swiftlet-batch)
             _s=_sched_${1#swiftlet-}
             sample net_tcp_g2h_gbps$_s swiftlet "$_log" g2h_gbps Gbit/s || status=1
@@ -216,6 +241,19 @@ one() { # CONFIG ROUND: swiftlet | qemu | qemu-vhost | swiftlet-offloads-off | s
     fi
 }
 
+# loopback LOG: iperf3 in L1 against its own server, NET_TIME s each way, as the guest's client runs it; the
+# receiver's figure in Gbit/s as LOOPBACK g2h=N and LOOPBACK h2g=N lines of LOG.
+loopback() {
+    : >"$1"
+    for _d in g2h h2g; do
+        _flag=; [ $_d = h2g ] && _flag=-R
+        _out=$(iperf3 -c 10.0.2.1 -t "$secs" $_flag -f g 2>&1)
+        _v=$(echo "$_out" | awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Gbits/sec") v = $i } END { print v }')
+        echo "step: loopback $_d: ${_v:-?} Gbit/s"
+        [ -n "$_v" ] && echo "LOOPBACK $_d=$_v" >>"$1"
+    done
+}
+
 # exits METRIC VMM LOG: notifications + interrupts per MiB during the transfers, from the trace.
 exits() {
     [ -n "$tracing" ] || return 0
@@ -233,11 +271,11 @@ exits() {
 }
 
 status=0
-default_order="swiftlet qemu qemu-vhost swiftlet-normal"
+default_order="swiftlet qemu qemu-vhost swiftlet-normal swiftlet-split qemu-packed loopback"
 if [ -n "${SWIFTLET_BASELINE:-}" ]; then
     [ -x "$SWIFTLET_BASELINE" ] || { echo "net bench: SWIFTLET_BASELINE=$SWIFTLET_BASELINE is not an executable"; exit 1; }
     echo "step: net bench: the baseline $SWIFTLET_BASELINE ($(wc -c <"$SWIFTLET_BASELINE") bytes) runs in every round too"
-    default_order="swiftlet baseline qemu qemu-vhost swiftlet-normal"
+    default_order="swiftlet baseline qemu qemu-vhost swiftlet-normal swiftlet-split qemu-packed loopback"
 fi
 # Warm-up: one short, unmeasured boot of each VMM first (2 s per direction, 100 round trips). The first VM in a
 # fresh lab L1 runs slower (TCG has yet to translate L1's KVM, TAP and TCP paths, and each VMM's own code), and would
