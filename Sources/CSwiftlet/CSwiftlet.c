@@ -6,6 +6,8 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 int CSwiftlet_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
 long CSwiftlet_getrandom(void *buffer, size_t length, unsigned int flags) { return getrandom(buffer, length, flags); }
@@ -19,6 +21,19 @@ int CSwiftlet_thread_is_batch(void) { return sched_getscheduler(0) == SCHED_BATC
 int CSwiftlet_prepare_malloc_for_filters(int arenas) {
     return mallopt(M_ARENA_MAX, arenas) == 1 && mallopt(M_MMAP_THRESHOLD, 128 << 10) == 1
         && mallopt(M_TRIM_THRESHOLD, 64 << 20) == 1;
+}
+
+int CSwiftlet_io_uring_setup(unsigned entries, struct io_uring_params *parameters) {
+    long result = syscall(__NR_io_uring_setup, entries, parameters);
+    return result < 0 ? -errno : (int)result;
+}
+int CSwiftlet_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags) {
+    long result = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, NULL, 0);
+    return result < 0 ? -errno : (int)result;
+}
+int CSwiftlet_io_uring_register(int fd, unsigned opcode, void *argument, unsigned count) {
+    long result = syscall(__NR_io_uring_register, fd, opcode, argument, count);
+    return result < 0 ? -errno : (int)result;
 }
 
 int CSwiftlet_ioctl_ptr(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }

@@ -56,7 +56,9 @@ public enum SeccompPolicy {
         switch threadClass {
         case .vcpu:
             return runtime + [SystemCallRule("ioctl", argument: 1, in: vcpuIoctls)]
-                + ["writev", "pwrite64", "fstat", "newfstatat", "fsync", "fdatasync", "epoll_ctl"].map(SystemCallRule.init)
+                + ["writev", "pwrite64", "fstat", "newfstatat", "fsync", "fdatasync", "epoll_ctl",
+                   // A disk's reset (a register write) waits for its io_uring requests in flight.
+                   "io_uring_enter"].map(SystemCallRule.init)
         case .device:
             return runtime + [SystemCallRule("socket", argument: 0, in: [UInt64(AF_UNIX)]),
                               SystemCallRule("ioctl", argument: 1, in: deviceIoctls)]
@@ -64,7 +66,11 @@ public enum SeccompPolicy {
                    "pwritev2", "pread64", "pwrite64", "fallocate", "fdatasync", "fsync", "accept4", "connect",
                    "timerfd_settime", "timerfd_gettime", "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown",
                    "getsockopt", "setsockopt", "fcntl", "sched_setscheduler", "sched_getscheduler", "lseek",
-                   "fstat", "newfstatat"].map(SystemCallRule.init)
+                   "fstat", "newfstatat",
+                   // The io_uring block engine: submissions and completions, and its fixed file after a
+                   // replaceImage. The ring itself is set up before the filters, and restricted to reads, writes
+                   // and syncs of that file (IoUring).
+                   "io_uring_enter", "io_uring_register"].map(SystemCallRule.init)
         case .console:
             return runtime + ["poll", "ppoll", "epoll_wait", "epoll_pwait"].map(SystemCallRule.init)
         case .control:

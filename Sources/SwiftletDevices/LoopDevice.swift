@@ -35,6 +35,10 @@ extension LoopDevice {
 extension Block: LoopDevice {
     public func register(on loop: EventLoop) throws(SwiftletError) {
         try loop.register(queueEvents[0].rawValue) { [self] _ in handleQueueEvent() }
+        if let completionEvent {
+            try loop.register(completionEvent.rawValue) { [self] _ in handleCompletions() }
+            try loop.registerPause { [self] in quiesce() }
+        }
     }
 }
 

@@ -110,8 +110,7 @@ public struct FirecrackerSetup: Sendable, Equatable {
         case let other?: throw APIFault("drive `\(drive.drive_id)`: cache_type `\(other)` is not one of `Unsafe`, `Writeback`")
         }
         switch drive.io_engine {
-        case nil, "Sync": break
-        case "Async": throw APIFault("drive `\(drive.drive_id)`: io_engine Async (io_uring) is not supported yet; use Sync")
+        case nil, "Sync", "Async": break // Async: Swiftlet's io_uring engine
         case let other?: throw APIFault("drive `\(drive.drive_id)`: io_engine `\(other)` is not one of `Sync`, `Async`")
         }
         try checkNoLimiter(drive.rate_limiter, "drive `\(drive.drive_id)`")
@@ -279,7 +278,8 @@ public struct FirecrackerSetup: Sendable, Equatable {
         configuration.trackDirtyPages = machineConfig.track_dirty_pages ?? false
         configuration.disks = ordered.map { drive in
             DiskConfiguration(path: drive.path_on_host ?? "", readOnly: drive.is_read_only ?? false,
-                              serial: String(decoding: drive.drive_id.utf8.prefix(Self.serialBytes), as: UTF8.self))
+                              serial: String(decoding: drive.drive_id.utf8.prefix(Self.serialBytes), as: UTF8.self),
+                              engine: drive.io_engine == "Async" ? .ioUring : .sync)
         }
         configuration.networks = networkInterfaces.enumerated().map { index, interface in
             NetworkConfiguration(tap: interface.host_dev_name,

@@ -16,6 +16,7 @@ public final class EventLoop: Sendable {
     private let pauseGate = ParkingGate()
     private let handlers = Mutex<[Handler]>([])
     private let roundEndHandlers = Mutex<[@Sendable () -> Void]>([])
+    private let pauseHandlers = Mutex<[@Sendable () -> Void]>([])
     private let thread = Mutex<HostThread?>(nil)
     private let counters = Counters()
     public let name: String
@@ -97,6 +98,16 @@ public final class EventLoop: Sendable {
         roundEndHandlers.withLock { $0.append(handler) }
     }
 
+    /// Calls `handler` on the loop thread when a `pause()` parks it, before it parks: a device with work in flight
+    /// outside the loop's rounds (the block device's io_uring requests) finishes it there, so that a paused machine
+    /// has nothing in flight. Registered before `start()`, like the sources.
+    public func registerPause(_ handler: @escaping @Sendable () -> Void) throws(SwiftletError) {
+        guard thread.withLock({ $0 == nil }) else {
+            throw SwiftletError(.invalidConfiguration, "event sources must be registered before the \(name) loop starts")
+        }
+        pauseHandlers.withLock { $0.append(handler) }
+    }
+
     /// Changes the events a source waits for; 0 parks it (a device with nowhere to put input stops reading). Any
     /// thread may call it. The corresponding C function is `epoll_ctl(EPOLL_CTL_MOD)`.
     public func setInterest(_ registration: Registration, events: UInt32) {
@@ -134,6 +145,7 @@ public final class EventLoop: Sendable {
                       clock: @escaping @Sendable () -> UInt64 = { monotonicNanoseconds() }) throws(SwiftletError) {
         let table = handlers.withLock { $0 }
         let roundEnd = roundEndHandlers.withLock { $0 }
+        let onPause = pauseHandlers.withLock { $0 }
         let epoll = self.epoll
         let stopFd = stopEvent.rawValue
         let pause = (event: pauseEvent, gate: pauseGate)
@@ -143,7 +155,7 @@ public final class EventLoop: Sendable {
                 if let prologue, !prologue() { return }
                 var policy = SchedulingState(scheduling, workProbe: workProbe, counters: counters, onError: onSchedulingError)
                 EventLoop.run(epoll: epoll.rawValue, stopFd: stopFd, pause: pause, handlers: table, roundEnd: roundEnd,
-                              policy: &policy, clock: clock)
+                              onPause: onPause, policy: &policy, clock: clock)
             }
             thread.withLock { $0 = started }
         } catch {
@@ -152,13 +164,14 @@ public final class EventLoop: Sendable {
     }
 
     private static func run(epoll: Int32, stopFd: Int32, pause: (event: EventFd, gate: ParkingGate), handlers: [Handler],
-                            roundEnd: [@Sendable () -> Void], policy: inout SchedulingState, clock: @Sendable () -> UInt64) {
+                            roundEnd: [@Sendable () -> Void], onPause: [@Sendable () -> Void], policy: inout SchedulingState, clock: @Sendable () -> UInt64) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         var pauseAsked = false
         pause.gate.park() // paused before it started (a restored machine that stays paused)
         while true {
             if pauseAsked {
                 pauseAsked = false
+                for handler in onPause { handler() }
                 pause.gate.park()
             }
             let timeout = policy.timeoutMilliseconds(now: policy.adaptive ? clock() : 0)

@@ -28,8 +28,8 @@ struct MachineOptions: ParsableArguments {
     var console: String?
 
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
-        "A virtio-blk disk: a raw image file or a block device; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off, packed=off (offer only the split virtqueue layout; by default the packed one is offered too and the guest's driver picks).",
-        valueName: "path[,readonly=on][,id=serial][,event-idx=off][,packed=off]"))
+        "A virtio-blk disk: a raw image file or a block device; repeat for more disks (the guest sees /dev/vda, /dev/vdb, ...). Options after commas: readonly=on, id=SERIAL (up to 20 bytes, what the guest reads as the serial), event-idx=off, packed=off (offer only the split virtqueue layout; by default the packed one is offered too and the guest's driver picks), engine=io_uring (keep up to 128 requests in flight through io_uring instead of doing one at a time; where the kernel refuses io_uring the disk says so and stays synchronous) or engine=sync (the default).",
+        valueName: "path[,readonly=on][,id=serial][,event-idx=off][,packed=off][,engine=sync|io_uring]"))
     var disk: [DiskOption] = []
 
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp(
@@ -206,7 +206,7 @@ struct NetOption: ExpressibleByArgument {
     }
 }
 
-/// `--disk PATH[,readonly=on|off][,id=SERIAL][,event-idx=on|off]`.
+/// `--disk PATH[,readonly=on|off][,id=SERIAL][,event-idx=on|off][,packed=on|off][,engine=sync|io_uring]`.
 struct DiskOption: ExpressibleByArgument {
     var configuration: DiskConfiguration
 
@@ -225,6 +225,9 @@ struct DiskOption: ExpressibleByArgument {
             case ("event-idx", "off"): configuration.eventIndex = false
             case ("packed", "on"): configuration.packedRing = true
             case ("packed", "off"): configuration.packedRing = false
+            case ("engine", let name):
+                guard let engine = DiskEngine(rawValue: name) else { return nil }
+                configuration.engine = engine
             default: return nil
             }
         }

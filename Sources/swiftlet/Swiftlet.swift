@@ -142,6 +142,7 @@ struct Run: AsyncParsableCommand {
         } catch {
             fail(error.description)
         }
+        for warning in vm.setupWarnings { Run.report("warning: \(warning)") }
         var control: UnixLineServer?
         if let balloonSocket {
             do { control = try VMControl.serve(at: balloonSocket, vm: vm) } catch {
@@ -162,7 +163,8 @@ struct Run: AsyncParsableCommand {
         do {
             for device in vm.statistics() {
                 Run.report("stats device=\(device.name) notifications=\(device.notifications) interrupts=\(device.interrupts) "
-                    + "requests=\(device.requests) guest_errors=\(device.guestErrors)")
+                    + "requests=\(device.requests) guest_errors=\(device.guestErrors)"
+                    + (device.engine.map { " engine=\($0.rawValue)" } ?? ""))
             }
             if let loop = vm.deviceThreadStatistics {
                 Run.report("stats device-thread scheduling=\(vm.deviceSchedulingError == nil ? scheduling.rawValue : "normal") "

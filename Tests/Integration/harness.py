@@ -578,6 +578,16 @@ def host_describe_tests():
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     report("host-describe.packed-refused", r.returncode != 0 and "--disk" in r.stderr and "packed=maybe" in r.stderr,
            r.stderr.strip()[:300])
+    # engine=io_uring|sync on --disk: the backend line says which was asked for; anything else is refused.
+    r = subprocess.run([SWIFTLET, "describe", "--arch", "x86_64", "--disk", "/a.img,engine=io_uring", "--disk", "/b.img"] + kernel,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engines = [l for l in r.stdout.splitlines() if l.startswith("backend blk")]
+    report("host-describe.engine-options", len(engines) == 2 and " engine=io_uring " in engines[0]
+           and " engine=sync " in engines[1], f"{engines} {r.stderr.strip()}"[:300])
+    r = subprocess.run([SWIFTLET, "describe", "--arch", "x86_64", "--disk", "/a.img,engine=aio"] + kernel,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    report("host-describe.engine-refused", r.returncode != 0 and "--disk" in r.stderr and "engine=aio" in r.stderr,
+           r.stderr.strip()[:300])
     if not (os.path.exists(image) and shutil.which("dtc") and schemas and os.access(validate, os.X_OK)):
         say("skipped host-describe.aarch64: needs the Debian arm64 Image, dtc and dtschema (tools/setup-devicetree-tools.sh)")
         return passed, failed, skipped + 1

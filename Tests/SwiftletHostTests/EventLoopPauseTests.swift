@@ -36,6 +36,36 @@ import Testing
         loop.pause()
     }
 
+    @Test func pauseHandlersRunOnTheLoopThreadBeforeItParks() throws {
+        let loop = try EventLoop(name: "pause-hook")
+        let source = try EventFd(nonBlocking: true)
+        let rounds = Count(), paused = Count()
+        let handlerThread = Atomic<UInt64>(0), sourceThread = Atomic<UInt64>(0)
+        try loop.register(source.rawValue) { _ in
+            _ = source.consume()
+            sourceThread.store(UInt64(pthread_self()), ordering: .relaxed)
+            rounds.handled.add(1, ordering: .releasing)
+        }
+        try loop.registerPause {
+            handlerThread.store(UInt64(pthread_self()), ordering: .relaxed)
+            paused.handled.add(1, ordering: .releasing)
+        }
+        try loop.start()
+        defer { loop.stop() }
+        source.signal()
+        #expect(rounds.waitFor(1)) // the loop is running its rounds
+        loop.pause() // returns once parked: the handler has run by then, on the loop's thread
+        #expect(paused.handled.load(ordering: .acquiring) == 1)
+        #expect(handlerThread.load(ordering: .relaxed) == sourceThread.load(ordering: .relaxed))
+        loop.resume()
+        source.signal()
+        #expect(rounds.waitFor(2)) // it ran again (a resume and a pause at once may leave it parked throughout)
+        loop.pause()
+        #expect(paused.handled.load(ordering: .acquiring) == 2)
+        loop.resume()
+        #expect(throws: SwiftletError.self) { try loop.registerPause {} } // after start: refused
+    }
+
     @Test func aLoopPausedBeforeItStartsParksBeforeItsFirstRound() throws {
         let loop = try EventLoop(name: "pause-early")
         let source = try EventFd(nonBlocking: true)

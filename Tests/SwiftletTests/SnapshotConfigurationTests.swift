@@ -7,7 +7,7 @@ import Testing
 @Suite struct SnapshotConfigurationTests {
     static var machine: MachineConfiguration {
         var configuration = MachineConfiguration(kernelPath: "/k", commandLine: "console=ttyS0 quiet", cpus: 2, memorySize: 512 << 20)
-        configuration.disks = [DiskConfiguration(path: "/d/root.img", readOnly: false, serial: "rootfs", eventIndex: true),
+        configuration.disks = [DiskConfiguration(path: "/d/root.img", readOnly: false, serial: "rootfs", eventIndex: true, engine: .ioUring),
                                DiskConfiguration(path: "/d/ro.img", readOnly: true, serial: nil, eventIndex: false, packedRing: false)]
         configuration.networks = [NetworkConfiguration(tap: "tap0", mac: [2, 0, 0, 0, 0, 1], mtu: 9000, id: "eth0")]
         configuration.vsock = SocketConfiguration(guestCID: 7, socketPath: "/run/v.sock", packedRing: false)

@@ -13,6 +13,7 @@
 #include <sys/un.h>
 #include <linux/falloc.h>
 #include <linux/if_tun.h>
+#include <linux/io_uring.h>
 #include "CSwiftletAArch64.h"
 // UDP segmentation offload on a TAP (include/uapi/linux/if_tun.h, Linux 6.2); older headers lack them.
 #ifndef TUN_F_USO4
@@ -124,5 +125,62 @@ static inline void CSwiftlet_store_release_u16(void *address, uint16_t value) {
     __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELEASE);
 }
 static inline void CSwiftlet_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// io_uring (the block device's io_uring engine, SwiftletHost's IoUring). The three system calls have no glibc
+// wrappers; each returns the result or -errno. The corresponding C functions are `syscall(__NR_io_uring_*)`.
+int CSwiftlet_io_uring_setup(unsigned entries, struct io_uring_params *parameters);
+int CSwiftlet_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags);
+int CSwiftlet_io_uring_register(int fd, unsigned opcode, void *argument, unsigned count);
+// The io_uring constants, with one type each (the header has them in anonymous enums and macros built on them).
+static const uint32_t CSwiftlet_IORING_SETUP_R_DISABLED = IORING_SETUP_R_DISABLED;
+static const uint32_t CSwiftlet_IORING_FEAT_SINGLE_MMAP = IORING_FEAT_SINGLE_MMAP;
+static const uint64_t CSwiftlet_IORING_OFF_SQ_RING = IORING_OFF_SQ_RING;
+static const uint64_t CSwiftlet_IORING_OFF_SQES = IORING_OFF_SQES;
+static const uint32_t CSwiftlet_IORING_ENTER_GETEVENTS = IORING_ENTER_GETEVENTS;
+static const uint32_t CSwiftlet_IORING_FSYNC_DATASYNC = IORING_FSYNC_DATASYNC;
+static const uint8_t CSwiftlet_IORING_OP_READV = IORING_OP_READV;
+static const uint8_t CSwiftlet_IORING_OP_WRITEV = IORING_OP_WRITEV;
+static const uint8_t CSwiftlet_IORING_OP_FSYNC = IORING_OP_FSYNC;
+static const uint8_t CSwiftlet_IOSQE_FIXED_FILE = IOSQE_FIXED_FILE;
+static const uint8_t CSwiftlet_IOSQE_IO_DRAIN = IOSQE_IO_DRAIN;
+static const uint32_t CSwiftlet_IORING_REGISTER_FILES = IORING_REGISTER_FILES;
+static const uint32_t CSwiftlet_IORING_REGISTER_EVENTFD = IORING_REGISTER_EVENTFD;
+static const uint32_t CSwiftlet_IORING_REGISTER_FILES_UPDATE = IORING_REGISTER_FILES_UPDATE;
+static const uint32_t CSwiftlet_IORING_REGISTER_RESTRICTIONS = IORING_REGISTER_RESTRICTIONS;
+static const uint32_t CSwiftlet_IORING_REGISTER_ENABLE_RINGS = IORING_REGISTER_ENABLE_RINGS;
+static const uint16_t CSwiftlet_IORING_RESTRICTION_REGISTER_OP = IORING_RESTRICTION_REGISTER_OP;
+static const uint16_t CSwiftlet_IORING_RESTRICTION_SQE_OP = IORING_RESTRICTION_SQE_OP;
+static const uint16_t CSwiftlet_IORING_RESTRICTION_SQE_FLAGS_ALLOWED = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+static const uint16_t CSwiftlet_IORING_RESTRICTION_SQE_FLAGS_REQUIRED = IORING_RESTRICTION_SQE_FLAGS_REQUIRED;
+// Fills one submission queue entry (zeroing the rest): a readv/writev of `count` iovecs at `address`, or an fsync
+// (`operation_flags` IORING_FSYNC_DATASYNC), on fixed file `fd` when `flags` has IOSQE_FIXED_FILE. (Swift imports
+// io_uring_sqe's unions as computed properties, so the layout is written here.)
+static inline void CSwiftlet_io_uring_prepare(void *entry, uint8_t opcode, uint8_t flags, int32_t fd, uint64_t offset,
+                                              const void *address, uint32_t count, uint32_t operation_flags,
+                                              uint64_t user_data) {
+    struct io_uring_sqe *sqe = (struct io_uring_sqe *)entry;
+    __builtin_memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = opcode;
+    sqe->flags = flags;
+    sqe->fd = fd;
+    sqe->off = offset;
+    sqe->addr = (uint64_t)(uintptr_t)address;
+    sqe->len = count;
+    sqe->rw_flags = operation_flags; // fsync_flags shares the union
+    sqe->user_data = user_data;
+}
+// One restriction of IORING_REGISTER_RESTRICTIONS: `kind` IORING_RESTRICTION_*, `value` the operation or flags.
+static inline void CSwiftlet_io_uring_restriction(struct io_uring_restriction *restriction, uint16_t kind, uint8_t value) {
+    __builtin_memset(restriction, 0, sizeof *restriction);
+    restriction->opcode = kind;
+    restriction->sqe_op = value; // register_op, sqe_op and sqe_flags share the union
+}
+static inline uint32_t CSwiftlet_load_acquire_u32(const void *address) {
+    return __atomic_load_n((const uint32_t *)address, __ATOMIC_ACQUIRE);
+}
+static inline void CSwiftlet_store_release_u32(void *address, uint32_t value) {
+    __atomic_store_n((uint32_t *)address, value, __ATOMIC_RELEASE);
+}
+
 
 #endif

@@ -96,7 +96,7 @@ public struct BootDescription: Sendable {
     static func backendLines(_ configuration: MachineConfiguration) -> [String] {
         func onOff(_ flag: Bool) -> String { flag ? "on" : "off" }
         var lines = configuration.disks.enumerated().map { index, disk in
-            "backend blk\(index) \(disk.path) readonly=\(onOff(disk.readOnly)) serial=\(disk.serial ?? "-") event-idx=\(onOff(disk.eventIndex)) packed=\(onOff(disk.packedRing))"
+            "backend blk\(index) \(disk.path) readonly=\(onOff(disk.readOnly)) serial=\(disk.serial ?? "-") event-idx=\(onOff(disk.eventIndex)) engine=\(disk.engine.rawValue) packed=\(onOff(disk.packedRing))"
         }
         lines += configuration.networks.enumerated().map { index, network in
             let mac = network.mac.map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined(separator: ":")

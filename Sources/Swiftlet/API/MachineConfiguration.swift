@@ -5,6 +5,8 @@ import SwiftletHost
 
 /// A virtio-blk disk: a raw image file, optionally read-only, with a serial.
 public typealias DiskConfiguration = BlockConfiguration
+/// How a disk's requests reach its image: synchronously, or through io_uring.
+public typealias DiskEngine = BlockEngine
 
 /// A virtio-net NIC on a TAP: attached by name, or created (and gone at exit) when no such interface exists.
 public typealias NetworkConfiguration = NetConfiguration

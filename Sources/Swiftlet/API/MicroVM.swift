@@ -123,7 +123,8 @@ public final class MicroVM: Sendable {
             let counters = slot.device.counters
             return DeviceStatistics(name: slot.name, notifications: counters.notifications,
                                     interrupts: slot.transport.interrupt.count, requests: counters.requests,
-                                    guestErrors: counters.guestErrors + slot.transport.ignoredWrites)
+                                    guestErrors: counters.guestErrors + slot.transport.ignoredWrites,
+                                    engine: (slot.device as? Block)?.engine)
         }
     }
 
@@ -189,6 +190,10 @@ public final class MicroVM: Sendable {
                              cause: error)
     }
 
+    /// What set-up could not give as configured and did otherwise (a disk asked for io_uring and got the
+    /// synchronous engine): one line each. Empty before `start()`.
+    public var setupWarnings: [String] { machine.withLock { $0?.setupWarnings ?? [] } }
+
     /// CLOCK_MONOTONIC nanoseconds of the first KVM_RUN of vCPU 0.
     public var firstRunAt: UInt64? { machine.withLock { $0?.firstRunAt } }
 
@@ -213,9 +218,13 @@ public struct DeviceStatistics: Sendable, Equatable {
     public var requests: UInt64
     /// Malformed requests, chains and register writes the guest sent.
     public var guestErrors: UInt64
+    /// A disk's engine (the one it got: `sync` where io_uring was refused); nil for other devices.
+    public var engine: DiskEngine?
 
-    public init(name: String, notifications: UInt64, interrupts: UInt64, requests: UInt64, guestErrors: UInt64) {
+    public init(name: String, notifications: UInt64, interrupts: UInt64, requests: UInt64, guestErrors: UInt64,
+                engine: DiskEngine? = nil) {
         self.name = name
+        self.engine = engine
         self.notifications = notifications
         self.interrupts = interrupts
         self.requests = requests

@@ -43,6 +43,11 @@ final class Machine: Sendable {
     let eventLoop: EventLoop?
     /// Set when the device thread could not take `configuration.deviceScheduling` (it runs under SCHED_OTHER).
     let deviceSchedulingError = Mutex<Errno?>(nil)
+    /// What set-up could not give as configured and did otherwise (a disk's io_uring engine where io_uring is
+    /// refused): one line each, for the user.
+    var setupWarnings: [String] {
+        virtioDevices.compactMap { ($0.device as? Block)?.engineProblem }
+    }
     /// The seccomp filters, compiled during set-up (`configuration.seccomp`).
     let confinement: Confinement
     /// Signalled once the machine has ended. Waiters poll it from a thread of their own (`wait()`): the threads that

@@ -20,6 +20,8 @@ enum SnapshotConfiguration {
                 if let serial = disk.serial { record.record("serl", string: serial) }
                 record.record("evix", integer: disk.eventIndex ? 1 : 0)
                 record.record("pckd", integer: disk.packedRing ? 1 : 0)
+                // The engine is the host's choice, not the guest's; a restore keeps it (absent: sync).
+                record.record("engn", string: disk.engine.rawValue)
             }
         }
         for network in configuration.networks {
@@ -60,6 +62,12 @@ enum SnapshotConfiguration {
         func flag(_ tag: SnapshotTag, _ record: SnapshotDecoder) throws(SnapshotError) -> Bool { try record.integer(tag) != 0 }
         // Whether the device offered the packed ring: snapshots from before it was offered have no such record.
         func packed(_ record: SnapshotDecoder) throws(SnapshotError) -> Bool { record.contains("pckd") ? try flag("pckd", record) : false }
+        func engine(_ record: SnapshotDecoder) throws(SnapshotError) -> DiskEngine {
+            guard record.contains("engn") else { return .sync }
+            let name = try record.string("engn", maximumBytes: 16)
+            guard let engine = DiskEngine(rawValue: name) else { throw .malformed("a disk's engine `\(name)` is not one Swiftlet knows") }
+            return engine
+        }
         let cpus = try decoder.integer("cpus")
         guard cpus >= 1, cpus <= UInt64(MachineConfiguration.maximumCPUs) else {
             throw .malformed("the snapshot's machine has \(cpus) vCPUs (1 to \(MachineConfiguration.maximumCPUs) are possible)")
@@ -73,7 +81,8 @@ enum SnapshotConfiguration {
         for record in try decoder.all("disk", maximum: maximumDevices) {
             configuration.disks.append(DiskConfiguration(path: try record.string("path"), readOnly: try flag("ro  ", record),
                                                          serial: record.contains("serl") ? try record.string("serl", maximumBytes: 20) : nil,
-                                                         eventIndex: try flag("evix", record), packedRing: try packed(record)))
+                                                         eventIndex: try flag("evix", record), packedRing: try packed(record),
+                                                         engine: try engine(record)))
         }
         for record in try decoder.all("net ", maximum: maximumDevices) {
             let mac = Array(try record.bytes("mac "))

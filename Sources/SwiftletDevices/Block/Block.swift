@@ -6,6 +6,15 @@ import SwiftletMemory
 import SwiftletVirtio
 import SystemPackage
 
+/// How a disk's requests reach its image.
+public enum BlockEngine: String, Sendable, Equatable, CaseIterable {
+    /// Each request is one preadv/pwritev/fdatasync on the device thread, done before the next is looked at.
+    case sync
+    /// Requests go to an io_uring (`IoUring`): up to `Block.ringDepth` in flight at once, their completions
+    /// handled on the same device thread. Where the kernel has no io_uring or refuses it, the disk uses `sync`.
+    case ioUring = "io_uring"
+}
+
 /// How a disk is attached.
 public struct BlockConfiguration: Sendable, Equatable {
     public var path: String
@@ -16,18 +25,24 @@ public struct BlockConfiguration: Sendable, Equatable {
     public var eventIndex: Bool
     /// Offer VIRTIO_F_RING_PACKED (on by default): the guest's driver then picks the packed or the split layout.
     public var packedRing: Bool
+    /// The engine asked for (`Block.engine` says which one the disk got).
+    public var engine: BlockEngine
 
-    public init(path: String, readOnly: Bool = false, serial: String? = nil, eventIndex: Bool = true, packedRing: Bool = true) {
+    public init(path: String, readOnly: Bool = false, serial: String? = nil, eventIndex: Bool = true, packedRing: Bool = true,
+                engine: BlockEngine = .sync) {
         self.path = path
         self.readOnly = readOnly
         self.serial = serial
         self.eventIndex = eventIndex
         self.packedRing = packedRing
+        self.engine = engine
     }
 }
 
-/// virtio-blk on a raw image file (virtio 1.2 §5.2), with a synchronous engine: each request is one
-/// preadv/pwritev straight between the file and the guest's buffers, on the device's event loop thread.
+/// virtio-blk on a raw image file (virtio 1.2 §5.2). Every request moves data straight between the file and the
+/// guest's buffers (no copy), on the device's event loop thread, by one of two engines (`BlockEngine`): the
+/// synchronous one does each request before it looks at the next; the io_uring one submits up to `ringDepth` and
+/// uses each chain when its completion arrives, in whatever order they finish (BlockRing.swift).
 public final class Block: VirtioDevice, ConfigurationChanging {
     public static let sectorSize: UInt64 = 512
     public static let queueSize: UInt16 = 256
@@ -37,6 +52,8 @@ public final class Block: VirtioDevice, ConfigurationChanging {
     static let segmentSizeMaximum: UInt32 = 1 << 20
     static let discardSegmentMaximum: UInt32 = 1
     static let discardSectorMaximum: UInt32 = UInt32.max / 512
+    /// Requests the io_uring engine keeps in flight at most (a fixed table; more wait in the ring until one is done).
+    public static let ringDepth = 128
 
     // Feature bits (§5.2.3).
     public enum Feature {
@@ -55,6 +72,14 @@ public final class Block: VirtioDevice, ConfigurationChanging {
     public let offeredFeatures: UInt64
     public var deviceType: UInt32 { 2 }
     public var queueMaximumSizes: [UInt16] { [Self.queueSize] }
+    /// The engine the disk runs: the one configured, or `sync` where io_uring could not be set up (`engineProblem`).
+    public let engine: BlockEngine
+    /// Why a disk configured for io_uring runs the synchronous engine; nil otherwise.
+    public let engineProblem: String?
+    /// The io_uring engine's completions (nil with the synchronous engine): a source of the device loop.
+    public let completionEvent: EventFd?
+    /// Requests submitted to io_uring and not yet completed (0 with the synchronous engine), at most `ringDepth`.
+    public var requestsInFlight: Int { state.withLock { $0.ring.map { Block.ringDepth - $0.freeSlots } ?? 0 } }
     /// The attached image. A drain round takes it once and keeps it to the end, so a `replaceImage` never splits a
     /// request, and the old file closes when the last round on it lets go of it.
     private let image: Mutex<Image>
@@ -64,19 +89,27 @@ public final class Block: VirtioDevice, ConfigurationChanging {
     private let link = DeviceLink()
 
     /// The active queue and the scratch space its requests reuse: touched only by the event loop (and by reset).
-    /// @unchecked Sendable: the iovecs point into guest memory and are only used under `active`'s lock.
+    /// @unchecked Sendable: the iovecs point into guest memory and are only used under `state`'s lock.
     private struct Active: @unchecked Sendable {
         var queue: any Virtqueue
         var chain = DescriptorChain(capacity: Int(Block.queueSize))
         var vectors: [iovec] = []
     }
-    private let active = Mutex<Active?>(nil)
+    /// What the device loop, reset and pause touch, under one lock: the active queue, and the io_uring engine's
+    /// requests in flight (which outlive a reset: the ring is set up once, before the threads are confined).
+    private struct State: @unchecked Sendable {
+        var active: Active?
+        var ring: BlockRing?
+    }
+    private let state: Mutex<State>
 
     /// An open image: the file, its path and its size in whole sectors.
-    private struct Image: Sendable {
+    struct Image: Sendable {
         var file: OwnedFileDescriptor
         var path: String
         var capacityBytes: UInt64
+        /// Counts `replaceImage`s: the io_uring engine puts its fixed file to the image of a new generation.
+        var generation: UInt64 = 0
 
         /// Opens the image (read-only or read-write) and takes an exclusive lock on a writable one, so two VMs
         /// cannot write the same image.
@@ -121,6 +154,18 @@ public final class Block: VirtioDevice, ConfigurationChanging {
             throw SwiftletError(.systemCall, "cannot create the disk's queue eventfd", cause: error)
         }
         queueEvents = events
+        var ring: BlockRing?
+        var problem: String?
+        if configuration.engine == .ioUring {
+            do { ring = try BlockRing(file: opened.file.rawValue) } catch {
+                problem = "disk \(configuration.path): io_uring is not available here (\(error)); the disk uses the "
+                    + "synchronous engine (engine=sync says so and silences this)"
+            }
+        }
+        engine = ring == nil ? .sync : .ioUring
+        engineProblem = problem
+        completionEvent = ring?.completionEvent
+        state = Mutex(State(active: nil, ring: ring))
         var features = VirtioFeature.version1 | VirtioFeature.indirectDescriptors | Feature.sizeMaximum
             | Feature.segmentMaximum | Feature.blockSize | Feature.flush | Feature.discard | Feature.writeZeroes
         if configuration.eventIndex { features |= VirtioFeature.eventIndex }
@@ -136,12 +181,15 @@ public final class Block: VirtioDevice, ConfigurationChanging {
     /// one uses the new; the old file is closed when the last request on it is done. On an error the old image
     /// stays attached.
     public func replaceImage(path: String) throws(SwiftletError) {
-        let opened = try Image(path: path, readOnly: configuration.readOnly)
-        image.withLock { $0 = opened }
+        var opened = try Image(path: path, readOnly: configuration.readOnly)
+        image.withLock {
+            opened.generation = $0.generation + 1
+            $0 = opened
+        }
         configurationSpace.withLock {
             $0 = ConfigurationSpace(Self.configurationSpace(capacitySectors: opened.capacityBytes / Self.sectorSize))
         }
-        if active.withLock({ $0 != nil }) { configurationNotifier.withLock { $0 }?() }
+        if state.withLock({ $0.active != nil }) { configurationNotifier.withLock { $0 }?() }
     }
 
     /// What the device calls when its configuration space changed (the transport's configuration change notice).
@@ -185,90 +233,211 @@ public final class Block: VirtioDevice, ConfigurationChanging {
         guard let queue = activation.queues.first ?? nil else {
             throw SwiftletError(.guestFault, "the driver activated virtio-blk without its request queue")
         }
-        var state = Active(queue: queue)
-        state.vectors.reserveCapacity(Int(Self.queueSize))
-        active.withLock { $0 = state }
+        var active = Active(queue: queue)
+        active.vectors.reserveCapacity(Int(Self.queueSize))
+        state.withLock { $0.active = active }
         // Requests the driver queued before DRIVER_OK are picked up now.
         queueEvents[0].signal()
     }
 
+    /// Waits for the io_uring engine's requests in flight (their data lands in the guest's buffers, their chains are
+    /// not used: the driver has reset the device), then forgets the queue.
     public func reset() {
-        active.withLock { $0 = nil }
+        state.withLock { Self.deactivate(&$0) }
     }
 
-    /// Every request is done when its drain returns (the synchronous engine): no chain is ever held.
-    public func queuePositions() -> [QueuePosition?] { [active.withLock { $0?.queue.position }] }
+    private static func deactivate(_ state: inout State) {
+        state.ring?.abandon()
+        state.active = nil
+    }
+
+    /// The machine is going away: nothing may still be writing into guest memory when it is unmapped.
+    public func shutDown() {
+        state.withLock { Self.deactivate(&$0) }
+    }
+
+    /// Every request is done at this point: the synchronous engine's when its drain returns, the io_uring engine's
+    /// when the loop paused (`quiesce`). No chain is held.
+    public func queuePositions() -> [QueuePosition?] { [state.withLock { $0.active?.queue.position }] }
 
     /// The event-loop handler of the request queue's ioeventfd.
     public func handleQueueEvent() {
         guard let count = queueEvents[0].consume() else { return }
         counters.countNotifications(queue: 0, count)
-        let result = active.withLock { state -> DrainResult in
-            guard state != nil else { return DrainResult() }
-            return processQueue(&state!)
+        let result = state.withLock { state -> DrainResult in
+            guard state.active != nil else { return DrainResult() }
+            return serve(&state)
         }
+        finishRound(result)
+    }
+
+    /// The io_uring engine's completion eventfd: uses the chains whose requests completed, then takes the requests
+    /// that waited for a free slot.
+    public func handleCompletions() {
+        _ = completionEvent?.consume()
+        let result = state.withLock { state -> DrainResult in
+            guard state.active != nil, let ring = state.ring else {
+                state.ring?.discardCompletions()
+                return DrainResult()
+            }
+            let queue = state.active!.queue
+            var result = DrainResult()
+            if ring.complete(on: queue, counters: counters) > 0 { result.interrupt = queue.needsInterrupt() }
+            if ring.waiting && ring.hasFreeSlot {
+                let more = serve(&state)
+                result.interrupt = result.interrupt || more.interrupt
+                result.more = more.more
+                result.fatal = more.fatal
+            }
+            return result
+        }
+        finishRound(result)
+    }
+
+    /// The loop is pausing (a snapshot, `MicroVM.pause`): waits for every request in flight and uses its chain, so
+    /// that the paused device holds none.
+    public func quiesce() {
+        let interrupt = state.withLock { state -> Bool in
+            guard let active = state.active, let ring = state.ring else { return false }
+            return ring.completeAll(on: active.queue, counters: counters) > 0 && active.queue.needsInterrupt()
+        }
+        if interrupt { link.signalUsedBuffers() }
+    }
+
+    private func finishRound(_ result: DrainResult) {
         if result.interrupt { link.signalUsedBuffers() }
         if result.more { counters.resume(queue: 0, queueEvents[0]) }
         if result.fatal {
-            active.withLock { $0 = nil }
+            state.withLock { Self.deactivate(&$0) }
             link.reportFatalError()
         }
     }
 
-    /// Drains the queue (Virtqueue.drain: malformed chains, a corrupt ring, the budget), one request per chain.
-    private func processQueue(_ state: inout Active) -> DrainResult {
-        let queue = state.queue
+    /// Drains the queue (Virtqueue.drain: malformed chains, a corrupt ring, the budget), one request per chain:
+    /// done at once by the synchronous engine, submitted by the io_uring one, at most as many as it has free slots.
+    /// When those run out with chains still available, the rest waits for a completion (`BlockRing.waiting`), not
+    /// for another pass of the loop.
+    private func serve(_ state: inout State) -> DrainResult {
+        let queue = state.active!.queue
         // The image once per round (one lock, not one per request); a replaceImage takes effect from the next round.
         let image = image.withLock { $0 }
-        return queue.drain(&state, chain: \.chain, onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { state, completion in
-            let written = execute(state.chain, on: image, vectors: &state.vectors)
-            completion.use(state.chain.head, length: written)
-            counters.requestCount.add(1, ordering: .relaxed)
-            counters.addBytes(Int(state.chain.readableLength + state.chain.writableLength))
+        guard let ring = state.ring else {
+            return queue.drain(&state.active!, chain: \.chain, onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { active, completion in
+                let written = execute(active.chain, on: image, vectors: &active.vectors)
+                completion.use(active.chain.head, length: written)
+                counted(active.chain)
+            }
+        }
+        let fileCurrent = ring.use(image)
+        var result = queue.drain(&state.active!, chain: \.chain, budget: min(Drain.budget, ring.freeSlots),
+                                 onMalformed: { counters.errorCount.add(1, ordering: .relaxed) }) { active, completion in
+            counted(active.chain)
+            guard let request = plan(active.chain, on: image, vectors: &active.vectors) else {
+                completion.use(active.chain.head, length: 0)
+                return
+            }
+            if case .finished(let status, let data) = request.work {
+                completion.use(active.chain.head, length: finish(request.status, status, data: data))
+            } else if !fileCurrent || !ring.submit(request, head: active.chain.head, vectors: active.vectors) {
+                // No slot (the budget says there is one), nothing to transfer, or the ring still on a replaced
+                // image: done here and now instead.
+                completion.use(active.chain.head, length: perform(request, on: image, vectors: &active.vectors))
+            }
+        }
+        if ring.submitPrepared(on: queue, counters: counters) > 0 { result.interrupt = result.interrupt || queue.needsInterrupt() }
+        ring.waiting = result.more && !ring.hasFreeSlot
+        if ring.waiting { result.more = false }
+        return result
+    }
+
+    private func counted(_ chain: DescriptorChain) {
+        counters.requestCount.add(1, ordering: .relaxed)
+        counters.addBytes(Int(chain.readableLength + chain.writableLength))
+    }
+
+    /// A request read from its chain: where its status byte goes, and what is left to do.
+    struct Request {
+        enum Work {
+            /// Already done (or refused): the status, and the bytes written into the chain's data buffers.
+            case finished(UInt8, data: UInt64)
+            /// A read (into the writable buffers) or a write (from the readable ones) of `length` bytes at `offset`;
+            /// the iovecs are in `vectors`.
+            case transfer(write: Bool, offset: UInt64, length: UInt64)
+            /// FLUSH: fdatasync.
+            case flush
+        }
+        var status: UnsafeMutableRawPointer
+        var work: Work
+    }
+
+    /// Writes a request's status byte (counting a failure as the guest's error) and returns the length for its used
+    /// element: `data` plus the status byte.
+    func finish(_ statusByte: UnsafeMutableRawPointer, _ status: UInt8, data: UInt64 = 0) -> UInt32 {
+        Self.finish(statusByte, status, data: data, counters: counters)
+    }
+
+    static func finish(_ statusByte: UnsafeMutableRawPointer, _ status: UInt8, data: UInt64 = 0, counters: DeviceCounters) -> UInt32 {
+        if status != BlockRequestHeader.Status.ok { counters.errorCount.add(1, ordering: .relaxed) }
+        statusByte.storeBytes(of: status, as: UInt8.self)
+        return UInt32(data + 1)
+    }
+
+    /// The synchronous engine: one request, start to end.
+    private func execute(_ chain: DescriptorChain, on image: Image, vectors: inout [iovec]) -> UInt32 {
+        guard let request = plan(chain, on: image, vectors: &vectors) else { return 0 }
+        return perform(request, on: image, vectors: &vectors)
+    }
+
+    /// Does a planned request's transfer or flush here and now, and writes its status.
+    private func perform(_ request: Request, on image: Image, vectors: inout [iovec]) -> UInt32 {
+        switch request.work {
+        case .finished(let status, let data):
+            return finish(request.status, status, data: data)
+        case .transfer(let write, let offset, let length):
+            guard transfer(image.file, vectors: &vectors, offset: offset, length: length, write: write) else {
+                return finish(request.status, BlockRequestHeader.Status.ioError)
+            }
+            return finish(request.status, BlockRequestHeader.Status.ok, data: write ? 0 : length)
+        case .flush:
+            guard fdatasync(image.file.rawValue) == 0 else { return finish(request.status, BlockRequestHeader.Status.ioError) }
+            return finish(request.status, BlockRequestHeader.Status.ok)
         }
     }
 
-    /// Runs one request and writes its status byte; returns the bytes written into the chain's writable buffers.
-    private func execute(_ chain: DescriptorChain, on image: Image, vectors: inout [iovec]) -> UInt32 {
+    /// Reads a request from its chain and checks it: reads and writes come back as transfers (their iovecs in
+    /// `vectors`), flushes as flushes, everything else done here (GET_ID, DISCARD, WRITE_ZEROES: rare, and
+    /// synchronous under both engines) or refused. nil when the chain has no device-writable byte for the status:
+    /// nothing can be reported, and it is used with length 0.
+    func plan(_ chain: DescriptorChain, on image: Image, vectors: inout [iovec]) -> Request? {
         let file = image.file
         func inBounds(sector: UInt64, length: UInt64) -> Bool { Self.inBounds(sector: sector, length: length, capacity: image.capacityBytes) }
         // The status byte is the last byte of the last device-writable buffer; without one nothing can be reported.
         guard let last = chain.writable.last else {
             counters.errorCount.add(1, ordering: .relaxed)
-            return 0
+            return nil
         }
         let statusByte = last.host + Int(last.length) - 1
         let dataWritable = chain.writableLength - 1
-        func finish(_ status: UInt8, data: UInt64 = 0) -> UInt32 {
-            if status != BlockRequestHeader.Status.ok { counters.errorCount.add(1, ordering: .relaxed) }
-            statusByte.storeBytes(of: status, as: UInt8.self)
-            return UInt32(data + 1)
-        }
-        guard let header = BlockRequestHeader.parse(chain) else { return finish(BlockRequestHeader.Status.ioError) }
+        func finished(_ status: UInt8, data: UInt64 = 0) -> Request { Request(status: statusByte, work: .finished(status, data: data)) }
+        guard let header = BlockRequestHeader.parse(chain) else { return finished(BlockRequestHeader.Status.ioError) }
         let dataReadable = chain.readableLength - UInt64(BlockRequestHeader.size)
 
         switch header.type {
         case BlockRequestHeader.RequestType.read:
             guard dataReadable == 0, inBounds(sector: header.sector, length: dataWritable) else {
-                return finish(BlockRequestHeader.Status.ioError)
+                return finished(BlockRequestHeader.Status.ioError)
             }
             collect(chain, skippingReadable: Int(chain.readableLength), writableLimit: dataWritable, into: &vectors)
-            guard transfer(file, vectors: &vectors, offset: header.sector * Self.sectorSize, length: dataWritable, write: false) else {
-                return finish(BlockRequestHeader.Status.ioError)
-            }
-            return finish(BlockRequestHeader.Status.ok, data: dataWritable)
+            return Request(status: statusByte, work: .transfer(write: false, offset: header.sector * Self.sectorSize, length: dataWritable))
         case BlockRequestHeader.RequestType.write:
             guard !configuration.readOnly, dataWritable == 0, inBounds(sector: header.sector, length: dataReadable) else {
-                return finish(BlockRequestHeader.Status.ioError)
+                return finished(BlockRequestHeader.Status.ioError)
             }
             collect(chain, skippingReadable: BlockRequestHeader.size, writableLimit: 0, into: &vectors)
-            guard transfer(file, vectors: &vectors, offset: header.sector * Self.sectorSize, length: dataReadable, write: true) else {
-                return finish(BlockRequestHeader.Status.ioError)
-            }
-            return finish(BlockRequestHeader.Status.ok)
+            return Request(status: statusByte, work: .transfer(write: true, offset: header.sector * Self.sectorSize, length: dataReadable))
         case BlockRequestHeader.RequestType.flush:
-            if !configuration.readOnly && fdatasync(file.rawValue) != 0 { return finish(BlockRequestHeader.Status.ioError) }
-            return finish(BlockRequestHeader.Status.ok)
+            // A read-only image has nothing of the guest's to make durable.
+            return configuration.readOnly ? finished(BlockRequestHeader.Status.ok) : Request(status: statusByte, work: .flush)
         case BlockRequestHeader.RequestType.getID:
             // The serial, NUL-padded when shorter than 20 bytes, into as much as the driver gave.
             let count = Int(min(dataWritable, 20))
@@ -282,18 +451,18 @@ public final class Block: VirtioDevice, ConfigurationChanging {
                 }
                 remaining -= take
             }
-            return finish(BlockRequestHeader.Status.ok, data: UInt64(count))
+            return finished(BlockRequestHeader.Status.ok, data: UInt64(count))
         case BlockRequestHeader.RequestType.discard, BlockRequestHeader.RequestType.writeZeroes:
-            guard !configuration.readOnly else { return finish(BlockRequestHeader.Status.ioError) }
+            guard !configuration.readOnly else { return finished(BlockRequestHeader.Status.ioError) }
             let zeroes = header.type == BlockRequestHeader.RequestType.writeZeroes
             guard let segments = rangeSegments(chain, count: dataReadable), !segments.isEmpty,
                   segments.count <= Int(Self.discardSegmentMaximum) else {
-                return finish(BlockRequestHeader.Status.ioError)
+                return finished(BlockRequestHeader.Status.ioError)
             }
             for segment in segments {
                 let length = UInt64(segment.sectorCount) * Self.sectorSize
                 guard segment.sectorCount <= Self.discardSectorMaximum, inBounds(sector: segment.sector, length: length) else {
-                    return finish(BlockRequestHeader.Status.ioError)
+                    return finished(BlockRequestHeader.Status.ioError)
                 }
                 // Discard and unmapping zeroes deallocate; plain write-zeroes keeps the blocks allocated.
                 let mode = zeroes && !segment.unmap ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
@@ -301,12 +470,12 @@ public final class Block: VirtioDevice, ConfigurationChanging {
                 if length > 0 && CSwiftlet_fallocate(file.rawValue, Int32(mode), Int64(segment.sector * Self.sectorSize), Int64(length)) != 0 {
                     // A discard is a hint: a file system that cannot punch holes has still kept the data safe.
                     if !zeroes && (errno == EOPNOTSUPP) { continue }
-                    return finish(BlockRequestHeader.Status.ioError)
+                    return finished(BlockRequestHeader.Status.ioError)
                 }
             }
-            return finish(BlockRequestHeader.Status.ok)
+            return finished(BlockRequestHeader.Status.ok)
         default:
-            return finish(BlockRequestHeader.Status.unsupported)
+            return finished(BlockRequestHeader.Status.unsupported)
         }
     }
 

@@ -3,8 +3,11 @@
 # the guest runs fio against /dev/vda (guest/scenarios/fio.sh: direct=1, libaio, iodepth 32, BLK_RAMP s of warm-up
 # and BLK_RUNTIME s measured per job): 4 KiB random reads and writes, 1 MiB sequential reads and writes. RUNS rounds,
 # the configurations' order rotating from round to round. The configurations (BLK_CONFIGS, default all of them):
-#   swiftlet              the default: the packed virtqueue offered, and taken by the guest
+#   swiftlet              the defaults: the packed virtqueue offered (and taken by the guest), the sync engine
 #   swiftlet-split        --disk ...,packed=off: the split ring only
+#   swiftlet-io_uring     --disk ...,engine=io_uring: up to 128 requests in flight through io_uring
+#   swiftlet-io_uring-split   both
+#   (any swiftlet-WORD-WORD...: split is packed=off, sync and io_uring are engine=)
 #   qemu-threads          virtio-blk-device, aio=threads (QEMU's default), split ring
 #   qemu-threads-packed   the same with packed=on
 #   qemu-io_uring         aio=io_uring, split ring
@@ -29,7 +32,7 @@ runs=${RUNS:-3}
 runtime=${BLK_RUNTIME:-5}
 ramp=${BLK_RAMP:-1}
 jobs=${BLK_JOBS:-randread,randwrite,seqread,seqwrite}   # BLK_JOBS: a subset, for a focused comparison
-configs=${BLK_CONFIGS:-swiftlet swiftlet-split qemu-threads qemu-threads-packed qemu-io_uring qemu-io_uring-packed}
+configs=${BLK_CONFIGS:-swiftlet swiftlet-split swiftlet-io_uring swiftlet-io_uring-split qemu-threads qemu-threads-packed qemu-io_uring qemu-io_uring-packed}
 configs=$(echo "$configs" | tr ',' ' ')
 # reboot=t: both VMMs end on the guest's triple fault, so the command line is identical.
 cmdline="console=ttyS0 reboot=t panic=-1 quiet swiftlet.test=fio swiftlet.fio=$jobs swiftlet.fio.runtime=$runtime"
@@ -91,10 +94,23 @@ stats() {
     echo "BENCH-SAMPLE metric=blk_interrupts_per_request$1 vmm=${3:-swiftlet} value=$(awk "BEGIN { printf \"%.4f\", $_i / $_r }") unit=ratio"
 }
 
+# disk_options CONFIG: the --disk options of a swiftlet-WORD-WORD... configuration.
+disk_options() {
+    _o=
+    for _w in $(echo "${1#swiftlet-}" | tr '-' ' '); do
+        case $_w in
+            split) _o="$_o,packed=off" ;;
+            sync|io_uring) _o="$_o,engine=$_w" ;;
+            *) echo "blk bench: no option $_w in configuration $1" >&2; return 1 ;;
+        esac
+    done
+    echo "$_o"
+}
+
 boot() { # CONFIG LOG
     case $1 in
         swiftlet) HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
-        swiftlet-split) HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" ",packed=off" ;;
+        swiftlet-*) HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "$(disk_options "$1")" || return $? ;;
         baseline) OPTIONS=${BASELINE_OPTIONS:-} BINARY=$SWIFTLET_BASELINE HEARTBEAT_LOG=$2 heartbeat swiftlet_run "$2" "" ;;
         qemu-threads) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" threads off ;;
         qemu-threads-packed) HEARTBEAT_LOG=$2 heartbeat qemu_run "$2" threads on ;;
@@ -111,7 +127,7 @@ one() { # VMM ROUND
     _rc=$?
     echo "step: $1 exited $_rc"
     samples "$1" "$_log" $_rc || status=1
-    case $1 in swiftlet|swiftlet-split) stats "" "$_log" "$1" || status=1 ;; esac
+    case $1 in swiftlet|swiftlet-*) stats "" "$_log" "$1" || status=1 ;; esac
 }
 
 status=0

@@ -34,7 +34,7 @@ chmod +x "$wrapper"
 described=$("$wrapper" describe --kernel "$GUEST/bzImage" --disk "$WORK/none.img" --rng on --balloon on 2>&1)
 case $described in
     *"packed=on"*) test_fail split.wrapper "a device still offers the packed ring: $described" ;;
-    *"backend blk0 $WORK/none.img readonly=off serial=- event-idx=on packed=off"*) test_pass split.wrapper ;;
+    *"backend blk0 $WORK/none.img readonly=off serial=- event-idx=on engine=sync packed=off"*) test_pass split.wrapper ;;
     *) test_fail split.wrapper "describe said: $described" ;;
 esac
 
